@@ -1,0 +1,43 @@
+"""Backends and the choice between them. Each backend module imports its library only when used."""
+
+from __future__ import annotations
+
+from ..config import RuntimeConfig
+from ..devices import cpu_threads, pick_device
+from ..errors import InvalidRequest
+from ..references import ModelSpec
+from .base import Backend, GenerationOutcome, GenerationParams, StopMatcher
+
+BACKENDS = ("auto", "llama_cpp", "transformers")
+
+__all__ = ["BACKENDS", "Backend", "GenerationOutcome", "GenerationParams", "StopMatcher",
+           "choose_backend", "create_backend"]
+
+
+def choose_backend(spec: ModelSpec, backend: str = "auto") -> str:
+    if backend not in BACKENDS:
+        raise InvalidRequest(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}", param="backend")
+    if backend == "auto":
+        return "llama_cpp" if spec.format == "gguf" else "transformers"
+    if backend == "llama_cpp" and spec.format != "gguf":
+        raise InvalidRequest(f"{spec.id!r} is a transformers folder; llama_cpp serves .gguf files",
+                             param="backend")
+    if backend == "transformers" and spec.format == "gguf" and spec.task == "embed":
+        raise InvalidRequest("GGUF embedding models are served by llama_cpp", param="backend")
+    return backend
+
+
+def create_backend(spec: ModelSpec, backend: str, config: RuntimeConfig, options: dict) -> Backend:
+    threads = cpu_threads(config.threads)
+    if backend == "llama_cpp":
+        from .llama_cpp import LlamaCppBackend
+
+        return LlamaCppBackend(spec, threads=threads, device=config.device, n_ctx=options.get("n_ctx"))
+    device = pick_device(config.device)
+    if spec.task == "embed":
+        from .transformers_embed import TransformersEmbedBackend
+
+        return TransformersEmbedBackend(spec, device=device, threads=threads)
+    from .transformers_lm import TransformersLMBackend
+
+    return TransformersLMBackend(spec, device=device, threads=threads, convert_cache=config.convert_cache)

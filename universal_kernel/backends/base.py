@@ -1,0 +1,115 @@
+"""What every backend offers, and the request types they share."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+from ..errors import InvalidRequest, WrongTask
+from ..references import ModelSpec
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@dataclass
+class GenerationParams:
+    max_tokens: int | None = 256
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    #: None, {"type": "json_object"} or {"type": "json_schema", "schema": {...}}
+    response_format: dict | None = None
+
+    def __post_init__(self):
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.stop = [s for s in (self.stop or []) if s]
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise InvalidRequest("max_tokens must be at least 1", param="max_tokens")
+        if not 0 <= self.temperature <= 2:
+            raise InvalidRequest("temperature must be between 0 and 2", param="temperature")
+        if not 0 < self.top_p <= 1:
+            raise InvalidRequest("top_p must be in (0, 1]", param="top_p")
+        if self.response_format and self.response_format.get("type") not in ("text", "json_object", "json_schema"):
+            raise InvalidRequest("response_format.type must be text, json_object or json_schema",
+                                 param="response_format")
+
+
+@dataclass
+class GenerationOutcome:
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+
+
+#: called with each new piece of text as it is generated
+Emit = Callable[[str], None]
+#: returns True once the caller has gone away
+IsCancelled = Callable[[], bool]
+
+
+class Backend(ABC):
+    """A loaded model. One instance serves one generation at a time (the scheduler ensures it)."""
+
+    name: str = "base"
+    device: str = "cpu"
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+
+    # Generation -----------------------------------------------------------------------------
+    def generate(self, prompt: str | None, messages: list[dict] | None, params: GenerationParams,
+                 emit: Emit, cancelled: IsCancelled) -> GenerationOutcome:
+        raise WrongTask(f"{self.spec.id!r} is an embedding model; it cannot generate text")
+
+    def count_tokens(self, text: str) -> int:
+        raise NotImplementedError
+
+    # Embedding ------------------------------------------------------------------------------
+    def embed(self, texts: list[str], normalize: bool = True) -> tuple[Any, int]:
+        """Return (float32 array, one row per text; prompt token count)."""
+        raise WrongTask(f"{self.spec.id!r} generates text; use an embedding model to embed")
+
+    @abstractmethod
+    def close(self) -> None:
+        """Free everything the model holds."""
+
+
+class StopMatcher:
+    """Cuts streamed text at the first stop string, holding back text that may start one."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = stops
+        self.pending = ""
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        """Return the text that is safe to emit now."""
+        if not self.stops:
+            return piece
+        self.pending += piece
+        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            out, self.pending = self.pending[:cut], ""
+            return out
+        hold = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(self.pending)), 0, -1):
+                if self.pending.endswith(stop[:n]):
+                    hold = max(hold, n)
+                    break
+        out = self.pending[: len(self.pending) - hold]
+        self.pending = self.pending[len(out):]
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out

@@ -1,0 +1,151 @@
+"""GGUF models through llama-cpp-python: chat with the file's own template, completion, embeddings."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from ..errors import BackendUnavailable, GenerationFailed, InvalidRequest, LoadFailed
+from ..references import ModelSpec
+from .base import Backend, Emit, GenerationOutcome, GenerationParams, IsCancelled
+
+
+def _import_llama_cpp():
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        raise BackendUnavailable(
+            "llama-cpp-python is not installed (pip install llama-cpp-python)"
+        ) from exc
+    return llama_cpp
+
+
+class LlamaCppBackend(Backend):
+    name = "llama_cpp"
+
+    def __init__(self, spec: ModelSpec, *, threads: int, device: str = "auto", n_ctx: int | None = None):
+        super().__init__(spec)
+        llama_cpp = _import_llama_cpp()
+        gpu = device != "cpu" and bool(llama_cpp.llama_supports_gpu_offload())
+        self.device = "gpu" if gpu else "cpu"
+        context_length = int(spec.metadata.get(f"{spec.architecture}.context_length", 2048))
+        self.n_ctx = n_ctx or min(context_length, 4096)
+        try:
+            self.llm = llama_cpp.Llama(
+                model_path=str(spec.path),
+                n_ctx=self.n_ctx,
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_gpu_layers=-1 if gpu else 0,
+                embedding=spec.task == "embed",
+                verbose=False,
+            )
+        except Exception as exc:  # llama.cpp reports a bad file as a bare ValueError
+            raise LoadFailed(f"llama.cpp could not load {spec.id!r}: {exc}") from None
+        self._formatter = self._chat_formatter(llama_cpp)
+
+    def _chat_formatter(self, llama_cpp):
+        template = self.llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            return None
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        def token_text(token_id: int) -> str:
+            return self.llm._model.token_get_text(token_id) if token_id != -1 else ""
+
+        return Jinja2ChatFormatter(
+            template=template,
+            eos_token=token_text(self.llm.token_eos()),
+            bos_token=token_text(self.llm.token_bos()),
+            stop_token_ids=[self.llm.token_eos()],
+        )
+
+    def chat_prompt(self, messages: list[dict]) -> tuple[str, list[str]]:
+        """The prompt the model's own chat template makes of `messages`, and the template's stops."""
+        if self._formatter is None:
+            raise InvalidRequest(f"{self.spec.id!r} has no chat template; use a completion")
+        result = self._formatter(messages=messages)
+        stops = result.stop if isinstance(result.stop, list) else [result.stop] if result.stop else []
+        return result.prompt, stops
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)) if text else 0
+
+    def _grammar(self, response_format: dict | None):
+        if not response_format or response_format.get("type") == "text":
+            return None
+        from llama_cpp import llama_grammar
+
+        try:
+            if response_format["type"] == "json_schema":
+                schema = response_format.get("schema") or {}
+                return llama_grammar.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+            return llama_grammar.LlamaGrammar.from_string(llama_grammar.JSON_GBNF, verbose=False)
+        except Exception as exc:
+            raise InvalidRequest(f"cannot build a grammar from response_format: {exc}",
+                                 param="response_format") from None
+
+    def generate(self, prompt, messages, params: GenerationParams, emit: Emit,
+                 cancelled: IsCancelled) -> GenerationOutcome:
+        stops = list(params.stop)
+        if messages is not None:
+            prompt, template_stops = self.chat_prompt(messages)
+            stops += [s for s in template_stops if s and s not in stops]
+        prompt_tokens = len(self.llm.tokenize(prompt.encode("utf-8"), special=True)) if prompt else 1
+        max_tokens = params.max_tokens if params.max_tokens is not None else self.n_ctx - prompt_tokens
+        if prompt_tokens + max_tokens > self.n_ctx:
+            max_tokens = self.n_ctx - prompt_tokens
+            if max_tokens < 1:
+                raise InvalidRequest(
+                    f"the prompt has {prompt_tokens} tokens; the context holds {self.n_ctx}", param="messages"
+                )
+        stream = self.llm.create_completion(
+            prompt,
+            max_tokens=max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k,
+            min_p=params.min_p,
+            repeat_penalty=params.repeat_penalty,
+            presence_penalty=params.presence_penalty,
+            frequency_penalty=params.frequency_penalty,
+            seed=params.seed,
+            stop=stops or None,
+            grammar=self._grammar(params.response_format),
+            stream=True,
+        )
+        text_parts: list[str] = []
+        finish = "stop"
+        try:
+            for chunk in stream:
+                if cancelled():
+                    finish = "cancelled"
+                    break
+                choice = chunk["choices"][0]
+                if choice["text"]:
+                    text_parts.append(choice["text"])
+                    emit(choice["text"])
+                if choice.get("finish_reason"):
+                    finish = choice["finish_reason"]
+        except Exception as exc:
+            raise GenerationFailed(f"llama.cpp failed while generating: {exc}") from exc
+        finally:
+            stream.close()
+        return GenerationOutcome(finish, prompt_tokens, self.count_tokens("".join(text_parts)))
+
+    def embed(self, texts: list[str], normalize: bool = True):
+        if self.spec.task != "embed":
+            return super().embed(texts, normalize)
+        result = self.llm.create_embedding(texts)
+        vectors = np.asarray([row["embedding"] for row in result["data"]], dtype=np.float32)
+        if normalize:
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors, int(result["usage"]["prompt_tokens"])
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            llm.close()
+            self.llm = None
+        self._formatter = None

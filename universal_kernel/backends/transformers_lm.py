@@ -1,0 +1,225 @@
+"""Causal language models through transformers: Hugging Face folders, and GGUF files via `gguf_file=`.
+
+A GGUF file is dequantised on its first load (slow); the converted weights are saved under the
+convert cache so later loads read safetensors instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+from ..devices import Device, torch_dtype
+from ..errors import BackendUnavailable, GenerationFailed, InvalidRequest, LoadFailed
+from ..references import ModelSpec
+from .base import Backend, Emit, GenerationOutcome, GenerationParams, IsCancelled, StopMatcher
+
+log = logging.getLogger(__name__)
+
+
+def import_transformers():
+    try:
+        import torch
+        import transformers
+    except ImportError as exc:
+        raise BackendUnavailable("the transformers backend needs torch and transformers installed") from exc
+    return torch, transformers
+
+
+def converted_folder(cache: Path, gguf: Path) -> Path:
+    stat = gguf.stat()
+    digest = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache / f"{gguf.stem}-{digest}"
+
+
+class TransformersLMBackend(Backend):
+    name = "transformers"
+
+    def __init__(self, spec: ModelSpec, *, device: Device, threads: int, convert_cache: Path | None = None):
+        super().__init__(spec)
+        torch, transformers = import_transformers()
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.device = str(device)
+        self.loaded_from = "folder"
+        dtype = torch_dtype(device)
+        try:
+            if spec.format == "gguf":
+                self.model, self.tokenizer = self._load_gguf(transformers, spec.path, dtype, convert_cache)
+            else:
+                self.tokenizer = transformers.AutoTokenizer.from_pretrained(spec.path)
+                self.model = transformers.AutoModelForCausalLM.from_pretrained(spec.path, dtype=dtype)
+            self.model.to(device.torch_name).eval()
+        except (BackendUnavailable, LoadFailed):
+            raise
+        except Exception as exc:
+            raise LoadFailed(f"transformers could not load {spec.id!r}: {exc}") from None
+        if self.tokenizer.chat_template is None and spec.metadata.get("tokenizer.chat_template"):
+            self.tokenizer.chat_template = spec.metadata["tokenizer.chat_template"]
+
+    def _load_gguf(self, transformers, path: Path, dtype, convert_cache: Path | None):
+        converted = converted_folder(convert_cache, path) if convert_cache else None
+        if converted is not None and (converted / "config.json").exists():
+            self.loaded_from = "convert-cache"
+            tokenizer = transformers.AutoTokenizer.from_pretrained(converted)
+            model = transformers.AutoModelForCausalLM.from_pretrained(converted, dtype=dtype)
+            return model, tokenizer
+        try:
+            import gguf  # noqa: F401  (transformers needs it to read the file)
+        except ImportError as exc:
+            raise BackendUnavailable("loading a GGUF file in transformers needs the `gguf` package") from exc
+        self.loaded_from = "gguf"
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+        if converted is not None:
+            try:
+                tmp = converted.with_name(converted.name + ".partial")
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+                tmp.rename(converted)
+            except OSError as exc:  # a full or read-only cache costs speed, never the load
+                log.warning("could not keep converted weights in %s: %s", converted, exc)
+        return model, tokenizer
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+
+    def generate(self, prompt, messages, params: GenerationParams, emit: Emit,
+                 cancelled: IsCancelled) -> GenerationOutcome:
+        torch = self.torch
+        if params.response_format and params.response_format.get("type") != "text":
+            raise InvalidRequest("response_format is grammar-constrained only on the llama_cpp backend",
+                                 param="response_format")
+        if messages is not None:
+            if not self.tokenizer.chat_template:
+                raise InvalidRequest(f"{self.spec.id!r} has no chat template; use a completion")
+            prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=messages is None)
+        inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
+        prompt_tokens = int(inputs["input_ids"].shape[1])
+        max_new = params.max_tokens or 512
+        streamer = _EmitStreamer(self.tokenizer, StopMatcher(params.stop), emit)
+        stopping = transformers_stopping(lambda: cancelled() or streamer.matcher.stopped)
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        sampling = params.temperature > 0
+        kwargs = dict(
+            max_new_tokens=max_new,
+            do_sample=sampling,
+            streamer=streamer,
+            stopping_criteria=stopping,
+            repetition_penalty=params.repeat_penalty or 1.0,
+            pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+        )
+        if sampling:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p,
+                          top_k=params.top_k or None, min_p=params.min_p or None)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if params.presence_penalty or params.frequency_penalty:
+            kwargs["logits_processor"] = penalty_processor(params.presence_penalty, params.frequency_penalty,
+                                                           prompt_tokens)
+        try:
+            with torch.inference_mode():
+                self.model.generate(**inputs, **kwargs)
+        except Exception as exc:
+            raise GenerationFailed(f"transformers failed while generating: {exc}") from exc
+        streamer.finish()
+        if cancelled():
+            finish = "cancelled"
+        elif streamer.matcher.stopped or streamer.saw_eos:
+            finish = "stop"
+        else:
+            finish = "length" if streamer.generated >= max_new else "stop"
+        return GenerationOutcome(finish, prompt_tokens, streamer.generated - int(streamer.saw_eos))
+
+    def close(self) -> None:
+        model = getattr(self, "model", None)
+        if model is not None:
+            # Tensors can outlive the module through caches and hooks; empty the parameters too.
+            for p in model.parameters():
+                p.data = self.torch.empty(0)
+            self.model = None
+        self.tokenizer = None
+
+
+class _EmitStreamer:
+    """A transformers streamer that decodes incrementally and emits text, cut at stop strings."""
+
+    def __init__(self, tokenizer, matcher: StopMatcher, emit: Emit):
+        self.tokenizer = tokenizer
+        self.matcher = matcher
+        self.emit = emit
+        self.tokens: list[int] = []
+        self.sent = 0  # characters of the decoded text already handed on
+        self.first = True
+        self.generated = 0
+        self.saw_eos = False
+        eos = tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+
+    def put(self, value) -> None:
+        if self.first:  # the prompt comes first
+            self.first = False
+            return
+        ids = value.reshape(-1).tolist()
+        for token in ids:
+            self.generated += 1
+            if token in self.eos_ids:
+                self.saw_eos = True
+                continue
+            self.tokens.append(token)
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
+            return
+        self._send(text[self.sent:])
+        self.sent = len(text)
+
+    def _send(self, piece: str) -> None:
+        if self.matcher.stopped or not piece:
+            return
+        out = self.matcher.feed(piece)
+        if out:
+            self.emit(out)
+
+    def end(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        if not self.matcher.stopped:
+            text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+            self._send(text[self.sent:])
+            rest = self.matcher.flush()
+            if rest:
+                self.emit(rest)
+
+
+def transformers_stopping(should_stop):
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Stop(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            import torch
+
+            return torch.full((input_ids.shape[0],), bool(should_stop()), dtype=torch.bool,
+                              device=input_ids.device)
+
+    return StoppingCriteriaList([_Stop()])
+
+
+def penalty_processor(presence: float, frequency: float, prompt_len: int):
+    """OpenAI's presence and frequency penalties over the generated tokens."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class _Penalties(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            import torch
+
+            generated = input_ids[:, prompt_len:]
+            if generated.shape[1] == 0:
+                return scores
+            counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+            return scores - frequency * counts - presence * (counts > 0).to(scores.dtype)
+
+    return LogitsProcessorList([_Penalties()])

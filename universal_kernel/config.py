@@ -1,0 +1,61 @@
+"""Runtime configuration: one dataclass, filled from arguments and environment variables.
+
+The server extension fills it from its traitlets; the magics from `%runtime` and the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _env_list(name: str) -> list[str]:
+    raw = os.environ.get(name, "")
+    return [p for p in raw.split(os.pathsep) if p]
+
+
+def _env_float(name: str, default: float | None) -> float | None:
+    raw = os.environ.get(name)
+    return float(raw) if raw not in (None, "") else default
+
+
+def default_model_folders() -> list[Path]:
+    folders = _env_list("UNIVERSAL_KERNEL_MODEL_FOLDERS")
+    if folders:
+        return [Path(f) for f in folders]
+    return [Path.cwd(), Path.home() / ".cache" / "universal-kernel" / "models"]
+
+
+@dataclass
+class RuntimeConfig:
+    #: folders that path references must stay inside
+    model_folders: list[Path] = field(default_factory=default_model_folders)
+    #: user aliases: name -> reference
+    aliases: dict[str, str] = field(default_factory=dict)
+    #: seconds a model stays loaded after its last use; 0 unloads at once, negative never
+    keep_alive: float = field(default_factory=lambda: _env_float("UNIVERSAL_KERNEL_KEEP_ALIVE", 300.0))
+    #: bytes that loaded models may take together; None means no budget
+    memory_budget: int | None = field(
+        default_factory=lambda: (
+            int(v) if (v := _env_float("UNIVERSAL_KERNEL_MEMORY_BUDGET", None)) is not None else None
+        )
+    )
+    #: requests that may wait per model before a new one is refused as Busy
+    queue_length: int = 16
+    #: "auto" picks CUDA, then MPS, then CPU; UNIVERSAL_KERNEL_DEVICE overrides
+    device: str = field(default_factory=lambda: os.environ.get("UNIVERSAL_KERNEL_DEVICE", "auto"))
+    #: CPU threads for backends; None means the machine's cores
+    threads: int | None = None
+    #: let hub ids that are not in the local cache be downloaded
+    allow_downloads: bool = False
+    #: where converted weights (GGUF dequantised for transformers) are kept between loads
+    convert_cache: Path = field(
+        default_factory=lambda: Path(
+            os.environ.get("UNIVERSAL_KERNEL_CONVERT_CACHE", Path.home() / ".cache" / "universal-kernel" / "converted")
+        )
+    )
+    default_generation_model: str = "smollm2-135m-instruct"
+    default_embedding_model: str = "all-minilm-l6-v2"
+    #: seconds a reader waits for the generating thread before checking that it is alive
+    stream_poll_s: float = 0.1

@@ -1,0 +1,68 @@
+"""Typed errors of the runtime.
+
+The runtime raises these; the front doors (magics, HTTP) map them to what their users see.
+No HTTP status lives here: server_ext owns that mapping.
+"""
+
+
+class RuntimeFailure(Exception):
+    """Base of every error the runtime raises on purpose."""
+
+    #: the request parameter the error is about, when there is one
+    param: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None):
+        super().__init__(message)
+        self.message = message
+        if param is not None:
+            self.param = param
+
+
+class InvalidRequest(RuntimeFailure):
+    """The caller asked for something malformed or unsupported."""
+
+
+class ModelNotFound(RuntimeFailure):
+    """A reference that names no model."""
+
+    param = "model"
+
+
+class ReferenceRefused(RuntimeFailure):
+    """A reference that escapes the configured model folders."""
+
+    param = "model"
+
+
+class WrongTask(RuntimeFailure):
+    """A generation model asked to embed, or the reverse."""
+
+    param = "model"
+
+
+class BackendUnavailable(RuntimeFailure):
+    """The backend a model needs is not installed or cannot serve it."""
+
+
+class LoadFailed(RuntimeFailure):
+    """Loading the weights failed; nothing was kept."""
+
+
+class MemoryBudgetExceeded(RuntimeFailure):
+    """Even after evicting idle models, the load would not fit the memory budget."""
+
+
+class Busy(RuntimeFailure):
+    """The model's queue is full; retry later."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Cancelled(RuntimeFailure):
+    """The request was cancelled before it finished."""
+
+
+class GenerationFailed(RuntimeFailure):
+    """The backend failed while generating."""

