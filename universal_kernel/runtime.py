@@ -138,8 +138,9 @@ class Runtime:
     # Loading --------------------------------------------------------------------------------
     def _acquire(self, model: str | None, backend: str, task: str, keep_alive: float | None,
                  options: dict | None = None) -> tuple[ModelSpec, LoadedModel, float]:
-        ref = model or (self.config.default_generation_model if task == "generate"
-                        else self.config.default_embedding_model)
+        if model is None:
+            model = self.config.default_generation_model if task == "generate" else self.config.default_embedding_model
+        ref = model
         spec = self.resolve(ref)
         if spec.task != task:
             verb = "generate text" if task == "generate" else "embed"
@@ -155,7 +156,7 @@ class Runtime:
     def load(self, model: str | None = None, *, backend: str = "auto", keep_alive: float | None = None,
              task: str | None = None, **options) -> dict:
         """Load a model ahead of use; returns its status entry."""
-        spec = self.resolve(model or self.config.default_generation_model)
+        spec = self.resolve(self.config.default_generation_model if model is None else model)
         _, entry, _ = self._acquire(spec.id, backend, task or spec.task, keep_alive, options)
         self.cache.release(entry)
         return self._entry_status(entry)
