@@ -1,0 +1,88 @@
+"""The Jupyter server extension: hosts one runtime and serves the OpenAI API on the server's own port.
+
+Configure it like any Jupyter app, e.g. on the command line
+`--UniversalKernelApp.preload='["smollm2-135m-instruct"]'` or in `jupyter_server_config.py`
+with `c.UniversalKernelApp.keep_alive = 600`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
+
+from universal_kernel.config import RuntimeConfig
+from universal_kernel.runtime import Runtime
+
+from . import handlers
+from .serving import Serving
+
+
+class UniversalKernelApp(ExtensionApp):
+    """The OpenAI HTTP API (`{base_url}universal/v1`) and the runtime API (`{base_url}universal/api`)."""
+
+    name = "universal_kernel"
+    load_other_extensions = True
+
+    preload = List(Unicode(), help="Models to load when the server starts (in the background).").tag(config=True)
+    model_folders = List(
+        Unicode(),
+        help="Folders that path references must stay inside. Default: the server's root_dir and "
+             "~/.cache/universal-kernel/models.",
+    ).tag(config=True)
+    # `aliases` is taken by traitlets' Application (command-line aliases)
+    model_aliases = Dict(value_trait=Unicode(), help="Extra model names: alias -> reference.").tag(config=True)
+    keep_alive = Float(help="Seconds a model stays loaded after its last use; 0 unloads at once, "
+                            "negative keeps it forever.").tag(config=True)
+    memory_budget = Integer(None, allow_none=True,
+                            help="Bytes that loaded models may take together; None means no budget.").tag(config=True)
+    queue_length = Integer(16, help="Requests that may wait per model before a new one gets 429.").tag(config=True)
+    max_body_size = Integer(16 * 2**20, help="Largest request body in bytes; larger ones get 413.").tag(config=True)
+    allow_downloads = Bool(False, help="Let hub ids missing from the local cache be downloaded.").tag(config=True)
+
+    @default("keep_alive")
+    def _default_keep_alive(self):
+        return RuntimeConfig().keep_alive  # honours UNIVERSAL_KERNEL_KEEP_ALIVE
+
+    @default("memory_budget")
+    def _default_memory_budget(self):
+        return RuntimeConfig().memory_budget  # honours UNIVERSAL_KERNEL_MEMORY_BUDGET
+
+    runtime: Runtime | None = None
+
+    def runtime_config(self) -> RuntimeConfig:
+        folders = [Path(f).expanduser() for f in self.model_folders]
+        if not folders:
+            root = Path(self.serverapp.root_dir) if self.serverapp is not None else Path.cwd()
+            folders = [root, Path.home() / ".cache" / "universal-kernel" / "models"]
+        return RuntimeConfig(model_folders=folders, aliases=dict(self.model_aliases), keep_alive=self.keep_alive,
+                             memory_budget=self.memory_budget, queue_length=self.queue_length,
+                             allow_downloads=self.allow_downloads)
+
+    def initialize_settings(self) -> None:
+        self.runtime = Runtime(self.runtime_config())
+        self.settings[handlers.SERVING_SETTING] = Serving(self.runtime, max_body_size=self.max_body_size)
+
+    def initialize_handlers(self) -> None:
+        self.handlers.extend(handlers.routes())
+
+    async def _start_jupyter_server_extension(self, serverapp) -> None:
+        if self.preload:
+            self._preloading = asyncio.ensure_future(self._preload())
+
+    async def _preload(self) -> None:
+        loop = asyncio.get_running_loop()
+        for model in self.preload:
+            try:
+                entry = await loop.run_in_executor(None, lambda m=model: self.runtime.load(m))
+                self.log.info("universal_kernel: loaded %s (%s) in %.1f s", entry["id"], entry["backend"],
+                              entry["load_s"])
+            except Exception as exc:  # noqa: BLE001 - a bad preload must not stop the server
+                self.log.error("universal_kernel: could not preload %r: %s", model, exc)
+
+    async def stop_extension(self) -> None:
+        if self.runtime is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.runtime.close)
+            self.runtime = None

@@ -1,0 +1,215 @@
+"""Thin tornado handlers: authenticate, parse, call the serving layer, write what it returns.
+
+Every failure on these routes, Jupyter's own authentication failures included, is written as an
+OpenAI error body by `write_error`.
+"""
+
+from __future__ import annotations
+
+import json
+from http.client import responses
+from typing import Any
+
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler
+from pydantic import BaseModel
+from tornado import web
+from tornado.iostream import StreamClosedError
+
+from . import protocol as p
+from .serving import Failure, GenerationJob, Serving, failure, parse
+
+#: the resource this extension's handlers are authorized against
+AUTH_RESOURCE = "universal_kernel"
+SERVING_SETTING = "universal_kernel_serving"
+
+
+def _default(value: Any):
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return str(value)
+
+
+class BaseHandler(APIHandler):
+    auth_resource = AUTH_RESOURCE
+    _job: GenerationJob | None = None
+
+    @property
+    def serving(self) -> Serving:
+        return self.settings[SERVING_SETTING]
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        limit = self.serving.max_body_size
+        if self.request.body and len(self.request.body) > limit:
+            raise web.HTTPError(413, f"the request body is larger than the limit of {limit} bytes")
+
+    # Writing ----------------------------------------------------------------------------------
+    def send_json(self, value: BaseModel | dict | list, status: int = 200) -> None:
+        self.set_status(status)
+        if isinstance(value, BaseModel):
+            text = value.model_dump_json(exclude_none=False)
+        else:
+            text = json.dumps(value, default=_default)
+        self.finish(text)
+
+    def send_failure(self, fail: Failure) -> None:
+        reason = responses.get(fail.status, "Client Closed Request" if fail.status == 499 else "Error")
+        self.set_status(fail.status, reason=reason)
+        for name, value in fail.headers.items():
+            self.set_header(name, value)
+        self.finish(fail.json())
+
+    def send(self, value) -> None:
+        if isinstance(value, Failure):
+            self.send_failure(value)
+        else:
+            self.send_json(value)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """OpenAI error bodies for every HTTP error, never a traceback."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = responses.get(status_code, "Error")
+        if isinstance(exc, web.HTTPError) and exc.log_message:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        if status_code == 403 and not self.current_user:
+            # Jupyter answers 403 to a missing or wrong token; an API client expects 401
+            fail = failure(401, "a valid Jupyter token is required: send 'Authorization: Bearer <token>'",
+                           "authentication_error", code="invalid_api_key")
+            self.set_header("WWW-Authenticate", 'Bearer realm="jupyter"')
+        elif status_code == 403:
+            fail = failure(403, message, "permission_error", code="forbidden")
+        elif status_code == 404:
+            fail = failure(404, message if exc is not None and message != "Not Found"
+                           else f"no such route: {self.request.method} {self.request.path}", code="not_found")
+        elif status_code == 413:
+            fail = failure(413, message, code="request_too_large")
+        elif status_code < 500:
+            fail = failure(status_code, message, code=responses.get(status_code, "error").lower().replace(" ", "_"))
+        else:
+            fail = failure(status_code, "internal error; see the Jupyter server log", "server_error",
+                           code="internal_error")
+        self.clear_header("Content-Type")
+        self.send_failure(fail)
+
+    # Streaming --------------------------------------------------------------------------------
+    def on_connection_close(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+        super().on_connection_close()
+
+    async def send_generation(self, started, stream: bool) -> None:
+        """Send a started generation as SSE chunks or as one body; the same events either way."""
+        if isinstance(started, Failure):
+            return self.send_failure(started)
+        self._job = started.job
+        try:
+            if self.request.connection.stream.closed():
+                started.job.cancel()
+                return
+            if not stream:
+                return self.send(await started.collect())
+            self.set_header("Content-Type", "text/event-stream")
+            self.set_header("Cache-Control", "no-cache")
+            self.set_header("X-Accel-Buffering", "no")
+            async for chunk in started.chunks():
+                self.write(f"data: {chunk.model_dump_json()}\n\n")
+                await self.flush()
+            self.write("data: [DONE]\n\n")
+            await self.finish(set_content_type="text/event-stream")
+        except StreamClosedError:
+            started.job.cancel()
+        finally:
+            await started.job.aclose()
+            self._job = None
+
+
+class ModelsHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def get(self):
+        self.send(await self.serving.models())
+
+
+class ModelHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, model_id: str):
+        self.send(await self.serving.model(model_id))
+
+
+class ChatCompletionsHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def post(self):
+        req = parse(p.ChatCompletionRequest, self.request.body)
+        if isinstance(req, Failure):
+            return self.send_failure(req)
+        await self.send_generation(await self.serving.chat(req), req.stream)
+
+
+class CompletionsHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def post(self):
+        req = parse(p.CompletionRequest, self.request.body)
+        if isinstance(req, Failure):
+            return self.send_failure(req)
+        await self.send_generation(await self.serving.completion(req), req.stream)
+
+
+class EmbeddingsHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def post(self):
+        req = parse(p.EmbeddingRequest, self.request.body)
+        self.send(req if isinstance(req, Failure) else await self.serving.embeddings(req))
+
+
+class StatusHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def get(self):
+        self.send(await self.serving.status())
+
+
+class LoadHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def post(self):
+        req = parse(p.LoadRequest, self.request.body or b"{}")
+        self.send(req if isinstance(req, Failure) else await self.serving.load(req))
+
+
+class UnloadHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def post(self):
+        req = parse(p.UnloadRequest, self.request.body)
+        self.send(req if isinstance(req, Failure) else await self.serving.unload(req))
+
+
+class NotFoundHandler(BaseHandler):
+    """Anything else under universal/: a 404 in the OpenAI shape."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, path: str = ""):
+        raise web.HTTPError(404)
+
+    post = put = delete = patch = get
+
+
+def routes() -> list[tuple[str, type]]:
+    """URL patterns, relative to the server's base_url."""
+    return [
+        (r"universal/v1/models/?", ModelsHandler),
+        (r"universal/v1/models/(.+)", ModelHandler),
+        (r"universal/v1/chat/completions/?", ChatCompletionsHandler),
+        (r"universal/v1/completions/?", CompletionsHandler),
+        (r"universal/v1/embeddings/?", EmbeddingsHandler),
+        (r"universal/api/status/?", StatusHandler),
+        (r"universal/api/load/?", LoadHandler),
+        (r"universal/api/unload/?", UnloadHandler),
+        (r"universal/(.*)", NotFoundHandler),
+    ]
