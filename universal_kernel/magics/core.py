@@ -1,0 +1,165 @@
+"""The magics class: argument declarations (IPython's `@magic_arguments`) and the shared state.
+
+Each magic's work lives in its own module (generate, embed, runtime_magic), imported when the
+magic first runs, so `%load_ext universal_kernel` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import shlex
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
+from IPython.core.magic_arguments import argument, magic_arguments
+from traitlets import Bool, Enum, Int, Unicode
+
+from ..errors import RuntimeFailure
+
+FORMATS = ("markdown", "text", "code", "json")
+
+
+def one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+def user_errors(func):
+    """The runtime's typed errors become a one-line UsageError (shown without a traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except RuntimeFailure as exc:
+            raise UsageError(one_line(exc.message)) from None
+
+    return wrapper
+
+
+def split_args(parser, line: str):
+    """Parse a magic's line with shell quoting (quotes removed), errors as UsageError."""
+    try:
+        argv = shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"cannot parse the options: {exc}") from None
+    return parser.parse_args(argv)
+
+
+def check_name(option: str, name: str | None) -> None:
+    import keyword
+
+    if name is not None and (not name.isidentifier() or keyword.iskeyword(name)):
+        raise UsageError(f"{option} needs a Python variable name, not {name!r}")
+
+
+@magics_class
+class UniversalKernelMagics(Magics):
+    """%%generate, %embed and %runtime. Configurable: c.UniversalKernelMagics.generation_model = ..."""
+
+    generation_model = Unicode("", help="Model of %%generate; empty means the runtime's default "
+                                        "(smollm2-135m-instruct).").tag(config=True)
+    embedding_model = Unicode("", help="Model of %embed; empty means the runtime's default "
+                                       "(all-minilm-l6-v2).").tag(config=True)
+    default_format = Enum(FORMATS, "markdown", help="Default --format of %%generate.").tag(config=True)
+    use_server = Bool(False, help="Send work to the Jupyter server's runtime by default.").tag(config=True)
+    server_url = Unicode("", help="URL of the Jupyter server (with its base_url); empty: discover it.").tag(
+        config=True)
+    server_token = Unicode("", help="Token of the Jupyter server; empty: from its runtime file.").tag(
+        config=True)
+    embed_chunk_rows = Int(256, help="Rows embedded per request by %embed.").tag(config=True)
+    progress_min_rows = Int(512, help="%embed shows a progress bar from this many unique rows.").tag(config=True)
+
+    def __init__(self, shell=None, runtime=None, **kwargs):
+        super().__init__(shell=shell, **kwargs)
+        self._local = runtime
+        self._remote = None
+        self.last_generation = None  # the Completion (or partial) of the last %%generate
+        self.last_embedding: dict | None = None  # counts of the last %embed
+
+    # Runtimes -------------------------------------------------------------------------------
+    def local_runtime(self):
+        if self._local is None:
+            from .. import get_runtime
+
+            self._local = get_runtime()
+        return self._local
+
+    def set_local_runtime(self, runtime) -> None:
+        self._local = runtime
+
+    def remote_runtime(self, url: str | None = None, token: str | None = None, *, reconnect: bool = False):
+        if self._remote is None or reconnect or url:
+            from .remote import RemoteRuntime
+
+            kwargs = {}
+            if self.generation_model:
+                kwargs["default_generation_model"] = self.generation_model
+            if self.embedding_model:
+                kwargs["default_embedding_model"] = self.embedding_model
+            self._remote = RemoteRuntime.discover(url or self.server_url or None,
+                                                  token if token is not None else (self.server_token or None),
+                                                  **kwargs)
+        return self._remote
+
+    def runtime_for(self, server: bool = False):
+        return self.remote_runtime() if (server or self.use_server) else self.local_runtime()
+
+    # Magics ---------------------------------------------------------------------------------
+    @no_var_expand
+    @magic_arguments()
+    @argument("-m", "--model", default=None, help="model reference (default: smollm2-135m-instruct)")
+    @argument("--system", default=None, help="system message")
+    @argument("--max-tokens", type=int, default=None, help="most tokens to generate (default 256)")
+    @argument("--temperature", type=float, default=None, help="sampling temperature, 0 for greedy")
+    @argument("--top-p", type=float, default=None, help="nucleus sampling threshold")
+    @argument("--seed", type=int, default=None, help="sampling seed")
+    @argument("--stop", nargs="+", default=None, metavar="S", help="stop strings (\\n, \\t understood)")
+    @argument("--format", choices=FORMATS, default=None, help="how to render the text (default markdown)")
+    @argument("--out", default=None, metavar="VAR", help="store the text (parsed object for json) in VAR")
+    @argument("--chat", default=None, metavar="NAME", help="keep a conversation in NAME across cells")
+    @argument("--no-stream", action="store_true", help="show the text only once it is complete")
+    @argument("--no-interpolate", action="store_true", help="leave {name} in the prompt as written")
+    @argument("--server", action="store_true", help="run on the Jupyter server's runtime")
+    @cell_magic
+    def generate(self, line, cell):
+        """Generate text from the cell body as the prompt, streaming tokens into the output.
+
+        `{name}` and `{name.attr}` are filled from the namespace when the name exists.
+        """
+        from .generate import run_generate
+
+        args = split_args(UniversalKernelMagics.generate.parser, line)
+        return user_errors(run_generate)(self, args, cell)
+
+    @no_var_expand
+    @magic_arguments()
+    @argument("expr", nargs="*", help="a Series (df.text), a list of strings, or one string")
+    @argument("-m", "--model", default=None, help="embedding model (default: all-minilm-l6-v2)")
+    @argument("--out", default=None, metavar="VAR", help="store the float32 array in VAR")
+    @argument("--column", default=None, metavar="NAME", help="add the vectors as column NAME of the DataFrame")
+    @argument("--no-normalize", action="store_true", help="keep the vectors' lengths")
+    @argument("--server", action="store_true", help="run on the Jupyter server's runtime")
+    @line_magic
+    def embed(self, line):
+        """Embed texts: one float32 row per input, in input order; NaN rows for missing values."""
+        from .embed import run_embed
+
+        return user_errors(run_embed)(self, line, UniversalKernelMagics.embed.parser)
+
+    @no_var_expand
+    @magic_arguments()
+    @argument("action", help="status | models | load | unload | alias | monitor | use")
+    @argument("args", nargs="*", help="load/unload: MODEL; alias: NAME REF; use: local | server [URL]")
+    @argument("--backend", default="auto", help="load: auto, llama_cpp or transformers")
+    @argument("--keep-alive", type=float, default=None, help="load: seconds to stay loaded, -1 forever")
+    @argument("--token", default=None, help="use server: the Jupyter token")
+    @argument("--interval", type=float, default=2.0, help="monitor: seconds between refreshes")
+    @argument("--server", action="store_true", help="act on the Jupyter server's runtime")
+    @line_magic
+    def runtime(self, line):
+        """Inspect and drive the runtime: status, models, load M, unload M, alias NAME REF, monitor,
+        use local, use server [URL]."""
+        from .runtime_magic import run_runtime
+
+        args = split_args(UniversalKernelMagics.runtime.parser, line)
+        return user_errors(run_runtime)(self, args)

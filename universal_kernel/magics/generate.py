@@ -1,0 +1,183 @@
+"""`%%generate`: the cell body is the prompt; tokens stream into the output; a footer sums it up."""
+
+from __future__ import annotations
+
+import re
+
+from IPython.core.error import UsageError
+
+from ..backends import GenerationParams
+from ..errors import InvalidRequest
+from .core import check_name, one_line
+from .interpolate import interpolate
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "0": "\0"}
+
+
+def unescape(text: str) -> str:
+    r"""`\n`, `\t`, `\r`, `\\` in a stop string typed on the magic's line."""
+    return re.sub(r"\\([ntr0\\])", lambda m: _ESCAPES[m.group(1)], text)
+
+
+class Conversation:
+    """A `--chat NAME` conversation: the messages so far, kept in the user namespace as NAME."""
+
+    def __init__(self, system: str | None = None):
+        self.messages: list[dict] = []
+        if system:
+            self.messages.append({"role": "system", "content": system})
+
+    def set_system(self, system: str) -> None:
+        if self.messages and self.messages[0]["role"] == "system":
+            self.messages[0]["content"] = system
+        else:
+            self.messages.insert(0, {"role": "system", "content": system})
+
+    def reset(self) -> None:
+        system = [m for m in self.messages[:1] if m["role"] == "system"]
+        self.messages[:] = system
+
+    @property
+    def turns(self) -> int:
+        return sum(1 for m in self.messages if m["role"] == "user")
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def __repr__(self) -> str:
+        lines = [f"Conversation({self.turns} turns)"]
+        for message in self.messages:
+            text = message["content"].replace("\n", " ")
+            lines.append(f"  {message['role']}: {text[:70] + '...' if len(text) > 70 else text}")
+        return "\n".join(lines)
+
+
+def _params(magics, args) -> GenerationParams:
+    values = {}
+    if args.max_tokens is not None:
+        values["max_tokens"] = args.max_tokens
+    if args.temperature is not None:
+        values["temperature"] = args.temperature
+    if args.top_p is not None:
+        values["top_p"] = args.top_p
+    if args.seed is not None:
+        values["seed"] = args.seed
+    if args.stop:
+        values["stop"] = [unescape(s) for s in args.stop]
+    if (args.format or magics.default_format) == "json":
+        values["response_format"] = {"type": "json_object"}
+    try:
+        return GenerationParams(**values)
+    except InvalidRequest as exc:
+        option = "--" + (exc.param or "").replace("_", "-")
+        raise UsageError(f"{option}: {exc.message}" if exc.param else exc.message) from None
+
+
+def _conversation(ns: dict, name: str, system: str | None) -> Conversation:
+    chat = ns.get(name)
+    if chat is None:
+        chat = ns[name] = Conversation(system)
+    elif not isinstance(chat, Conversation):
+        raise UsageError(f"--chat {name}: {name} already holds a {type(chat).__name__}, not a conversation")
+    elif system:
+        chat.set_system(system)
+    return chat
+
+
+def _memory(runtime) -> int | None:
+    try:
+        if type(runtime).__name__ == "RemoteRuntime":
+            return runtime.status()["memory"]["process_rss_bytes"]
+        from ..devices import process_rss
+
+        return process_rss()
+    except Exception:
+        return None
+
+
+def run_generate(magics, args, cell: str):
+    from universal_kernel.widgets.stream_display import StreamDisplay, footer_text, parse_json
+
+    shell = magics.shell
+    ns = shell.user_ns
+    check_name("--out", args.out)
+    check_name("--chat", args.chat)
+    prompt = cell.strip("\n")
+    if not prompt.strip():
+        raise UsageError("%%generate needs a prompt: write it in the cell below the magic's line")
+    system = args.system
+    if not args.no_interpolate:
+        prompt = interpolate(prompt, ns)
+        system = interpolate(system, ns) if system else system
+    fmt = args.format or magics.default_format
+    params = _params(magics, args)
+    model = args.model or magics.generation_model or None
+
+    chat = _conversation(ns, args.chat, system) if args.chat else None
+    if chat is not None:
+        messages = chat.messages + [{"role": "user", "content": prompt}]
+    else:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+
+    runtime = magics.runtime_for(args.server)
+    display = StreamDisplay(fmt, live=not args.no_stream, shell=shell)
+    stream = runtime.stream(model, messages=messages, params=params)
+    model_id = getattr(stream, "model", model)
+    display.start()
+    try:
+        for piece in stream:
+            display.append(piece)
+    except KeyboardInterrupt:
+        _interrupted(magics, args, stream, display, chat, prompt, model_id, runtime)
+        raise
+
+    completion = stream.completion
+    magics.last_generation = completion
+    text = completion.text
+    value = text
+    note = None
+    if completion.finish_reason == "length":
+        note = "stopped at --max-tokens"
+    if fmt == "json":
+        try:
+            value = parse_json(text)
+        except ValueError:
+            note = "not valid JSON" + (" (cut at --max-tokens)" if completion.finish_reason == "length" else "")
+    if args.out:
+        ns[args.out] = value
+    if chat is not None:
+        chat.messages.append({"role": "user", "content": prompt})
+        chat.messages.append({"role": "assistant", "content": text})
+    footer = footer_text(model_id, completion.stats, tokens=completion.completion_tokens,
+                         memory_bytes=_memory(runtime), note=note)
+    display.finish(footer)
+    if note and "JSON" in note:
+        print(f"warning: the output is {note}; {'--out ' + args.out + ' holds the text' if args.out else ''}"
+              .rstrip("; "))
+    return None
+
+
+def _interrupted(magics, args, stream, display, chat, prompt, model_id, runtime) -> None:
+    """Stop the generation now, keep the partial text (in --out and the chat), show it with a footer."""
+    try:
+        stream.close()
+    except KeyboardInterrupt:
+        pass
+    from universal_kernel.widgets.stream_display import footer_text
+
+    text = stream.text
+    magics.last_generation = stream
+    ns = magics.shell.user_ns
+    if args.out:
+        ns[args.out] = text
+    if chat is not None:
+        chat.messages.append({"role": "user", "content": prompt})
+        chat.messages.append({"role": "assistant", "content": text})
+    stats = stream.stats
+    tokens = stats.completion_tokens or len(stream.parts)
+    where = f"; partial text in {args.out}" if args.out else ""
+    try:
+        display.finish(footer_text(model_id, stats, tokens=tokens, memory_bytes=_memory(runtime),
+                                   note=one_line(f"interrupted{where}")), text=text, fmt="text")
+    except Exception:
+        pass

@@ -1,0 +1,338 @@
+"""The Jupyter server's runtime, reached over HTTP: what `--server` and `%runtime use server` talk to.
+
+`RemoteRuntime` offers the part of `Runtime`'s API that the magics and the monitor use (`stream`,
+`generate`, `embed`, `status`, `models`, `load`, `unload`) on top of the server extension's OpenAI API
+(`{base_url}universal/v1/...`) and its runtime API (`{base_url}universal/api/...`), authenticated with
+the Jupyter token. Only the standard library is used: no `openai` or `requests` in the kernel path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..backends import GenerationParams
+from ..errors import (
+    Busy, GenerationFailed, InvalidRequest, ModelNotFound, RuntimeFailure,
+)
+from ..stats import RequestStats
+from ..streams import Completion
+
+
+class ServerUnavailable(RuntimeFailure):
+    """No Jupyter server with the extension could be found or reached."""
+
+
+class RemoteError(RuntimeFailure):
+    """The server answered with an error."""
+
+    def __init__(self, message: str, *, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+def _alive(pid) -> bool:
+    try:
+        import psutil
+
+        return psutil.pid_exists(int(pid))
+    except Exception:
+        return True
+
+
+def running_servers() -> list[dict]:
+    """jupyter_server's runtime files (`jpserver-*.json`) of servers still running, newest first."""
+    try:
+        from jupyter_core.paths import jupyter_runtime_dir
+
+        folder = Path(jupyter_runtime_dir())
+    except Exception:
+        return []
+    found = []
+    for path in sorted(folder.glob("jpserver-*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if "url" in info and _alive(info.get("pid", 0)):
+            found.append(info)
+    return found
+
+
+def find_server(url: str | None = None, token: str | None = None) -> tuple[str, str]:
+    """(base URL ending in '/', token): configured, else the server that launched this kernel, else the newest."""
+    url = url or os.environ.get("UNIVERSAL_KERNEL_SERVER_URL")
+    if url:
+        token = token if token is not None else (
+            os.environ.get("UNIVERSAL_KERNEL_SERVER_TOKEN") or os.environ.get("JUPYTER_TOKEN") or "")
+        return url.rstrip("/") + "/", token
+    servers = running_servers()
+    if not servers:
+        raise ServerUnavailable("no running Jupyter server found: start `jupyter server` or pass "
+                                "%runtime use server URL --token TOKEN")
+    parent = os.environ.get("JPY_PARENT_PID")
+    chosen = next((s for s in servers if parent and str(s.get("pid")) == parent), None)
+    if chosen is None:
+        cwd = os.getcwd()
+        chosen = next((s for s in servers if s.get("root_dir") and cwd.startswith(str(s["root_dir"]))), servers[0])
+    base = chosen["url"].rstrip("/") + "/"
+    base_url = (chosen.get("base_url") or "/").strip("/")
+    if base_url and not base.rstrip("/").endswith(base_url):
+        base = base + base_url + "/"
+    return base, token if token is not None else chosen.get("token", "")
+
+
+@dataclass
+class RemoteEmbedding:
+    model: str
+    vectors: np.ndarray
+    prompt_tokens: int
+    stats: RequestStats
+
+
+def _params_body(params: GenerationParams) -> dict:
+    body = {
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "top_k": params.top_k,
+        "min_p": params.min_p,
+        "repeat_penalty": params.repeat_penalty,
+    }
+    if params.max_tokens is not None:
+        body["max_tokens"] = params.max_tokens
+    if params.seed is not None:
+        body["seed"] = params.seed
+    if params.stop:
+        body["stop"] = list(params.stop)
+    if params.presence_penalty:
+        body["presence_penalty"] = params.presence_penalty
+    if params.frequency_penalty:
+        body["frequency_penalty"] = params.frequency_penalty
+    if params.response_format:
+        body["response_format"] = params.response_format
+    return body
+
+
+class RemoteStream:
+    """Iterate for text pieces of a streamed chat completion; closing it drops the connection (cancels)."""
+
+    def __init__(self, client: "RemoteRuntime", body: dict):
+        self.model = body["model"]
+        self.parts: list[str] = []
+        self.completion: Completion | None = None
+        self.stats = RequestStats(model=self.model, backend="server", kind="generate", created_at=time.time())
+        self._started = time.perf_counter()
+        self._first: float | None = None
+        self._finish = "stop"
+        self._usage: dict = {}
+        self._done = False
+        self._response = client._open("POST", "v1/chat/completions", body)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        if self._done:
+            raise StopIteration
+        try:
+            while True:
+                raw = self._response.readline()
+                if not raw:
+                    return self._end()
+                line = raw.decode("utf-8").strip()
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return self._end()
+                event = json.loads(data)
+                if "error" in event:
+                    raise RemoteError(str((event["error"] or {}).get("message", event["error"])))
+                if event.get("usage"):
+                    self._usage = event["usage"]
+                for choice in event.get("choices") or []:
+                    if choice.get("finish_reason"):
+                        self._finish = choice["finish_reason"]
+                    piece = (choice.get("delta") or {}).get("content")
+                    if piece:
+                        if self._first is None:
+                            self._first = time.perf_counter()
+                        self.parts.append(piece)
+                        return piece
+        except StopIteration:
+            raise
+        except BaseException:
+            self.close()
+            raise
+
+    def _end(self):
+        self._done = True
+        self._response.close()
+        end = time.perf_counter()
+        stats = self.stats
+        stats.total_s = end - self._started
+        stats.prompt_tokens = int(self._usage.get("prompt_tokens", 0))
+        stats.completion_tokens = int(self._usage.get("completion_tokens", 0))
+        stats.finish_reason = self._finish
+        if self._first is not None:
+            stats.ttft_s = self._first - self._started
+            if stats.completion_tokens and end > self._first:
+                stats.tokens_per_s = stats.completion_tokens / (end - self._started)
+        self.completion = Completion(self.model, self.text, self._finish, stats.prompt_tokens,
+                                     stats.completion_tokens, stats)
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stop reading: the server sees the client gone and cancels the generation."""
+        if not self._done:
+            self._done = True
+            self.stats.finish_reason = "cancelled"
+            try:
+                self._response.close()
+            except Exception:
+                pass
+
+    def result(self) -> Completion:
+        for _ in self:
+            pass
+        return self.completion
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class RemoteRuntime:
+    """The server's runtime. `base` is the server's URL with its base_url, ending in '/'."""
+
+    def __init__(self, base: str, token: str = "", *, timeout: float = 600.0,
+                 default_generation_model: str = "smollm2-135m-instruct",
+                 default_embedding_model: str = "all-minilm-l6-v2"):
+        self.base = base.rstrip("/") + "/"
+        self.token = token
+        self.timeout = timeout
+        self.default_generation_model = default_generation_model
+        self.default_embedding_model = default_embedding_model
+
+    @classmethod
+    def discover(cls, url: str | None = None, token: str | None = None, **kwargs) -> "RemoteRuntime":
+        base, token = find_server(url, token)
+        return cls(base, token, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"RemoteRuntime({self.base!r})"
+
+    # HTTP -----------------------------------------------------------------------------------
+    def _open(self, method: str, path: str, body: dict | None = None):
+        url = self.base + "universal/" + path
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        headers = {"Accept": "application/json, text/event-stream"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        request = urllib.request.Request(url, data=data, method=method, headers=headers)
+        try:
+            return urllib.request.urlopen(request, timeout=self.timeout)
+        except urllib.error.HTTPError as exc:
+            raise self._error(exc) from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ServerUnavailable(f"cannot reach the Jupyter server at {self.base}: {reason}") from None
+
+    @staticmethod
+    def _error(exc: urllib.error.HTTPError) -> RuntimeFailure:
+        try:
+            payload = json.loads(exc.read().decode("utf-8"))
+            message = payload["error"]["message"]
+        except Exception:
+            message = f"HTTP {exc.code} {exc.reason}"
+        kind = {400: InvalidRequest, 404: ModelNotFound, 429: Busy}.get(exc.code)
+        if exc.code in (401, 403):
+            return ServerUnavailable(f"the Jupyter server refused the token ({exc.code}): {message}")
+        if kind is Busy:
+            return Busy(message)
+        if kind is not None:
+            return kind(message)
+        return RemoteError(message, status=exc.code)
+
+    def _json(self, method: str, path: str, body: dict | None = None):
+        with self._open(method, path, body) as response:
+            return json.loads(response.read().decode("utf-8") or "null")
+
+    # Runtime API ----------------------------------------------------------------------------
+    def stream(self, model: str | None = None, *, prompt: str | None = None, messages: list | None = None,
+               params: GenerationParams | dict | None = None, backend: str = "auto",
+               keep_alive: float | None = None) -> RemoteStream:
+        if messages is None:
+            if prompt is None:
+                raise InvalidRequest("give either a prompt or messages")
+            messages = [{"role": "user", "content": prompt}]
+        params = params if isinstance(params, GenerationParams) else GenerationParams(**(params or {}))
+        body = {"model": model or self.default_generation_model, "messages": messages, "stream": True,
+                "stream_options": {"include_usage": True}, **_params_body(params)}
+        if keep_alive is not None:
+            body["keep_alive"] = keep_alive
+        return RemoteStream(self, body)
+
+    def generate(self, model: str | None = None, **kwargs) -> Completion:
+        with self.stream(model, **kwargs) as stream:
+            return stream.result()
+
+    def embed(self, texts, model: str | None = None, *, normalize: bool = True, backend: str = "auto",
+              keep_alive: float | None = None) -> RemoteEmbedding:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        model = model or self.default_embedding_model
+        stats = RequestStats(model=model, backend="server", kind="embed", created_at=time.time())
+        started = time.perf_counter()
+        body = {"model": model, "input": texts, "encoding_format": "float"}
+        if not normalize:
+            body["normalize"] = False
+        if keep_alive is not None:
+            body["keep_alive"] = keep_alive
+        payload = self._json("POST", "v1/embeddings", body)
+        rows = sorted(payload.get("data") or [], key=lambda r: r.get("index", 0))
+        if len(rows) != len(texts):
+            raise GenerationFailed(f"the server returned {len(rows)} embeddings for {len(texts)} inputs")
+        vectors = np.asarray([r["embedding"] for r in rows], dtype=np.float32).reshape(len(texts), -1)
+        stats.total_s = time.perf_counter() - started
+        stats.prompt_tokens = int((payload.get("usage") or {}).get("prompt_tokens", 0))
+        stats.rows_computed = len(texts)
+        return RemoteEmbedding(payload.get("model", model), vectors, stats.prompt_tokens, stats)
+
+    def status(self) -> dict:
+        return self._json("GET", "api/status")
+
+    def models(self) -> list[dict]:
+        return list((self._json("GET", "v1/models") or {}).get("data") or [])
+
+    def load(self, model: str | None = None, *, backend: str = "auto", keep_alive: float | None = None,
+             **_ignored) -> dict:
+        body = {"model": model or self.default_generation_model, "backend": backend}
+        if keep_alive is not None:
+            body["keep_alive"] = keep_alive
+        return self._json("POST", "api/load", body)
+
+    def unload(self, model: str | None = None, *, backend: str | None = None):
+        body = {"model": model} if model else {}
+        return self._json("POST", "api/unload", body)
+
+    def alias(self, name: str, ref: str):
+        raise InvalidRequest("aliases of the server's runtime are set in its configuration "
+                             "(c.UniversalKernel.aliases); %runtime alias applies to the local runtime")
+
+    def subscribe(self, listener) -> None:  # the monitor polls the server instead
+        pass

@@ -1,0 +1,204 @@
+"""The runtime monitor: memory, loaded models with expiry, recent requests and a latency sparkline.
+
+It reads a status dict (the shape of `Runtime.status()`, which the server's `/universal/api/status`
+also returns) from a `source`: the in-process runtime or a `RemoteRuntime`. A daemon thread refreshes
+it every `interval` seconds, so the kernel never blocks on it; the local runtime's load/unload events
+refresh it at once. `refresh()` does one update synchronously.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+import weakref
+
+import ipywidgets as widgets
+from traitlets import Dict, Float, Int, List, Unicode
+
+
+def _mib(nbytes) -> str:
+    return "-" if nbytes is None else f"{nbytes / 2**20:,.0f} MiB"
+
+
+def _ms(seconds) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def _expiry(model: dict) -> str:
+    if model.get("active") or model.get("running"):
+        return "in use"
+    if model.get("expires_in_s") is None:
+        return "never" if (model.get("keep_alive") or 0) < 0 else "-"
+    return f"{model['expires_in_s']:.0f} s"
+
+
+def latency(request: dict):
+    """What the plot shows for one request: time to first token, or total time for embeddings."""
+    return request.get("ttft_s") if request.get("ttft_s") is not None else request.get("total_s")
+
+
+def sparkline(values: list, width: int = 240, height: int = 40) -> str:
+    """An inline SVG polyline of `values` (seconds), scaled to its maximum."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return f'<svg width="{width}" height="{height}"><text x="4" y="{height // 2}" font-size="11" ' \
+               f'fill="#888">no requests yet</text></svg>'
+    top = max(values) or 1.0
+    step = width / max(len(values) - 1, 1)
+    points = " ".join(f"{i * step:.1f},{height - 2 - (v / top) * (height - 6):.1f}" for i, v in enumerate(values))
+    return (f'<svg width="{width}" height="{height}" style="background:#fafafa">'
+            f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{points}"/>'
+            f'<text x="{width - 4}" y="11" font-size="10" text-anchor="end" fill="#666">max {_ms(top)}</text>'
+            f"</svg>")
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    if not rows:
+        return '<div style="color:#888">none</div>'
+    head = "".join(f"<th style='text-align:left;padding:0 8px'>{h}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td style='padding:0 8px'>{html.escape(str(c))}</td>" for c in row)
+                   + "</tr>" for row in rows)
+    return f"<table style='font-size:90%'><tr>{head}</tr>{body}</table>"
+
+
+class Monitor(widgets.VBox):
+    """Live view of a runtime. Traits hold the latest figures (tests and users can read them)."""
+
+    source_name = Unicode("local")
+    interval = Float(2.0)
+    rss_bytes = Int(0)
+    system_available_bytes = Int(0)
+    system_total_bytes = Int(0)
+    gpus = List()
+    models = List()
+    loaded = List()  # ids of loaded models
+    recent = List()
+    loads = Int(0)
+    finished_requests = Int(0)
+    latencies = List()
+    refreshes = Int(0)
+    updated_at = Float(0.0)
+    error = Unicode("")
+    last_status = Dict()
+
+    def __init__(self, source=None, *, interval: float = 2.0, autostart: bool = True, **kwargs):
+        if source is None:
+            from universal_kernel import get_runtime
+
+            source = get_runtime()
+        self.source = source
+        self._title = widgets.HTML()
+        self._memory = widgets.HTML()
+        self._models = widgets.HTML()
+        self._requests = widgets.HTML()
+        self._plot = widgets.HTML()
+        super().__init__(children=[self._title, self._memory, self._models, self._plot, self._requests],
+                         **kwargs)
+        self.interval = interval
+        self.source_name = "server" if type(source).__name__ == "RemoteRuntime" else "local"
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        ref = weakref.ref(self)
+
+        def on_event(event, payload):
+            monitor = ref()
+            if monitor is not None and not monitor._stop.is_set():
+                monitor.refresh()
+
+        subscribe = getattr(source, "subscribe", None)
+        if subscribe is not None:
+            subscribe(on_event)
+        self.refresh()
+        if autostart:
+            self.start()
+
+    # Updating -------------------------------------------------------------------------------
+    def refresh(self) -> dict | None:
+        """Read the source's status once and update the traits and the view."""
+        with self._lock:
+            try:
+                status = self.source.status()
+            except Exception as exc:  # a server gone away: show it, keep polling
+                self.error = f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
+                self._title.value = f"<b>universal-kernel</b> ({self.source_name}) <span style='color:#c00'>" \
+                                    f"{html.escape(self.error)}</span>"
+                return None
+            self.error = ""
+            self._apply(status)
+            return status
+
+    def _apply(self, status: dict) -> None:
+        memory = status.get("memory") or {}
+        models = status.get("models") or []
+        recent = status.get("recent") or []
+        done = [r for r in recent if r.get("finish_reason")]
+        with self.hold_trait_notifications():
+            self.rss_bytes = int(memory.get("process_rss_bytes") or 0)
+            self.system_available_bytes = int(memory.get("system_available_bytes") or 0)
+            self.system_total_bytes = int(memory.get("system_total_bytes") or 0)
+            self.gpus = list(memory.get("gpus") or [])
+            self.models = models
+            self.loaded = [m.get("id") for m in models]
+            self.recent = recent
+            self.loads = int(status.get("loads") or 0)
+            self.finished_requests = len(done)
+            self.latencies = [latency(r) for r in done]
+            self.refreshes += 1
+            self.updated_at = time.time()
+            self.last_status = status
+        self._render()
+
+    def _render(self) -> None:
+        clock = time.strftime("%H:%M:%S", time.localtime(self.updated_at))
+        self._title.value = f"<b>universal-kernel</b> ({self.source_name}) \u00b7 updated {clock}"
+        gpu = "".join(f" \u00b7 GPU{g.get('index', i)} {_mib(g.get('allocated_bytes'))} allocated, "
+                      f"{_mib(g.get('free_bytes'))} free of {_mib(g.get('total_bytes'))}"
+                      for i, g in enumerate(self.gpus))
+        self._memory.value = (f"process RSS {_mib(self.rss_bytes)} \u00b7 system {_mib(self.system_available_bytes)}"
+                              f" available of {_mib(self.system_total_bytes)}{gpu}")
+        self._models.value = _table(
+            ["model", "backend", "device", "size", "expires in", "queue", "requests"],
+            [[m.get("id"), m.get("backend"), m.get("device"), _mib(m.get("size_bytes")), _expiry(m),
+              m.get("queue_depth", 0), (m.get("figures") or {}).get("requests", 0)] for m in self.models])
+        last = [r for r in self.recent if r.get("finish_reason")][-8:]
+        self._requests.value = _table(
+            ["model", "kind", "queue wait", "TTFT", "tokens/s", "tokens", "total", "finish"],
+            [[r.get("model"), r.get("kind"), _ms(r.get("queue_wait_s")), _ms(r.get("ttft_s")),
+              "-" if not r.get("tokens_per_s") else f"{r['tokens_per_s']:.1f}", r.get("completion_tokens", 0),
+              _ms(r.get("total_s")), r.get("finish_reason")] for r in reversed(last)])
+        self._plot.value = "<div style='font-size:85%;color:#666'>recent latency (TTFT; total for " \
+                           "embeddings)</div>" + sparkline(self.latencies[-50:])
+
+    # Background refresh ---------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        ref = weakref.ref(self)
+        stop = self._stop
+
+        def loop():
+            while not stop.wait(max(0.2, getattr(ref(), "interval", 2.0) or 2.0)):
+                monitor = ref()
+                if monitor is None:
+                    return
+                monitor.refresh()
+                del monitor
+
+        self._thread = threading.Thread(target=loop, name="universal-kernel:monitor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
+
+    def close(self) -> None:
+        self.stop()
+        super().close()
