@@ -102,10 +102,12 @@ class BaseHandler(APIHandler):
         """Send a started generation as SSE chunks or as one body; the same events either way."""
         if isinstance(started, Failure):
             return self.send_failure(started)
-        self._job = started.job
+        self._job = started.job  # from now on a closed connection cancels it
         try:
-            if self.request.connection.stream.closed():
-                started.job.cancel()
+            failed = await started.job.prime()  # an error before the first token is still an HTTP error
+            if failed is not None:
+                return self.send_failure(failed)
+            if started.job.cancelled:
                 return
             if not stream:
                 return self.send(await started.collect())

@@ -58,6 +58,8 @@ class JsonSchema(_Request):
 class ResponseFormat(_Request):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchema | None = None
+    # also accepted: the runtime's own form, {"type": "json_schema", "schema": {...}}
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
 
 
 class _Sampling(_Request):
@@ -106,6 +108,7 @@ class EmbeddingRequest(_Request):
     input: Union[str, list[str], list[int], list[list[int]]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
+    normalize: bool = True  # extension: raw vectors when false (dimensions then only truncates)
     keep_alive: float | str | None = None
     backend: str = "auto"
 
@@ -117,7 +120,7 @@ class LoadRequest(_Request):
 
 
 class UnloadRequest(_Request):
-    model: str
+    model: str | None = None  # None: every loaded model
     backend: str | None = None
 
 

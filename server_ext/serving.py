@@ -329,10 +329,14 @@ def _params(req: p._Sampling, max_tokens: int | None, response_format: p.Respons
         given["stop"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
     if response_format is not None and response_format.type != "text":
         if response_format.type == "json_schema":
-            if response_format.json_schema is None:
+            if response_format.json_schema is not None:
+                schema = response_format.json_schema.schema_
+            elif response_format.schema_ is not None:
+                schema = response_format.schema_
+            else:
                 raise InvalidRequest("response_format json_schema needs a json_schema object",
                                      param="response_format.json_schema")
-            given["response_format"] = {"type": "json_schema", "schema": response_format.json_schema.schema_}
+            given["response_format"] = {"type": "json_schema", "schema": schema}
         else:
             given["response_format"] = {"type": "json_object"}
     return GenerationParams(max_tokens=max_tokens, **given)
@@ -406,6 +410,7 @@ class Serving:
                                  CompletionRenderer, echo=req.echo)
 
     async def _start(self, req, inputs, max_tokens, response_format, renderer, echo=False) -> Renderer | Failure:
+        """A renderer over a job that has not started: the caller primes it (see GenerationJob)."""
         try:
             params = _params(req, max_tokens, response_format)
             job = GenerationJob(self.runtime, req.model, inputs, params, req.backend,
@@ -413,12 +418,7 @@ class Serving:
         except Exception as exc:  # noqa: BLE001
             return failure_from(exc)
         include_usage = bool(req.stream and req.stream_options and req.stream_options.include_usage)
-        rendered = renderer(job, include_usage)
-        failed = await job.prime()
-        if failed is not None:
-            await job.aclose()
-            return failed
-        return rendered
+        return renderer(job, include_usage)
 
     # Embeddings ---------------------------------------------------------------------------------
     async def embeddings(self, req: p.EmbeddingRequest) -> p.EmbeddingResponse | Failure:
@@ -427,7 +427,7 @@ class Serving:
             return failure(400, "input must be a string or a non-empty list of strings (token ids are not "
                                 "supported)", param="input", code="invalid_value")
         try:
-            result = await self.runtime.aembed(texts, req.model, normalize=True, backend=req.backend,
+            result = await self.runtime.aembed(texts, req.model, normalize=req.normalize, backend=req.backend,
                                                keep_alive=keep_alive_seconds(req.keep_alive))
         except Exception as exc:  # noqa: BLE001
             return failure_from(exc)
@@ -437,7 +437,8 @@ class Serving:
                 return failure(400, f"dimensions must be at most {vectors.shape[1]} for {result.model!r}",
                                param="dimensions", code="invalid_value")
             vectors = vectors[:, : req.dimensions]
-            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            if req.normalize:
+                vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         if req.encoding_format == "base64":
             encoded = [base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in vectors]
         else:
