@@ -86,7 +86,8 @@ class ModelCache:
             return sum(e.estimate_bytes for e in self._entries.values()) + self._reserved
 
     # Acquire / release ----------------------------------------------------------------------
-    def acquire(self, spec: ModelSpec, backend: str, options: dict, keep_alive: float) -> tuple[LoadedModel, float]:
+    def acquire(self, spec: ModelSpec, backend: str, options: dict, keep_alive: float | None,
+                default_keep_alive: float = 300.0) -> tuple[LoadedModel, float]:
         """Return the loaded model (loading it if needed) held for one request, and the load time."""
         key = self.make_key(spec, backend, options)
         entry = self._hold(key, keep_alive)
@@ -118,7 +119,8 @@ class ModelCache:
             with self._lock:
                 self._reserved -= estimate
                 entry = LoadedModel(
-                    key=key, spec=spec, backend_name=backend, backend=instance, keep_alive=keep_alive,
+                    key=key, spec=spec, backend_name=backend, backend=instance,
+                    keep_alive=default_keep_alive if keep_alive is None else keep_alive,
                     worker=None, estimate_bytes=estimate, measured_bytes=measured, load_s=load_s,
                     loaded_at=time.time(), last_used=self.clock(), active=1,
                 )

@@ -147,8 +147,9 @@ class Runtime:
             raise WrongTask(f"{spec.id!r} is a{'n embedding' if spec.task == 'embed' else ' generation'} "
                             f"model; it cannot {verb}")
         backend = choose_backend(spec, backend)
-        keep = self.config.keep_alive if keep_alive is None else float(keep_alive)
-        entry, load_s = self.cache.acquire(spec, backend, dict(options or {}), keep)
+        # No keep_alive keeps a loaded model's current one; a new load takes the configured default.
+        keep = None if keep_alive is None else float(keep_alive)
+        entry, load_s = self.cache.acquire(spec, backend, dict(options or {}), keep, self.config.keep_alive)
         if load_s:
             self._notify("loaded", entry)
         return spec, entry, load_s
