@@ -14,7 +14,7 @@ import sys
 import time
 
 CURSOR = "\u258c"
-_FENCE = re.compile(r"^\s*```([\w+.-]*)[^\n]*\n(.*?)\n?```\s*$", re.S)
+_FENCE = re.compile(r"```([\w+.-]*)[^\n]*\n(.*?)(?:\n?```|$)", re.S)
 
 
 def rich_frontend(shell=None) -> bool:
@@ -31,8 +31,8 @@ def rich_frontend(shell=None) -> bool:
 
 
 def strip_fence(text: str) -> tuple[str, str]:
-    """(language, body) of a text wrapped in one ``` fence; ("", text) otherwise."""
-    match = _FENCE.match(text)
+    """(language, body) of the first ``` block of a text (closed or cut short); ("", text) without one."""
+    match = _FENCE.search(text)
     return (match.group(1), match.group(2)) if match else ("", text)
 
 

@@ -298,9 +298,9 @@ class RemoteRuntime:
         model = model or self.default_embedding_model
         stats = RequestStats(model=model, backend="server", kind="embed", created_at=time.time())
         started = time.perf_counter()
-        body = {"model": model, "input": texts, "encoding_format": "float"}
         if not normalize:
-            body["normalize"] = False
+            raise InvalidRequest("the server's embeddings are normalised; use --no-normalize without --server")
+        body = {"model": model, "input": texts, "encoding_format": "float"}
         if keep_alive is not None:
             body["keep_alive"] = keep_alive
         payload = self._json("POST", "v1/embeddings", body)
