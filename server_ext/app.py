@@ -40,6 +40,8 @@ class UniversalKernelApp(ExtensionApp):
                             help="Bytes that loaded models may take together; None means no budget.").tag(config=True)
     queue_length = Integer(16, help="Requests that may wait per model before a new one gets 429.").tag(config=True)
     max_body_size = Integer(16 * 2**20, help="Largest request body in bytes; larger ones get 413.").tag(config=True)
+    threads = Integer(None, allow_none=True, help="CPU threads for the backends; None: the machine's cores.").tag(
+        config=True)
     allow_downloads = Bool(False, help="Let hub ids missing from the local cache be downloaded.").tag(config=True)
 
     @default("keep_alive")
@@ -59,7 +61,7 @@ class UniversalKernelApp(ExtensionApp):
             folders = [root, Path.home() / ".cache" / "universal-kernel" / "models"]
         return RuntimeConfig(model_folders=folders, aliases=dict(self.model_aliases), keep_alive=self.keep_alive,
                              memory_budget=self.memory_budget, queue_length=self.queue_length,
-                             allow_downloads=self.allow_downloads)
+                             allow_downloads=self.allow_downloads, threads=self.threads)
 
     def initialize_settings(self) -> None:
         self.runtime = Runtime(self.runtime_config())
