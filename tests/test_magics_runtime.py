@@ -1,0 +1,87 @@
+"""%runtime in a real InteractiveShell: status, models, load, unload, alias, monitor, use."""
+
+from __future__ import annotations
+
+import pytest
+from IPython.core.error import UsageError
+
+from universal_kernel.magics import get_magics
+from universal_kernel.magics.runtime_magic import ModelList, RuntimeStatus
+
+from .conftest import MINILM, SMOLLM
+from .magics_support import free_port, ip, run  # noqa: F401
+
+
+def test_status_reports_models_memory_and_requests(ip, runtime):
+    runtime.generate(SMOLLM, prompt="Hi", params={"max_tokens": 2})
+    _, result = run(ip, "%runtime status")
+    status = result.result
+    assert isinstance(status, RuntimeStatus)
+    assert {m["id"] for m in status["models"]} >= {SMOLLM, MINILM}
+    text = repr(status)
+    assert "process RSS" in text and "loaded models (2)" in text and "recent requests" in text
+    assert SMOLLM in status._repr_html_()
+
+
+def test_models_lists_every_servable_model(ip):
+    _, result = run(ip, "%runtime models")
+    models = result.result
+    assert isinstance(models, ModelList)
+    by_id = {m["id"]: m for m in models}
+    assert by_id[SMOLLM]["loaded"] and by_id[MINILM]["task"] == "embed"
+    assert "loaded" in repr(models) and "<table>" in models._repr_html_()
+
+
+def test_alias_load_and_unload(ip, runtime):
+    captured, result = run(ip, f"%runtime alias tiny-chat {SMOLLM}")
+    assert result.success and "tiny-chat ->" in captured.stdout and ".gguf" in captured.stdout
+    loads = runtime.cache.loads
+    captured, _ = run(ip, "%runtime load tiny-chat --keep-alive -1")
+    assert "loaded tiny-chat" in captured.stdout and "llama_cpp" in captured.stdout
+    assert runtime.cache.loads == loads  # the same file, already loaded: no second load
+    captured, _ = run(ip, f"%runtime unload {SMOLLM}")
+    assert "unloaded" in captured.stdout
+    assert SMOLLM not in {m["id"] for m in runtime.status()["models"]}
+    captured, _ = run(ip, f"%runtime load {SMOLLM} --keep-alive -1")
+    assert runtime.cache.loads == loads + 1
+    assert SMOLLM in {m["id"] for m in runtime.status()["models"]}
+
+
+def test_monitor_returns_a_live_widget(ip):
+    _, result = run(ip, "%runtime monitor --interval 5")
+    monitor = result.result
+    try:
+        assert monitor.source_name == "local" and monitor.running and monitor.interval == 5
+        assert SMOLLM in monitor.loaded
+    finally:
+        monitor.close()
+    assert not monitor.running
+
+
+def test_use_local_and_server(ip):
+    magics = get_magics(ip)
+    captured, _ = run(ip, "%runtime use local")
+    assert "in-process" in captured.stdout and magics.use_server is False
+    port = free_port()
+    with pytest.raises(UsageError, match="cannot reach the Jupyter server"):
+        ip.run_line_magic("runtime", f"use server http://127.0.0.1:{port}/ --token x")
+    assert magics.use_server is False
+
+
+@pytest.mark.parametrize("line, message", [
+    ("", "the following arguments are required"),
+    ("explode", "unknown %runtime action"),
+    ("status extra", "usage: %runtime status"),
+    ("load", "usage: %runtime load MODEL"),
+    ("unload", "usage: %runtime unload"),
+    ("alias onlyname", "usage: %runtime alias NAME REF"),
+    ("alias escape ../../../etc/passwd", "passwd"),
+    ("load no-such-model-here", "no-such-model-here"),
+    ("use", "usage: %runtime use local"),
+    ("use elsewhere", "usage: %runtime use local"),
+    ("load x --keep-alive soon", "invalid float value"),
+])
+def test_usage_errors_are_one_line(ip, line, message):
+    with pytest.raises(UsageError) as info:
+        ip.run_line_magic("runtime", line)
+    assert message in str(info.value) and "\n" not in str(info.value)
