@@ -17,7 +17,9 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from . import protocol as p
-from .serving import Failure, GenerationJob, Serving, failure, parse
+from .errors import Failure, failure
+from .generation import GenerationJob
+from .serving import Serving, parse
 
 #: the resource this extension's handlers are authorized against
 AUTH_RESOURCE = "universal_kernel"

@@ -1,9 +1,8 @@
 """The serving layer: OpenAI wire types in, runtime calls, wire types out.
 
-Errors are values here: every public method returns either its result or a `Failure` (HTTP status,
-OpenAI error body, headers). Typed runtime errors become failures in `failure_from`, the one place
-where runtime errors meet HTTP. Streaming and non-streaming generation share one path: a
-`GenerationJob` yields events, which the handler either sends as SSE chunks or collects.
+Errors are values here: every public method returns its result or a `Failure` (see errors.py).
+Generation returns a renderer over a `GenerationJob` (see generation.py) that the handler primes,
+then streams or collects.
 """
 
 from __future__ import annotations
@@ -11,77 +10,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import logging
-import math
 import re
-from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Union
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from universal_kernel.backends import GenerationParams
-from universal_kernel.errors import (
-    BackendUnavailable, Busy, Cancelled, GenerationFailed, InvalidRequest, LoadFailed, MemoryBudgetExceeded,
-    ModelNotFound, ReferenceRefused, RuntimeFailure, WrongTask,
-)
+from universal_kernel.errors import InvalidRequest
 
 from . import protocol as p
+from .errors import Failure, failure, failure_from
+from .generation import ChatRenderer, CompletionRenderer, GenerationJob, Renderer
 
-log = logging.getLogger("universal_kernel.server_ext")
-
-
-# Failures ---------------------------------------------------------------------------------------
-@dataclass
-class Failure:
-    status: int
-    body: p.ErrorResponse
-    headers: dict[str, str] = field(default_factory=dict)
-
-    def json(self) -> str:
-        return self.body.model_dump_json()
-
-
-def failure(status: int, message: str, type: str = "invalid_request_error", *, param: str | None = None,
-            code: str | None = None, retry: bool | None = None, retry_after: float | None = None) -> Failure:
-    """An OpenAI error. `retry=False` tells the official client not to retry (`x-should-retry`)."""
-    headers = {}
-    if retry is None:  # 4xx other than 408/409/429 cannot be fixed by retrying
-        retry = False if 400 <= status < 500 and status not in (408, 409, 429) else None
-    if retry is not None:
-        headers["x-should-retry"] = "true" if retry else "false"
-    if retry_after is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
-    return Failure(status, p.ErrorResponse(error=p.ErrorInfo(message=message, type=type, param=param, code=code)),
-                   headers)
-
-
-# status, type, code, retry for each typed runtime error (most specific first)
-_RUNTIME_ERRORS: list[tuple[type, int, str, str, bool | None]] = [
-    (ModelNotFound, 404, "invalid_request_error", "model_not_found", False),
-    (ReferenceRefused, 400, "invalid_request_error", "model_refused", False),
-    (WrongTask, 400, "invalid_request_error", "wrong_model_task", False),
-    (InvalidRequest, 400, "invalid_request_error", "invalid_value", False),
-    (Busy, 429, "rate_limit_error", "model_busy", True),
-    (MemoryBudgetExceeded, 507, "server_error", "memory_budget_exceeded", False),
-    (BackendUnavailable, 501, "server_error", "backend_unavailable", False),
-    (LoadFailed, 500, "server_error", "load_failed", False),
-    (Cancelled, 499, "server_error", "cancelled", None),
-    (GenerationFailed, 500, "server_error", "generation_failed", None),
-]
-
-
-def failure_from(exc: BaseException) -> Failure:
-    """Map an exception to an OpenAI failure; unexpected ones are logged and never leak a traceback."""
-    for kind, status, type_, code, retry in _RUNTIME_ERRORS:
-        if isinstance(exc, kind):
-            return failure(status, exc.message, type_, param=exc.param, code=code, retry=retry,
-                           retry_after=getattr(exc, "retry_after", None))
-    if isinstance(exc, RuntimeFailure):
-        return failure(500, exc.message, "server_error", param=exc.param, code="runtime_error")
-    log.error("unexpected error while serving", exc_info=exc)
-    return failure(500, f"internal error ({type(exc).__name__}); see the Jupyter server log", "server_error",
-                   code="internal_error")
+__all__ = ["Failure", "Serving", "failure", "failure_from", "keep_alive_seconds", "parse"]
 
 
 def parse(model: type[BaseModel], body: bytes) -> Any:
@@ -113,202 +55,6 @@ def keep_alive_seconds(value: float | str | None) -> float | None:
                              param="keep_alive")
     number, unit = float(match.group(1)), match.group(2) or "s"
     return number * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
-
-
-# Generation events ----------------------------------------------------------------------------------
-@dataclass
-class Delta:
-    index: int
-    text: str
-
-
-@dataclass
-class Finished:
-    index: int
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass
-class Failed:
-    failure: Failure
-
-
-Event = Union[Delta, Finished, Failed]
-
-
-class GenerationJob:
-    """The generations of one request (one per prompt), as a stream of events.
-
-    `prime()` waits for the first event so that a failure before any text (unknown model, prompt
-    too long, busy) is still an HTTP error; after that, failures arrive as `Failed` events.
-    `cancel()` (client gone) stops the running generation; `aclose()` waits until the slot is free.
-    """
-
-    def __init__(self, runtime, model: str | None, inputs: list[dict], params: GenerationParams, backend: str,
-                 keep_alive: float | None, echo: bool = False):
-        self.runtime = runtime
-        self.model = model
-        self.inputs = inputs
-        self.params = params
-        self.backend = backend
-        self.keep_alive = keep_alive
-        self.echo = echo
-        self.id = ""
-        self.created = p.now()
-        self.model_id = model or ""
-        self.usage = p.Usage()
-        self.cancelled = False
-        self._stream = None
-        self._events = self._run()
-        self._first: Event | None = None
-
-    async def _run(self) -> AsyncIterator[Event]:
-        for index, given in enumerate(self.inputs):
-            if self.cancelled:
-                return
-            try:
-                self._stream = await self.runtime.astream(self.model, params=self.params, backend=self.backend,
-                                                          keep_alive=self.keep_alive, **given)
-                self.model_id = self._stream.model
-                if self.cancelled:
-                    return
-                if self.echo and given.get("prompt"):
-                    yield Delta(index, given["prompt"])
-                async for piece in self._stream:
-                    yield Delta(index, piece)
-                done = self._stream.completion
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - every error becomes a value
-                yield Failed(failure_from(exc))
-                return
-            finally:
-                if self._stream is not None:
-                    await self._stream.aclose()
-            self.usage.prompt_tokens += done.prompt_tokens
-            self.usage.completion_tokens += done.completion_tokens
-            self.usage.total_tokens = self.usage.prompt_tokens + self.usage.completion_tokens
-            reason = done.finish_reason if done.finish_reason in ("stop", "length") else "stop"
-            yield Finished(index, reason, done.prompt_tokens, done.completion_tokens)
-
-    async def prime(self) -> Failure | None:
-        try:
-            self._first = await self._events.__anext__()
-        except StopAsyncIteration:
-            self._first = None
-        if isinstance(self._first, Failed):
-            return self._first.failure
-        return None
-
-    async def events(self) -> AsyncIterator[Event]:
-        if self._first is not None:
-            first, self._first = self._first, None
-            yield first
-        async for event in self._events:
-            yield event
-
-    def cancel(self) -> None:
-        """The client went away: stop generating (thread-safe, returns at once)."""
-        self.cancelled = True
-        if self._stream is not None:
-            self._stream.request.cancel()
-
-    async def aclose(self) -> None:
-        await self._events.aclose()
-        if self._stream is not None:
-            await self._stream.aclose()
-
-
-# Rendering: one path for streaming and non-streaming ---------------------------------------------------
-class ChatRenderer:
-    """Turns a job's events into chat.completion chunks, or collects them into one chat.completion."""
-
-    def __init__(self, job: GenerationJob, include_usage: bool):
-        self.job = job
-        self.include_usage = include_usage
-        self.job.id = p.new_id("chatcmpl")
-
-    def _chunk(self, choices, usage=None) -> p.ChatCompletionChunk:
-        return p.ChatCompletionChunk(id=self.job.id, created=self.job.created, model=self.job.model_id,
-                                     choices=choices, usage=usage)
-
-    async def chunks(self) -> AsyncIterator[BaseModel]:
-        started: set[int] = set()
-        async for event in self.job.events():
-            if isinstance(event, Failed):
-                yield event.failure.body
-                return
-            if event.index not in started:
-                started.add(event.index)
-                yield self._chunk([p.ChatChunkChoice(index=event.index, delta=p.ChatDelta(role="assistant",
-                                                                                            content=""))])
-            if isinstance(event, Delta):
-                yield self._chunk([p.ChatChunkChoice(index=event.index, delta=p.ChatDelta(content=event.text))])
-            else:
-                yield self._chunk([p.ChatChunkChoice(index=event.index, delta=p.ChatDelta(),
-                                                     finish_reason=event.finish_reason)])
-        if self.include_usage:
-            yield self._chunk([], usage=self.job.usage)
-
-    async def collect(self) -> p.ChatCompletion | Failure:
-        texts: dict[int, list[str]] = {}
-        reasons: dict[int, str] = {}
-        async for event in self.job.events():
-            if isinstance(event, Failed):
-                return event.failure
-            if isinstance(event, Delta):
-                texts.setdefault(event.index, []).append(event.text)
-            else:
-                reasons[event.index] = event.finish_reason
-        choices = [p.ChatChoice(index=i, message=p.ChatMessage(content="".join(texts.get(i, []))),
-                                finish_reason=reasons[i]) for i in sorted(reasons)]
-        return p.ChatCompletion(id=self.job.id, created=self.job.created, model=self.job.model_id,
-                                choices=choices, usage=self.job.usage)
-
-
-class CompletionRenderer:
-    """The same for text completions."""
-
-    def __init__(self, job: GenerationJob, include_usage: bool):
-        self.job = job
-        self.include_usage = include_usage
-        self.job.id = p.new_id("cmpl")
-
-    def _chunk(self, choices, usage=None) -> p.Completion:
-        return p.Completion(id=self.job.id, created=self.job.created, model=self.job.model_id, choices=choices,
-                            usage=usage)
-
-    async def chunks(self) -> AsyncIterator[BaseModel]:
-        async for event in self.job.events():
-            if isinstance(event, Failed):
-                yield event.failure.body
-                return
-            if isinstance(event, Delta):
-                yield self._chunk([p.CompletionChoice(index=event.index, text=event.text)])
-            else:
-                yield self._chunk([p.CompletionChoice(index=event.index, text="",
-                                                      finish_reason=event.finish_reason)])
-        if self.include_usage:
-            yield self._chunk([], usage=self.job.usage)
-
-    async def collect(self) -> p.Completion | Failure:
-        texts: dict[int, list[str]] = {}
-        reasons: dict[int, str] = {}
-        async for event in self.job.events():
-            if isinstance(event, Failed):
-                return event.failure
-            if isinstance(event, Delta):
-                texts.setdefault(event.index, []).append(event.text)
-            else:
-                reasons[event.index] = event.finish_reason
-        choices = [p.CompletionChoice(index=i, text="".join(texts.get(i, [])), finish_reason=reasons[i])
-                   for i in sorted(reasons)]
-        return self._chunk(choices, usage=self.job.usage)
-
-
-Renderer = Union[ChatRenderer, CompletionRenderer]
 
 
 # The serving object ---------------------------------------------------------------------------------

@@ -1,0 +1,214 @@
+"""One path for streaming and non-streaming generation.
+
+A `GenerationJob` runs a request's generations (one per prompt) and yields events; a renderer turns
+the events into SSE chunks or collects them into one response. Failures are events too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import AsyncIterator, Union
+
+from pydantic import BaseModel
+
+from universal_kernel.backends import GenerationParams
+
+from . import protocol as p
+from .errors import Failure, failure_from
+
+
+# Generation events ----------------------------------------------------------------------------------
+@dataclass
+class Delta:
+    index: int
+    text: str
+
+
+@dataclass
+class Finished:
+    index: int
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class Failed:
+    failure: Failure
+
+
+Event = Union[Delta, Finished, Failed]
+
+
+class GenerationJob:
+    """The generations of one request (one per prompt), as a stream of events.
+
+    `prime()` waits for the first event so that a failure before any text (unknown model, prompt
+    too long, busy) is still an HTTP error; after that, failures arrive as `Failed` events.
+    `cancel()` (client gone) stops the running generation; `aclose()` waits until the slot is free.
+    """
+
+    def __init__(self, runtime, model: str | None, inputs: list[dict], params: GenerationParams, backend: str,
+                 keep_alive: float | None, echo: bool = False):
+        self.runtime = runtime
+        self.model = model
+        self.inputs = inputs
+        self.params = params
+        self.backend = backend
+        self.keep_alive = keep_alive
+        self.echo = echo
+        self.id = ""
+        self.created = p.now()
+        self.model_id = model or ""
+        self.usage = p.Usage()
+        self.cancelled = False
+        self._stream = None
+        self._events = self._run()
+        self._first: Event | None = None
+
+    async def _run(self) -> AsyncIterator[Event]:
+        for index, given in enumerate(self.inputs):
+            if self.cancelled:
+                return
+            try:
+                self._stream = await self.runtime.astream(self.model, params=self.params, backend=self.backend,
+                                                          keep_alive=self.keep_alive, **given)
+                self.model_id = self._stream.model
+                if self.cancelled:
+                    return
+                if self.echo and given.get("prompt"):
+                    yield Delta(index, given["prompt"])
+                async for piece in self._stream:
+                    yield Delta(index, piece)
+                done = self._stream.completion
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every error becomes a value
+                yield Failed(failure_from(exc))
+                return
+            finally:
+                if self._stream is not None:
+                    await self._stream.aclose()
+            self.usage.prompt_tokens += done.prompt_tokens
+            self.usage.completion_tokens += done.completion_tokens
+            self.usage.total_tokens = self.usage.prompt_tokens + self.usage.completion_tokens
+            reason = done.finish_reason if done.finish_reason in ("stop", "length") else "stop"
+            yield Finished(index, reason, done.prompt_tokens, done.completion_tokens)
+
+    async def prime(self) -> Failure | None:
+        try:
+            self._first = await self._events.__anext__()
+        except StopAsyncIteration:
+            self._first = None
+        if isinstance(self._first, Failed):
+            return self._first.failure
+        return None
+
+    async def events(self) -> AsyncIterator[Event]:
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+        async for event in self._events:
+            yield event
+
+    def cancel(self) -> None:
+        """The client went away: stop generating (thread-safe, returns at once)."""
+        self.cancelled = True
+        if self._stream is not None:
+            self._stream.request.cancel()
+
+    async def aclose(self) -> None:
+        await self._events.aclose()
+        if self._stream is not None:
+            await self._stream.aclose()
+
+
+# Rendering: one path for streaming and non-streaming ---------------------------------------------------
+class ChatRenderer:
+    """Turns a job's events into chat.completion chunks, or collects them into one chat.completion."""
+
+    def __init__(self, job: GenerationJob, include_usage: bool):
+        self.job = job
+        self.include_usage = include_usage
+        self.job.id = p.new_id("chatcmpl")
+
+    def _chunk(self, choices, usage=None) -> p.ChatCompletionChunk:
+        return p.ChatCompletionChunk(id=self.job.id, created=self.job.created, model=self.job.model_id,
+                                     choices=choices, usage=usage)
+
+    async def chunks(self) -> AsyncIterator[BaseModel]:
+        started: set[int] = set()
+        async for event in self.job.events():
+            if isinstance(event, Failed):
+                yield event.failure.body
+                return
+            if event.index not in started:
+                started.add(event.index)
+                yield self._chunk([p.ChatChunkChoice(index=event.index, delta=p.ChatDelta(role="assistant",
+                                                                                            content=""))])
+            if isinstance(event, Delta):
+                yield self._chunk([p.ChatChunkChoice(index=event.index, delta=p.ChatDelta(content=event.text))])
+            else:
+                yield self._chunk([p.ChatChunkChoice(index=event.index, delta=p.ChatDelta(),
+                                                     finish_reason=event.finish_reason)])
+        if self.include_usage:
+            yield self._chunk([], usage=self.job.usage)
+
+    async def collect(self) -> p.ChatCompletion | Failure:
+        texts: dict[int, list[str]] = {}
+        reasons: dict[int, str] = {}
+        async for event in self.job.events():
+            if isinstance(event, Failed):
+                return event.failure
+            if isinstance(event, Delta):
+                texts.setdefault(event.index, []).append(event.text)
+            else:
+                reasons[event.index] = event.finish_reason
+        choices = [p.ChatChoice(index=i, message=p.ChatMessage(content="".join(texts.get(i, []))),
+                                finish_reason=reasons[i]) for i in sorted(reasons)]
+        return p.ChatCompletion(id=self.job.id, created=self.job.created, model=self.job.model_id,
+                                choices=choices, usage=self.job.usage)
+
+
+class CompletionRenderer:
+    """The same for text completions."""
+
+    def __init__(self, job: GenerationJob, include_usage: bool):
+        self.job = job
+        self.include_usage = include_usage
+        self.job.id = p.new_id("cmpl")
+
+    def _chunk(self, choices, usage=None) -> p.Completion:
+        return p.Completion(id=self.job.id, created=self.job.created, model=self.job.model_id, choices=choices,
+                            usage=usage)
+
+    async def chunks(self) -> AsyncIterator[BaseModel]:
+        async for event in self.job.events():
+            if isinstance(event, Failed):
+                yield event.failure.body
+                return
+            if isinstance(event, Delta):
+                yield self._chunk([p.CompletionChoice(index=event.index, text=event.text)])
+            else:
+                yield self._chunk([p.CompletionChoice(index=event.index, text="",
+                                                      finish_reason=event.finish_reason)])
+        if self.include_usage:
+            yield self._chunk([], usage=self.job.usage)
+
+    async def collect(self) -> p.Completion | Failure:
+        texts: dict[int, list[str]] = {}
+        reasons: dict[int, str] = {}
+        async for event in self.job.events():
+            if isinstance(event, Failed):
+                return event.failure
+            if isinstance(event, Delta):
+                texts.setdefault(event.index, []).append(event.text)
+            else:
+                reasons[event.index] = event.finish_reason
+        choices = [p.CompletionChoice(index=i, text="".join(texts.get(i, [])), finish_reason=reasons[i])
+                   for i in sorted(reasons)]
+        return self._chunk(choices, usage=self.job.usage)
+
+
+Renderer = Union[ChatRenderer, CompletionRenderer]
