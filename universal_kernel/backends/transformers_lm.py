@@ -33,6 +33,28 @@ def converted_folder(cache: Path, gguf: Path) -> Path:
     return cache / f"{gguf.stem}-{digest}"
 
 
+def save_converted(model, tokenizer, folder: Path) -> None:
+    """Save dequantised weights as a plain folder; written beside, then renamed, so a crash leaves none."""
+    import copy
+    import shutil
+
+    from safetensors.torch import save_model
+
+    # save_pretrained refuses models that carry a GGUF quantization config; the tensors are plain now.
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    config.save_pretrained(tmp)
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(tmp)
+    save_model(model, str(tmp / "model.safetensors"))
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(folder)
+
+
 class TransformersLMBackend(Backend):
     name = "transformers"
 
@@ -74,11 +96,8 @@ class TransformersLMBackend(Backend):
         model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
         if converted is not None:
             try:
-                tmp = converted.with_name(converted.name + ".partial")
-                model.save_pretrained(tmp)
-                tokenizer.save_pretrained(tmp)
-                tmp.rename(converted)
-            except OSError as exc:  # a full or read-only cache costs speed, never the load
+                save_converted(model, tokenizer, converted)
+            except Exception as exc:  # a full or read-only cache costs speed, never the load
                 log.warning("could not keep converted weights in %s: %s", converted, exc)
         return model, tokenizer
 
