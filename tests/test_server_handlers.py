@@ -19,7 +19,10 @@ from universal_kernel.errors import (
 from universal_kernel.server_ext.handlers import AUTH_RESOURCE, SERVING_SETTING
 from universal_kernel.server_ext.serving import failure_from, keep_alive_seconds
 
-pytest_plugins = ["pytest_jupyter.jupyter_server"]
+# pytest_jupyter's fixtures, imported for this module only: registering the plugin for the session
+# (pytest_plugins) would put its autouse event-loop and server-cleanup fixtures on every other test.
+from pytest_jupyter.jupyter_server import *  # noqa: E402,F403
+
 
 
 class DenyWhenAsked(Authorizer):
@@ -87,9 +90,19 @@ def fake_runtime(jp_web_app):
     serving.runtime = real
 
 
-async def _post(jp_fetch, path, body, **kwargs):
-    return await jp_fetch("universal", "v1", path, method="POST", body=json.dumps(body), raise_error=False,
-                          **kwargs)
+@pytest.fixture
+def fetch(jp_fetch, jp_asyncio_loop):
+    """jp_fetch, run to completion (tests here are plain functions), errors returned as responses."""
+
+    def call(*parts, **kwargs):
+        kwargs.setdefault("raise_error", False)
+        return jp_asyncio_loop.run_until_complete(jp_fetch(*parts, **kwargs))
+
+    return call
+
+
+def _post(fetch, path, body, **kwargs):
+    return fetch("universal", "v1", path, method="POST", body=json.dumps(body), **kwargs)
 
 
 def _chat(model, stream=False):
@@ -100,8 +113,8 @@ def _events(response):
     return [line[6:] for line in response.body.decode().splitlines() if line.startswith("data: ")]
 
 
-async def test_failure_after_streaming_began_is_an_error_event_then_done(jp_fetch, fake_runtime):
-    response = await _post(jp_fetch, "chat/completions", _chat("midway", stream=True))
+def test_failure_after_streaming_began_is_an_error_event_then_done(fetch, fake_runtime):
+    response = _post(fetch, "chat/completions", _chat("midway", stream=True))
     assert response.code == 200
     events = _events(response)
     assert events[-1] == "[DONE]"
@@ -112,56 +125,55 @@ async def test_failure_after_streaming_began_is_an_error_event_then_done(jp_fetc
     assert all(stream.closed for stream in fake_runtime.streams)
 
 
-async def test_failure_before_the_first_token_is_an_http_error_even_when_streaming(jp_fetch, fake_runtime):
-    response = await _post(jp_fetch, "chat/completions", _chat("at-once", stream=True))
+def test_failure_before_the_first_token_is_an_http_error_even_when_streaming(fetch, fake_runtime):
+    response = _post(fetch, "chat/completions", _chat("at-once", stream=True))
     assert response.code == 400
     assert json.loads(response.body)["error"]["param"] == "messages"
     assert response.headers["x-should-retry"] == "false"
 
 
-async def test_same_events_streaming_or_not(jp_fetch, fake_runtime):
-    whole = json.loads((await _post(jp_fetch, "chat/completions", _chat("ok"))).body)
+def test_same_events_streaming_or_not(fetch, fake_runtime):
+    whole = json.loads((_post(fetch, "chat/completions", _chat("ok"))).body)
     assert whole["choices"][0]["message"]["content"] == "Hello"
     assert whole["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
-    failed = await _post(jp_fetch, "chat/completions", _chat("midway"))
+    failed = _post(fetch, "chat/completions", _chat("midway"))
     assert failed.code == 500 and json.loads(failed.body)["error"]["code"] == "generation_failed"
 
 
-async def test_busy_is_429_with_retry_after(jp_fetch, fake_runtime):
-    response = await _post(jp_fetch, "completions", {"model": "busy", "prompt": "hi"})
+def test_busy_is_429_with_retry_after(fetch, fake_runtime):
+    response = _post(fetch, "completions", {"model": "busy", "prompt": "hi"})
     assert response.code == 429
     assert response.headers["Retry-After"] == "3"
     assert "x-should-retry" not in response.headers or response.headers["x-should-retry"] == "true"
 
 
-async def test_unexpected_exception_is_500_without_details(jp_fetch, fake_runtime):
-    response = await _post(jp_fetch, "chat/completions", _chat("bug"))
+def test_unexpected_exception_is_500_without_details(fetch, fake_runtime):
+    response = _post(fetch, "chat/completions", _chat("bug"))
     assert response.code == 500
     body = response.body.decode()
     assert "secret" not in body and "Traceback" not in body
     assert set(json.loads(body)["error"]) == {"message", "type", "param", "code"}
 
 
-async def test_authorized_against_this_extensions_resource(jp_fetch, fake_runtime):
-    response = await jp_fetch("universal", "v1", "models", headers={"X-Test-Deny": "1"}, raise_error=False)
+def test_authorized_against_this_extensions_resource(fetch, fake_runtime):
+    response = fetch("universal", "v1", "models", headers={"X-Test-Deny": "1"})
     assert response.code == 403
     error = json.loads(response.body)["error"]
     assert error["type"] == "permission_error" and AUTH_RESOURCE in error["message"]
-    allowed = await jp_fetch("api", "status", headers={"X-Test-Deny": "1"}, raise_error=False)
+    allowed = fetch("api", "status", headers={"X-Test-Deny": "1"})
     assert allowed.code == 200  # Jupyter's own resources are untouched
 
 
-async def test_invalid_bodies(jp_fetch, fake_runtime):
+def test_invalid_bodies(fetch, fake_runtime):
     for body, param in [({"model": "x"}, "messages"), ({"messages": "hi"}, "messages"),
                         (_chat("ok") | {"stream_options": {"include_usage": "maybe"}}, "stream_options.include_usage"),
                         (_chat("ok") | {"tools": [{"type": "function"}]}, "tools")]:
-        response = await _post(jp_fetch, "chat/completions", body)
+        response = _post(fetch, "chat/completions", body)
         assert response.code == 400, body
         assert json.loads(response.body)["error"]["param"] == param
-    response = await _post(jp_fetch, "completions", {"prompt": [1, 2, 3]})
+    response = _post(fetch, "completions", {"prompt": [1, 2, 3]})
     assert response.code == 400 and json.loads(response.body)["error"]["param"] == "prompt"
-    response = await jp_fetch("universal", "v1", "chat", "completions", method="POST", body="[1, 2]",
-                              raise_error=False)
+    response = fetch("universal", "v1", "chat", "completions", method="POST", body="[1, 2]")
     assert response.code == 400 and json.loads(response.body)["error"]["code"] == "invalid_json"
 
 
