@@ -86,7 +86,8 @@ class JupyterServer:
         self.log = open(tmp / "server.log", "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jupyter", "server", "--allow-root", "--no-browser", f"--port={self.port}",
-             "--ip=127.0.0.1", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp}"],
+             "--ip=127.0.0.1", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp}",
+             "--ServerApp.jpserver_extensions=universal_kernel.server_ext=True"],
             env=self.env, stdout=self.log, stderr=subprocess.STDOUT, cwd=tmp)
         deadline = time.time() + 90
         while time.time() < deadline:
