@@ -343,6 +343,22 @@ def test_runtime_api_load_unload(server, client):
     assert server.model_status(SMOLLM) is not None
 
 
+def test_loading_runs_off_the_event_loop(server, client):
+    assert server.post("universal/api/unload", {"model": MINILM}).json()["results"] == ["unloaded"]
+    latencies = []
+    with ThreadPoolExecutor(1) as pool:
+        loading = pool.submit(server.post, "universal/api/load", {"model": MINILM, "keep_alive": -1})
+        while not loading.done():
+            started = time.perf_counter()
+            assert server.get("api/status", timeout=10).status_code == 200
+            latencies.append(time.perf_counter() - started)
+            time.sleep(0.05)
+    assert loading.result().status_code == 200, loading.result().text
+    assert loading.result().json()["load_s"] > 0.2
+    assert len(latencies) >= 3 and max(latencies) < 2.0, latencies
+    assert client.embeddings.create(model=MINILM, input="back again").data[0].embedding
+
+
 # Cancellation and concurrency ---------------------------------------------------------------------------
 def _long(content: str = "Write a long story about a dragon who learns to read.", **kwargs) -> dict:
     return dict(model=SMOLLM, messages=[{"role": "user", "content": content}], max_tokens=400, temperature=0,
