@@ -17,7 +17,7 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from . import protocol as p
-from .errors import Failure, failure
+from .errors import Failure, failure, failure_from
 from .generation import GenerationJob
 from .serving import Serving, parse
 
@@ -73,8 +73,11 @@ class BaseHandler(APIHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         message = responses.get(status_code, "Error")
         if isinstance(exc, web.HTTPError) and exc.log_message:
-            message = exc.log_message % exc.args if exc.args else exc.log_message
-        if status_code == 403 and not self.current_user:
+            try:
+                message = exc.log_message % exc.args if exc.args else exc.log_message
+            except (TypeError, ValueError):
+                message = exc.log_message
+        if status_code == 403 and not getattr(self, "_jupyter_current_user", None):
             # Jupyter answers 403 to a missing or wrong token; an API client expects 401
             fail = failure(401, "a valid Jupyter token is required: send 'Authorization: Bearer <token>'",
                            "authentication_error", code="invalid_api_key")
@@ -123,6 +126,14 @@ class BaseHandler(APIHandler):
             await self.finish(set_content_type="text/event-stream")
         except StreamClosedError:
             started.job.cancel()
+        except Exception as exc:
+            if not self._headers_written:
+                raise  # write_error answers with an OpenAI body
+            try:  # the stream has begun: the failure is its last event
+                self.write(f"data: {failure_from(exc).json()}\n\ndata: [DONE]\n\n")
+                await self.finish(set_content_type="text/event-stream")
+            except StreamClosedError:
+                pass
         finally:
             await started.job.aclose()
             self._job = None

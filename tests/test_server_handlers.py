@@ -125,6 +125,25 @@ def test_failure_after_streaming_began_is_an_error_event_then_done(fetch, fake_r
     assert all(stream.closed for stream in fake_runtime.streams)
 
 
+def test_a_bug_after_streaming_began_still_ends_the_stream_cleanly(fetch, fake_runtime, monkeypatch):
+    from universal_kernel.server_ext.generation import ChatRenderer
+
+    real, calls = ChatRenderer._chunk, []
+
+    def flaky(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:
+            raise KeyError("a rendering bug")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ChatRenderer, "_chunk", flaky)
+    response = _post(fetch, "chat/completions", _chat("ok", stream=True))
+    assert response.code == 200
+    events = _events(response)
+    assert events[-1] == "[DONE]" and json.loads(events[-2])["error"]["type"] == "server_error"
+    assert "rendering bug" not in response.body.decode()
+
+
 def test_failure_before_the_first_token_is_an_http_error_even_when_streaming(fetch, fake_runtime):
     response = _post(fetch, "chat/completions", _chat("at-once", stream=True))
     assert response.code == 400
