@@ -7,11 +7,12 @@ with `c.UniversalKernelApp.keep_alive = 600`.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 from pathlib import Path
 
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
+from traitlets import Bool, Dict, Float, Integer, List, Unicode, default, validate
 
 from universal_kernel.config import RuntimeConfig
 from universal_kernel.runtime import Runtime
@@ -43,6 +44,21 @@ class UniversalKernelApp(ExtensionApp):
     threads = Integer(None, allow_none=True, help="CPU threads for the backends; None: the machine's cores.").tag(
         config=True)
     allow_downloads = Bool(False, help="Let hub ids missing from the local cache be downloaded.").tag(config=True)
+
+    @validate("preload", "model_folders")
+    def _expand_list_literals(self, proposal):
+        """Accept `--UniversalKernelApp.preload='["a", "b"]'` as well as the option given once per item."""
+        items = []
+        for item in proposal["value"]:
+            text = item.strip()
+            if text.startswith("[") and text.endswith("]"):
+                try:
+                    items.extend(str(one) for one in ast.literal_eval(text))
+                    continue
+                except (ValueError, SyntaxError):
+                    pass
+            items.append(item)
+        return items
 
     @default("keep_alive")
     def _default_keep_alive(self):

@@ -81,7 +81,7 @@ def server(smollm_path, minilm_path, tmp_path_factory):
         sys.executable, "-m", "jupyter_server", "--allow-root", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
         f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}",
         "--ServerApp.jpserver_extensions=universal_kernel.server_ext=True",
-        f"--UniversalKernelApp.preload={SMOLLM}", f"--UniversalKernelApp.preload={MINILM}",
+        f'--UniversalKernelApp.preload=["{SMOLLM}", "{MINILM}"]',  # as the README writes it
         "--UniversalKernelApp.keep_alive=-1", f"--UniversalKernelApp.max_body_size={BODY_LIMIT}",
         f"--UniversalKernelApp.queue_length={QUEUE_LENGTH}",
         # one thread: the machines that run this suite are small and busy; llama.cpp's threads spin
