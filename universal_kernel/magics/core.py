@@ -146,7 +146,6 @@ class UniversalKernelMagics(Magics):
 
         return user_errors(run_embed)(self, line, UniversalKernelMagics.embed.parser)
 
-    @no_var_expand
     @magic_arguments()
     @argument("action", help="status | models | load | unload | alias | monitor | use")
     @argument("args", nargs="*", help="load/unload: MODEL; alias: NAME REF; use: local | server [URL]")

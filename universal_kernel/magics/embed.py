@@ -195,7 +195,9 @@ def run_embed(magics, line: str, parser):
         print(f"warning: {len(missing)} of {len(items)} values are missing (None/NaN): their rows are NaN",
               file=sys.stderr)
     where = "server" if type(runtime).__name__ == "RemoteRuntime" else f"{computed} computed, {cached} from cache"
-    print(f"{model_id or 'default model'} \u00b7 {len(items)} rows \u00b7 {len(unique)} distinct texts ({where})"
+    plural = lambda n, word: f"{n} {word}" + ("" if n == 1 else "s")  # noqa: E731
+    print(f"{model_id or 'default model'} \u00b7 {plural(len(items), 'row')} \u00b7 "
+          f"{plural(len(unique), 'distinct text')} ({where})"
           f" \u00b7 {elapsed:.2f} s")
 
     if frame is not None:
