@@ -85,3 +85,40 @@ def test_usage_errors_are_one_line(ip, line, message):
     with pytest.raises(UsageError) as info:
         ip.run_line_magic("runtime", line)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_magics_defaults_are_configurable(ip):
+    from traitlets.config import Config
+
+    from universal_kernel.magics.core import UniversalKernelMagics
+
+    config = Config()
+    config.UniversalKernelMagics.generation_model = "my-model"
+    config.UniversalKernelMagics.default_format = "text"
+    config.UniversalKernelMagics.embed_chunk_rows = 64
+    magics = UniversalKernelMagics(shell=None, config=config)
+    assert (magics.generation_model, magics.default_format, magics.embed_chunk_rows) == ("my-model", "text", 64)
+
+
+def test_server_discovery_prefers_the_kernels_own_server(tmp_path, monkeypatch):
+    import json
+    import os
+
+    from universal_kernel.magics.remote import ServerUnavailable, find_server
+
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path))
+    monkeypatch.delenv("UNIVERSAL_KERNEL_SERVER_URL", raising=False)
+    with pytest.raises(ServerUnavailable, match="no running Jupyter server"):
+        find_server()
+    for name, pid, port, token in [("a", os.getpid(), 1111, "mine"), ("b", os.getppid(), 2222, "other"),
+                                   ("c", 2**22 + 12345, 3333, "dead")]:
+        (tmp_path / f"jpserver-{name}.json").write_text(json.dumps(
+            {"url": f"http://127.0.0.1:{port}/lab-base/", "base_url": "/lab-base/", "token": token, "pid": pid,
+             "root_dir": "/nowhere"}))
+    monkeypatch.setenv("JPY_PARENT_PID", str(os.getpid()))
+    assert find_server() == ("http://127.0.0.1:1111/lab-base/", "mine")
+    monkeypatch.setenv("JPY_PARENT_PID", str(os.getppid()))
+    assert find_server() == ("http://127.0.0.1:2222/lab-base/", "other")
+    monkeypatch.setenv("UNIVERSAL_KERNEL_SERVER_URL", "http://example.invalid:9/base")
+    monkeypatch.setenv("UNIVERSAL_KERNEL_SERVER_TOKEN", "configured")
+    assert find_server() == ("http://example.invalid:9/base/", "configured")

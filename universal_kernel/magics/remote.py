@@ -198,6 +198,9 @@ class RemoteStream:
         if not self._done:
             self._done = True
             self.stats.finish_reason = "cancelled"
+            self.stats.total_s = time.perf_counter() - self._started
+            if self._first is not None:
+                self.stats.ttft_s = self._first - self._started
             try:
                 self._response.close()
             except Exception:
