@@ -132,7 +132,9 @@ class LlamaCppBackend(Backend):
             raise GenerationFailed(f"llama.cpp failed while generating: {exc}") from exc
         finally:
             stream.close()
-        return GenerationOutcome(finish, prompt_tokens, self.count_tokens("".join(text_parts)))
+        # A text cut by max_tokens holds exactly max_tokens tokens; re-tokenising it can merge the last ones.
+        completion_tokens = max_tokens if finish == "length" else self.count_tokens("".join(text_parts))
+        return GenerationOutcome(finish, prompt_tokens, completion_tokens)
 
     def embed(self, texts: list[str], normalize: bool = True):
         if self.spec.task != "embed":
