@@ -177,3 +177,35 @@ def test_usage_error_shows_no_traceback(ip):
     assert isinstance(result.error_in_exec, UsageError)
     assert "already holds a int" in str(result.error_in_exec)
     assert "Traceback" not in captured.stdout + captured.stderr
+
+
+def test_terminal_ipython_prints_the_pieces_and_the_footer(ip, capsys):
+    ip.run_cell_magic("generate", f"{GREEDY} --out t", FRANCE)  # no capture: the plain terminal publisher
+    out = capsys.readouterr().out
+    assert ip.user_ns["t"] in out and "Paris" in out
+    assert out.rstrip().splitlines()[-1].startswith(f"{SMOLLM} (llama_cpp) \u00b7 TTFT")
+
+
+def test_a_failure_mid_stream_is_a_one_line_usage_error(ip, runtime):
+    from universal_kernel import GenerationFailed
+    from universal_kernel.magics import get_magics
+
+    class FailingStream:
+        model, parts, text = SMOLLM, ["The"], "The"
+
+        def __iter__(self):
+            yield "The"
+            raise GenerationFailed("llama.cpp failed while generating:\nboom")
+
+        def close(self):
+            self.closed = True
+
+    class FailingRuntime:
+        def stream(self, *args, **kwargs):
+            return FailingStream()
+
+    get_magics(ip).set_local_runtime(FailingRuntime())
+    captured, result = run(ip, f"%%generate\n{FRANCE}")
+    assert isinstance(result.error_in_exec, UsageError)
+    assert str(result.error_in_exec) == "llama.cpp failed while generating: boom"
+    assert bundles(captured)[-2] == {"text/plain": "The"}

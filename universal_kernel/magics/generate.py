@@ -7,7 +7,7 @@ import re
 from IPython.core.error import UsageError
 
 from ..backends import GenerationParams
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, RuntimeFailure
 from .core import check_name, one_line
 from .interpolate import interpolate
 
@@ -130,6 +130,10 @@ def run_generate(magics, args, cell: str):
     except KeyboardInterrupt:
         _interrupted(magics, args, stream, display, chat, prompt, model_id, runtime)
         raise
+    except RuntimeFailure as exc:  # failed mid-stream: show what came, then the one-line error
+        stream.close()
+        display.finish(f"{model_id} \u00b7 failed after {len(stream.parts)} pieces", text=stream.text, fmt="text")
+        raise UsageError(one_line(exc.message)) from None
 
     completion = stream.completion
     magics.last_generation = completion

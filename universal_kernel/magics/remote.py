@@ -156,7 +156,10 @@ class RemoteStream:
                 data = line[5:].strip()
                 if data == "[DONE]":
                     return self._end()
-                event = json.loads(data)
+                try:
+                    event = json.loads(data)
+                except ValueError:
+                    raise RemoteError(f"the server sent a malformed event: {data[:80]!r}") from None
                 if "error" in event:
                     raise RemoteError(str((event["error"] or {}).get("message", event["error"])))
                 if event.get("usage"):
