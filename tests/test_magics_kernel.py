@@ -76,7 +76,7 @@ def test_interrupt_mid_stream_keeps_partial_text_and_frees_the_model(kernel):
     reply, messages = wait_reply(kc, msg_id, timeout=300, on_iopub=on_iopub)
     stopped = time.perf_counter() - interrupted_at["at"]
     assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
-    assert stopped < 5.0  # stops at once, not after 1500 tokens
+    assert stopped < 20.0  # at once (one token on a loaded 2-core machine), not after 1500 tokens
 
     partial = value(kc, "partial")
     assert len(partial) >= len(interrupted_at["text"].rstrip("\u258c"))
@@ -87,11 +87,13 @@ def test_interrupt_mid_stream_keeps_partial_text_and_frees_the_model(kernel):
     footer = [d["text/plain"] for d in updates if "TTFT" in d.get("text/plain", "")]
     assert footer and "interrupted; partial text in partial" in footer[-1]
 
-    status = value(kc, "[(m['id'], m['running'], m['queue_depth'], m['active']) "
-                       "for m in get_runtime().status()['models']]")
+    probe = ("[(m['id'], m['running'], m['queue_depth'], m['active']) for m in get_runtime().status()['models']]")
+    deadline = time.time() + 30
+    while (status := value(kc, probe)) != [(SMOLLM, False, 0, 0)] and time.time() < deadline:
+        time.sleep(0.2)
     assert status == [(SMOLLM, False, 0, 0)]
-    last = value(kc, "get_runtime().status()['recent'][-1]['finish_reason']")
-    assert last == "cancelled"
+    last = value(kc, "get_runtime().status()['recent'][-1]")
+    assert last["finish_reason"] == "cancelled" and last["completion_tokens"] < 1500
 
     # the kernel is alive and the model free: the next cell generates at once
     started = time.perf_counter()
