@@ -6,6 +6,7 @@ stays small; results come back in input order.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -67,8 +68,13 @@ class TransformersEmbedBackend(Backend):
                               getattr(self.model.config, "max_position_embeddings", None)) if n]
         self.max_length = min(limits) if limits else 512
         self.dimensions = int(self.model.config.hidden_size)
+        self._last_lengths: dict[str, int] = {}
 
     def count_tokens(self, text: str) -> int:
+        # The runtime asks for each embedded text's count right after `embed`: answer from its lengths.
+        known = self._last_lengths.get(text)
+        if known is not None:
+            return known
         return len(self.tokenizer(text, truncation=True, max_length=self.max_length)["input_ids"])
 
     def embed(self, texts: list[str], normalize: bool = True):
@@ -77,28 +83,34 @@ class TransformersEmbedBackend(Backend):
         for text in texts:
             unique.setdefault(text, len(unique))
         distinct = list(unique)
-        encoded = self.tokenizer(distinct, truncation=True, max_length=self.max_length)["input_ids"]
+        if not distinct:
+            return np.zeros((0, self.dimensions), dtype=np.float32), 0
+        # One call of the fast (Rust) tokenizer for every distinct text, no padding, no tensors.
+        encoded = self.tokenizer(distinct, truncation=True, max_length=self.max_length,
+                                 return_attention_mask=False, return_token_type_ids=False)["input_ids"]
         lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
-        prompt_tokens = int(sum(lengths[unique[t]] for t in texts))
+        self._last_lengths = dict(zip(distinct, lengths.tolist()))
+        rows = np.fromiter((unique[t] for t in texts), dtype=np.int64, count=len(texts))
+        prompt_tokens = int(lengths[rows].sum())
         out = np.empty((len(distinct), self.dimensions), dtype=np.float32)
         order = np.argsort(-lengths, kind="stable")
         pad_id = self.tokenizer.pad_token_id or 0
         with torch.inference_mode():
             for batch in self._batches(order, lengths):
-                width = int(lengths[batch[0]])
-                ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, index in enumerate(batch):
-                    n = int(lengths[index])
-                    ids[row, :n] = torch.tensor(encoded[index])
-                    mask[row, :n] = 1
-                ids, mask = ids.to(self.model.device), mask.to(self.model.device)
-                hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-                pooled = self._pool(hidden, mask)
+                batch_lengths = lengths[batch]
+                width = int(batch_lengths[0])
+                # Padded ids and mask built in numpy in one pass, handed to torch without a copy.
+                ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+                mask = np.arange(width)[None, :] < batch_lengths[:, None]
+                ids[mask] = np.fromiter(itertools.chain.from_iterable(encoded[i] for i in batch),
+                                        dtype=np.int64, count=int(batch_lengths.sum()))
+                ids_t = torch.from_numpy(ids).to(self.model.device)
+                mask_t = torch.from_numpy(mask.astype(np.int64)).to(self.model.device)
+                hidden = self.model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
+                pooled = self._pool(hidden, mask_t)
                 if normalize:
                     pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
                 out[batch] = pooled.float().cpu().numpy()
-        rows = np.fromiter((unique[t] for t in texts), dtype=np.int64, count=len(texts))
         return out[rows], prompt_tokens
 
     def _batches(self, order, lengths):
@@ -129,3 +141,4 @@ class TransformersEmbedBackend(Backend):
                 p.data = self.torch.empty(0)
             self.model = None
         self.tokenizer = None
+        self._last_lengths = {}
