@@ -168,7 +168,8 @@ class Monitor(widgets.VBox):
         self._requests.value = _table(
             ["model", "kind", "queue wait", "TTFT", "tokens/s", "tokens", "total", "finish"],
             [[r.get("model"), r.get("kind"), _ms(r.get("queue_wait_s")), _ms(r.get("ttft_s")),
-              "-" if not r.get("tokens_per_s") else f"{r['tokens_per_s']:.1f}", r.get("completion_tokens", 0),
+              "-" if not r.get("tokens_per_s") else f"{r['tokens_per_s']:.1f}",
+              f"{r.get('prompt_tokens', 0)} in" if r.get("kind") == "embed" else r.get("completion_tokens", 0),
               _ms(r.get("total_s")), r.get("finish_reason")] for r in reversed(last)])
         self._plot.value = "<div style='font-size:85%;color:#666'>recent latency (TTFT; total for " \
                            "embeddings)</div>" + sparkline(self.latencies[-50:])

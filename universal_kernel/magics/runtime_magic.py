@@ -41,6 +41,13 @@ def _html_table(headers: list[str], rows: list[list]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _tokens(request: dict) -> str:
+    """Generated tokens; for embeddings, the input tokens ("12 in")."""
+    if request.get("kind") == "embed":
+        return f"{request.get('prompt_tokens', 0)} in"
+    return str(request.get("completion_tokens", 0))
+
+
 class RuntimeStatus(dict):
     """`%runtime status`: the status dict, shown as a short report."""
 
@@ -49,7 +56,7 @@ class RuntimeStatus(dict):
                    m.get("queue_depth", 0), (m.get("figures") or {}).get("requests", 0)]
                   for m in self.get("models") or []]
         recent = [[r.get("model"), r.get("kind"), _s(r.get("queue_wait_s")), _s(r.get("ttft_s")),
-                   f"{r['tokens_per_s']:.1f}" if r.get("tokens_per_s") else "-", r.get("completion_tokens", 0),
+                   f"{r['tokens_per_s']:.1f}" if r.get("tokens_per_s") else "-", _tokens(r),
                    _s(r.get("total_s")), r.get("finish_reason") or "running"]
                   for r in (self.get("recent") or [])[-5:]]
         return models, recent
