@@ -120,7 +120,8 @@ class ModelWorker:
             stats.total_s = stats.load_s + end - request.enqueued
             if request.first_token is not None:
                 stats.ttft_s = stats.load_s + request.first_token - request.enqueued
-            tokens = getattr(outcome, "completion_tokens", 0)
+            stats.prompt_tokens = getattr(outcome, "prompt_tokens", stats.prompt_tokens)
+            tokens = stats.completion_tokens = getattr(outcome, "completion_tokens", stats.completion_tokens)
             if tokens and end > request.started:
                 stats.tokens_per_s = tokens / (end - request.started)
             stats.finish_reason = getattr(outcome, "finish_reason", "stop")

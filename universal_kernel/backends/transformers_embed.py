@@ -16,7 +16,7 @@ from ..devices import Device, torch_dtype
 from ..errors import LoadFailed
 from ..references import ModelSpec
 from .base import Backend
-from .transformers_lm import import_transformers
+from .transformers_lm import import_transformers, quiet_progress
 
 
 def read_pooling(folder: Path) -> tuple[str, bool, int | None]:
@@ -59,8 +59,9 @@ class TransformersEmbedBackend(Backend):
         self.device = str(device)
         self.pooling, self.normalizes, max_len = read_pooling(spec.path)
         try:
-            self.tokenizer = transformers.AutoTokenizer.from_pretrained(spec.path)
-            self.model = transformers.AutoModel.from_pretrained(spec.path, dtype=torch_dtype(device))
+            with quiet_progress(transformers):
+                self.tokenizer = transformers.AutoTokenizer.from_pretrained(spec.path)
+                self.model = transformers.AutoModel.from_pretrained(spec.path, dtype=torch_dtype(device))
             self.model.to(device.torch_name).eval()
         except Exception as exc:
             raise LoadFailed(f"transformers could not load {spec.id!r}: {exc}") from None

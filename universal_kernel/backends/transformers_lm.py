@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..devices import Device, torch_dtype
@@ -25,6 +26,19 @@ def import_transformers():
     except ImportError as exc:
         raise BackendUnavailable("the transformers backend needs torch and transformers installed") from exc
     return torch, transformers
+
+
+@contextmanager
+def quiet_progress(transformers):
+    """No "Loading weights" bar in the user's cell for a load that takes a second; restored afterwards."""
+    logging_utils = transformers.utils.logging
+    was_enabled = logging_utils.is_progress_bar_enabled()
+    logging_utils.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            logging_utils.enable_progress_bar()
 
 
 def converted_folder(cache: Path, gguf: Path) -> Path:
@@ -70,8 +84,9 @@ class TransformersLMBackend(Backend):
             if spec.format == "gguf":
                 self.model, self.tokenizer = self._load_gguf(transformers, spec.path, dtype, convert_cache)
             else:
-                self.tokenizer = transformers.AutoTokenizer.from_pretrained(spec.path)
-                self.model = transformers.AutoModelForCausalLM.from_pretrained(spec.path, dtype=dtype)
+                with quiet_progress(transformers):
+                    self.tokenizer = transformers.AutoTokenizer.from_pretrained(spec.path)
+                    self.model = transformers.AutoModelForCausalLM.from_pretrained(spec.path, dtype=dtype)
             self.model.to(device.torch_name).eval()
         except (BackendUnavailable, LoadFailed):
             raise
@@ -84,8 +99,9 @@ class TransformersLMBackend(Backend):
         converted = converted_folder(convert_cache, path) if convert_cache else None
         if converted is not None and (converted / "config.json").exists():
             self.loaded_from = "convert-cache"
-            tokenizer = transformers.AutoTokenizer.from_pretrained(converted)
-            model = transformers.AutoModelForCausalLM.from_pretrained(converted, dtype=dtype)
+            with quiet_progress(transformers):
+                tokenizer = transformers.AutoTokenizer.from_pretrained(converted)
+                model = transformers.AutoModelForCausalLM.from_pretrained(converted, dtype=dtype)
             return model, tokenizer
         try:
             import gguf  # noqa: F401  (transformers needs it to read the file)
