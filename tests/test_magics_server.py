@@ -6,6 +6,7 @@ import signal
 import threading
 import time
 
+import numpy as np
 import pytest
 from IPython.core.error import UsageError
 from jupyter_client import BlockingKernelClient
@@ -103,8 +104,10 @@ def test_runtime_use_server_status_monitor_load_unload(ip, server):
         finally:
             monitor.close()
 
-        with pytest.raises(UsageError, match="normalised"):
-            ip.run_line_magic("embed", "['x'] --no-normalize")
+        raw = ip.run_line_magic("embed", "['raw vectors from the server'] --no-normalize")
+        unit = ip.run_line_magic("embed", "['raw vectors from the server']")
+        assert abs(float(np.linalg.norm(raw[0])) - 1.0) > 1e-3
+        assert abs(float(np.linalg.norm(unit[0])) - 1.0) < 1e-4
         with pytest.raises(UsageError, match="aliases of the server"):
             ip.run_line_magic("runtime", f"alias x {SMOLLM}")
     finally:

@@ -304,9 +304,7 @@ class RemoteRuntime:
         model = model or self.default_embedding_model
         stats = RequestStats(model=model, backend="server", kind="embed", created_at=time.time())
         started = time.perf_counter()
-        if not normalize:
-            raise InvalidRequest("the server's embeddings are normalised; use --no-normalize without --server")
-        body = {"model": model, "input": texts, "encoding_format": "float"}
+        body = {"model": model, "input": texts, "encoding_format": "float", "normalize": normalize}
         if keep_alive is not None:
             body["keep_alive"] = keep_alive
         payload = self._json("POST", "v1/embeddings", body)
@@ -338,7 +336,7 @@ class RemoteRuntime:
 
     def alias(self, name: str, ref: str):
         raise InvalidRequest("aliases of the server's runtime are set in its configuration "
-                             "(c.UniversalKernel.aliases); %runtime alias applies to the local runtime")
+                             "(c.UniversalKernelApp.model_aliases); %runtime alias applies to the local runtime")
 
     def subscribe(self, listener) -> None:  # the monitor polls the server instead
         pass
