@@ -16,23 +16,7 @@ import weakref
 import ipywidgets as widgets
 from traitlets import Dict, Float, Int, List, Unicode
 
-
-def _mib(nbytes) -> str:
-    return "-" if nbytes is None else f"{nbytes / 2**20:,.0f} MiB"
-
-
-def _ms(seconds) -> str:
-    if seconds is None:
-        return "-"
-    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
-
-
-def _expiry(model: dict) -> str:
-    if model.get("active") or model.get("running"):
-        return "in use"
-    if model.get("expires_in_s") is None:
-        return "never" if (model.get("keep_alive") or 0) < 0 else "-"
-    return f"{model['expires_in_s']:.0f} s"
+from universal_kernel.formatting import duration, expiry, mib
 
 
 def latency(request: dict):
@@ -51,7 +35,7 @@ def sparkline(values: list, width: int = 240, height: int = 40) -> str:
     points = " ".join(f"{i * step:.1f},{height - 2 - (v / top) * (height - 6):.1f}" for i, v in enumerate(values))
     return (f'<svg width="{width}" height="{height}" style="background:#fafafa">'
             f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{points}"/>'
-            f'<text x="{width - 4}" y="11" font-size="10" text-anchor="end" fill="#666">max {_ms(top)}</text>'
+            f'<text x="{width - 4}" y="11" font-size="10" text-anchor="end" fill="#666">max {duration(top)}</text>'
             f"</svg>")
 
 
@@ -155,22 +139,22 @@ class Monitor(widgets.VBox):
     def _render(self) -> None:
         clock = time.strftime("%H:%M:%S", time.localtime(self.updated_at))
         self._title.value = f"<b>universal-kernel</b> ({self.source_name}) \u00b7 updated {clock}"
-        gpu = "".join(f" \u00b7 GPU{g.get('index', i)} {_mib(g.get('allocated_bytes'))} allocated, "
-                      f"{_mib(g.get('free_bytes'))} free of {_mib(g.get('total_bytes'))}"
+        gpu = "".join(f" \u00b7 GPU{g.get('index', i)} {mib(g.get('allocated_bytes'))} allocated, "
+                      f"{mib(g.get('free_bytes'))} free of {mib(g.get('total_bytes'))}"
                       for i, g in enumerate(self.gpus))
-        self._memory.value = (f"process RSS {_mib(self.rss_bytes)} \u00b7 system {_mib(self.system_available_bytes)}"
-                              f" available of {_mib(self.system_total_bytes)}{gpu}")
+        self._memory.value = (f"process RSS {mib(self.rss_bytes)} \u00b7 system {mib(self.system_available_bytes)}"
+                              f" available of {mib(self.system_total_bytes)}{gpu}")
         self._models.value = _table(
             ["model", "backend", "device", "size", "expires in", "queue", "requests"],
-            [[m.get("id"), m.get("backend"), m.get("device"), _mib(m.get("size_bytes")), _expiry(m),
+            [[m.get("id"), m.get("backend"), m.get("device"), mib(m.get("size_bytes")), expiry(m),
               m.get("queue_depth", 0), (m.get("figures") or {}).get("requests", 0)] for m in self.models])
         last = [r for r in self.recent if r.get("finish_reason")][-8:]
         self._requests.value = _table(
             ["model", "kind", "queue wait", "TTFT", "tokens/s", "tokens", "total", "finish"],
-            [[r.get("model"), r.get("kind"), _ms(r.get("queue_wait_s")), _ms(r.get("ttft_s")),
+            [[r.get("model"), r.get("kind"), duration(r.get("queue_wait_s")), duration(r.get("ttft_s")),
               "-" if not r.get("tokens_per_s") else f"{r['tokens_per_s']:.1f}",
               f"{r.get('prompt_tokens', 0)} in" if r.get("kind") == "embed" else r.get("completion_tokens", 0),
-              _ms(r.get("total_s")), r.get("finish_reason")] for r in reversed(last)])
+              duration(r.get("total_s")), r.get("finish_reason")] for r in reversed(last)])
         self._plot.value = "<div style='font-size:85%;color:#666'>recent latency (TTFT; total for " \
                            "embeddings)</div>" + sparkline(self.latencies[-50:])
 

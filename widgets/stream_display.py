@@ -13,6 +13,8 @@ import re
 import sys
 import time
 
+from universal_kernel.formatting import duration, mib
+
 CURSOR = "\u258c"
 _FENCE = re.compile(r"```([\w+.-]*)[^\n]*\n(.*?)(?:\n?```|$)", re.S)
 
@@ -60,27 +62,17 @@ def render_bundle(text: str, fmt: str) -> dict:
     return {"text/markdown": text, "text/plain": text}
 
 
-def _ms(seconds) -> str:
-    if seconds is None:
-        return "-"
-    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
-
-
-def _mib(nbytes) -> str:
-    return f"{nbytes / 2**20:.0f} MiB"
-
-
 def footer_text(model: str, stats, *, tokens: int | None = None, memory_bytes: int | None = None,
                 note: str | None = None, backend: str | None = None) -> str:
     """One line: model, time to first token, tokens/s, tokens, memory."""
     tokens = stats.completion_tokens if tokens is None else tokens
-    parts = [f"{model} ({backend or stats.backend})", f"TTFT {_ms(stats.ttft_s)}"]
+    parts = [f"{model} ({backend or stats.backend})", f"TTFT {duration(stats.ttft_s)}"]
     parts.append(f"{stats.tokens_per_s:.1f} tokens/s" if stats.tokens_per_s else "- tokens/s")
     parts.append(f"{tokens} tokens")
     if stats.load_s:
-        parts.append(f"load {_ms(stats.load_s)}")
+        parts.append(f"load {duration(stats.load_s)}")
     if memory_bytes:
-        parts.append(f"RSS {_mib(memory_bytes)}")
+        parts.append(f"RSS {mib(memory_bytes)}")
     if note:
         parts.append(note)
     return " \u00b7 ".join(parts)

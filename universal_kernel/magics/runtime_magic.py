@@ -6,25 +6,9 @@ import html
 
 from IPython.core.error import UsageError
 
+from ..formatting import duration, expiry, mib
+
 ACTIONS = ("status", "models", "load", "unload", "alias", "monitor", "use")
-
-
-def _mib(nbytes) -> str:
-    return "-" if nbytes is None else f"{nbytes / 2**20:,.0f} MiB"
-
-
-def _s(seconds) -> str:
-    if seconds is None:
-        return "-"
-    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
-
-
-def _expiry(model: dict) -> str:
-    if model.get("active") or model.get("running"):
-        return "in use"
-    if model.get("expires_in_s") is None:
-        return "never" if (model.get("keep_alive") or 0) < 0 else "-"
-    return f"in {model['expires_in_s']:.0f} s"
 
 
 def _text_table(headers: list[str], rows: list[list]) -> str:
@@ -52,22 +36,22 @@ class RuntimeStatus(dict):
     """`%runtime status`: the status dict, shown as a short report."""
 
     def _rows(self):
-        models = [[m.get("id"), m.get("backend"), m.get("device"), _mib(m.get("size_bytes")), _expiry(m),
+        models = [[m.get("id"), m.get("backend"), m.get("device"), mib(m.get("size_bytes")), expiry(m),
                    m.get("queue_depth", 0), (m.get("figures") or {}).get("requests", 0)]
                   for m in self.get("models") or []]
-        recent = [[r.get("model"), r.get("kind"), _s(r.get("queue_wait_s")), _s(r.get("ttft_s")),
+        recent = [[r.get("model"), r.get("kind"), duration(r.get("queue_wait_s")), duration(r.get("ttft_s")),
                    f"{r['tokens_per_s']:.1f}" if r.get("tokens_per_s") else "-", _tokens(r),
-                   _s(r.get("total_s")), r.get("finish_reason") or "running"]
+                   duration(r.get("total_s")), r.get("finish_reason") or "running"]
                   for r in (self.get("recent") or [])[-5:]]
         return models, recent
 
     def _memory_line(self) -> str:
         memory = self.get("memory") or {}
-        line = (f"process RSS {_mib(memory.get('process_rss_bytes'))}, system "
-                f"{_mib(memory.get('system_available_bytes'))} available of {_mib(memory.get('system_total_bytes'))}")
+        line = (f"process RSS {mib(memory.get('process_rss_bytes'))}, system "
+                f"{mib(memory.get('system_available_bytes'))} available of {mib(memory.get('system_total_bytes'))}")
         for gpu in memory.get("gpus") or []:
-            line += (f"; GPU{gpu.get('index')} {_mib(gpu.get('allocated_bytes'))} allocated, "
-                     f"{_mib(gpu.get('free_bytes'))} free of {_mib(gpu.get('total_bytes'))}")
+            line += (f"; GPU{gpu.get('index')} {mib(gpu.get('allocated_bytes'))} allocated, "
+                     f"{mib(gpu.get('free_bytes'))} free of {mib(gpu.get('total_bytes'))}")
         return line
 
     MODEL_HEADERS = ["model", "backend", "device", "size", "expires", "queue", "requests"]
@@ -98,7 +82,7 @@ class ModelList(list):
     """`%runtime models`: every servable model, loaded state included."""
 
     def _rows(self):
-        return [[m.get("id"), m.get("task", "-"), m.get("format", "-"), _mib(m.get("size_bytes")),
+        return [[m.get("id"), m.get("task", "-"), m.get("format", "-"), mib(m.get("size_bytes")),
                  "yes" if m.get("loaded") else "no"] for m in self]
 
     def __repr__(self) -> str:
@@ -148,7 +132,7 @@ def run_runtime(magics, args):
         where = "on the server" if remote else ""
         backend = entry.get("backend", args.backend)
         print(" ".join(f"loaded {model} {where} ({backend}, {entry.get('device', '-')}, "
-                       f"{_mib(entry.get('size_bytes'))}) in {_s(entry.get('load_s'))}".split()))
+                       f"{mib(entry.get('size_bytes'))}) in {duration(entry.get('load_s'))}".split()))
         return None
     if action == "unload":
         if len(args.args) > 1:
