@@ -88,6 +88,7 @@ def interleaved(sides: dict[str, Callable[[], float]], repeats: int, warmup: boo
         names = list(sides) if i % 2 == 0 else list(reversed(sides))  # ABBA: no side always goes first
         for name in names:
             results[name].append(sides[name]())
+            print(f"  run {i + 1}/{repeats} {name}: {results[name][-1]:.4g}", file=sys.stderr, flush=True)
     return results
 
 

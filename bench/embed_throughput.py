@@ -6,7 +6,7 @@ the within-call deduplication (identical texts embedded once) helps it. The rati
 every row agrees with sentence-transformers to cosine >= 0.9999.
 
     python bench/embed_throughput.py            # 20,000 texts, 3 runs per side
-    python bench/embed_throughput.py --smoke    # 64 texts, 1 run
+    python bench/embed_throughput.py --smoke    # 16 texts, 1 run
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     p.add_argument("--texts", type=int, default=None, help="number of texts (default 20,000)")
     p.add_argument("--duplicates", type=float, default=0.1, help="share of texts repeating an earlier one")
     args = p.parse_args(argv)
-    n = args.texts or (64 if args.smoke else 20_000)
+    n = args.texts or (16 if args.smoke else 20_000)
     repeats = args.repeats or (1 if args.smoke else 3)
     nthreads = threads(args)
 
