@@ -125,6 +125,20 @@ class GenerationJob:
 
 
 # Rendering: one path for streaming and non-streaming ---------------------------------------------------
+async def collect_texts(job: GenerationJob) -> dict[int, tuple[str, str]] | Failure:
+    """Read a job to its end: choice index -> (whole text, finish reason), in index order."""
+    texts: dict[int, list[str]] = {}
+    reasons: dict[int, str] = {}
+    async for event in job.events():
+        if isinstance(event, Failed):
+            return event.failure
+        if isinstance(event, Delta):
+            texts.setdefault(event.index, []).append(event.text)
+        else:
+            reasons[event.index] = event.finish_reason
+    return {i: ("".join(texts.get(i, [])), reasons[i]) for i in sorted(reasons)}
+
+
 class ChatRenderer:
     """Turns a job's events into chat.completion chunks, or collects them into one chat.completion."""
 
@@ -156,17 +170,11 @@ class ChatRenderer:
             yield self._chunk([], usage=self.job.usage)
 
     async def collect(self) -> p.ChatCompletion | Failure:
-        texts: dict[int, list[str]] = {}
-        reasons: dict[int, str] = {}
-        async for event in self.job.events():
-            if isinstance(event, Failed):
-                return event.failure
-            if isinstance(event, Delta):
-                texts.setdefault(event.index, []).append(event.text)
-            else:
-                reasons[event.index] = event.finish_reason
-        choices = [p.ChatChoice(index=i, message=p.ChatMessage(content="".join(texts.get(i, []))),
-                                finish_reason=reasons[i]) for i in sorted(reasons)]
+        collected = await collect_texts(self.job)
+        if isinstance(collected, Failure):
+            return collected
+        choices = [p.ChatChoice(index=i, message=p.ChatMessage(content=text), finish_reason=reason)
+                   for i, (text, reason) in collected.items()]
         return p.ChatCompletion(id=self.job.id, created=self.job.created, model=self.job.model_id,
                                 choices=choices, usage=self.job.usage)
 
@@ -197,17 +205,11 @@ class CompletionRenderer:
             yield self._chunk([], usage=self.job.usage)
 
     async def collect(self) -> p.Completion | Failure:
-        texts: dict[int, list[str]] = {}
-        reasons: dict[int, str] = {}
-        async for event in self.job.events():
-            if isinstance(event, Failed):
-                return event.failure
-            if isinstance(event, Delta):
-                texts.setdefault(event.index, []).append(event.text)
-            else:
-                reasons[event.index] = event.finish_reason
-        choices = [p.CompletionChoice(index=i, text="".join(texts.get(i, [])), finish_reason=reasons[i])
-                   for i in sorted(reasons)]
+        collected = await collect_texts(self.job)
+        if isinstance(collected, Failure):
+            return collected
+        choices = [p.CompletionChoice(index=i, text=text, finish_reason=reason)
+                   for i, (text, reason) in collected.items()]
         return self._chunk(choices, usage=self.job.usage)
 
 
