@@ -66,7 +66,24 @@ class _StreamBase:
             raise GenerationFailed(f"the worker of {self.model!r} stopped without finishing the request")
 
 
-class GenerationStream(_StreamBase):
+class ReadToEnd:
+    """`result()` and `with` for a synchronous stream that iterates text pieces and has `close()`."""
+
+    completion: Completion | None
+
+    def result(self) -> Completion:
+        for _ in self:
+            pass
+        return self.completion
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class GenerationStream(ReadToEnd, _StreamBase):
     """Iterate to get text pieces as they come; `completion` holds the result once done.
 
     Closing it early (or a KeyboardInterrupt while reading) cancels the generation.
@@ -108,17 +125,6 @@ class GenerationStream(_StreamBase):
             self._done = True
             self.request.cancel()
             self.request.finished.wait(timeout=wait)
-
-    def result(self) -> Completion:
-        for _ in self:
-            pass
-        return self.completion
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def __del__(self):
         if not self._done:

@@ -23,7 +23,7 @@ from ..errors import (
     Busy, GenerationFailed, InvalidRequest, ModelNotFound, RuntimeFailure,
 )
 from ..stats import RequestStats
-from ..streams import Completion
+from ..streams import Completion, ReadToEnd
 
 
 class ServerUnavailable(RuntimeFailure):
@@ -120,7 +120,7 @@ def _params_body(params: GenerationParams) -> dict:
     return body
 
 
-class RemoteStream:
+class RemoteStream(ReadToEnd):
     """Iterate for text pieces of a streamed chat completion; closing it drops the connection (cancels)."""
 
     def __init__(self, client: "RemoteRuntime", body: dict):
@@ -209,16 +209,6 @@ class RemoteStream:
             except Exception:
                 pass
 
-    def result(self) -> Completion:
-        for _ in self:
-            pass
-        return self.completion
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 class RemoteRuntime:
