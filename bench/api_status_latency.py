@@ -1,7 +1,9 @@
-"""Jupyter server responsiveness: `/universal/api/status` latency idle vs while four streams run.
+"""Jupyter server responsiveness: `/api/status` latency idle vs while four streams run.
 
 A real `jupyter server` with the extension and SmolLM2 preloaded. Phases alternate, idle, busy,
-idle, busy...; each phase times `--requests` GETs of the status route and gives a p50 and a p99.
+idle, busy...; each phase times `--requests` GETs of Jupyter's own `/api/status` and as many of
+the extension's `/universal/api/status` (which also reports every model's queue), taking turns,
+and gives a p50 and a p99 for each.
 Busy means four clients each streaming completions from `/v1/completions` (the runtime runs them
 one at a time; the others wait in its queue). The table shows the medians over phases.
 
@@ -37,25 +39,40 @@ def main(argv=None) -> int:
     try:
         depths: list[int] = []
 
-        def sample(busy: bool = False) -> list[float]:
-            out = []
+        jupyter_status = server.base.rsplit("/universal", 1)[0] + "/api/status"
+        ours_status = f"{server.base}/api/status"
+
+        def get_ms(url: str):
+            start = time.perf_counter()
+            r = server.session.get(url, timeout=30)
+            elapsed = (time.perf_counter() - start) * 1000
+            r.raise_for_status()
+            return elapsed, r
+
+        def sample(busy: bool = False) -> dict[str, np.ndarray]:
+            out: dict[str, list[float]] = {"jupyter": [], "universal": []}
             for _ in range(n):
-                start = time.perf_counter()
-                r = server.session.get(f"{server.base}/api/status", timeout=30)
-                out.append((time.perf_counter() - start) * 1000)
-                r.raise_for_status()
+                elapsed, _r = get_ms(jupyter_status)
+                out["jupyter"].append(elapsed)
+                time.sleep(0.0025)
+                elapsed, r = get_ms(ours_status)
+                out["universal"].append(elapsed)
                 if busy:
                     depths.append(sum(m.get("queue_depth", 0) for m in r.json()["models"]))
-                time.sleep(0.005)
-            return out
+                time.sleep(0.0025)
+            return {k: np.array(v) for k, v in out.items()}
+
+        def record(into: dict, s: dict[str, np.ndarray]) -> None:
+            for route, values in s.items():
+                into[route, 50].append(float(np.percentile(values, 50)))
+                into[route, 99].append(float(np.percentile(values, 99)))
 
         sample()  # warm-up
-        idle50, idle99, busy50, busy99 = [], [], [], []
+        idle: dict = {(route, q): [] for route in ("jupyter", "universal") for q in (50, 99)}
+        busy: dict = {(route, q): [] for route in ("jupyter", "universal") for q in (50, 99)}
         pieces = [0]
         for _ in range(phases):
-            s = np.array(sample())
-            idle50.append(float(np.percentile(s, 50)))
-            idle99.append(float(np.percentile(s, 99)))
+            record(idle, sample())
             stop = threading.Event()
 
             def client(i: int) -> None:
@@ -75,18 +92,21 @@ def main(argv=None) -> int:
             deadline = time.monotonic() + 120
             while pieces[0] == 0 and time.monotonic() < deadline:  # until the first stream produces tokens
                 time.sleep(0.01)
-            s = np.array(sample(busy=True))
+            busy_sample = sample(busy=True)
             stop.set()
             for w in workers:
                 w.join(timeout=120)
-            busy50.append(float(np.percentile(s, 50)))
-            busy99.append(float(np.percentile(s, 99)))
+            record(busy, busy_sample)
+        streams = f"{args.streams} streams"
         rows = [
-            Row("status p50", "4 streams", busy50, "idle", idle50, "ms"),
-            Row("status p99", "4 streams", busy99, "idle", idle99, "ms", "value<", 50),
+            Row("/api/status p50", streams, busy["jupyter", 50], "idle", idle["jupyter", 50], "ms"),
+            Row("/api/status p99", streams, busy["jupyter", 99], "idle", idle["jupyter", 99], "ms", "value<", 50),
+            Row("/universal/api/status p50", streams, busy["universal", 50], "idle", idle["universal", 50], "ms"),
+            Row("/universal/api/status p99", streams, busy["universal", 99], "idle", idle["universal", 99], "ms",
+                "value<", 50),
         ]
-        print_table("Jupyter /universal/api/status latency, idle vs four streams", rows, [
-            f"{n} requests per phase, {phases} phases of each; queue depth seen while busy: "
+        print_table(f"Jupyter status latency, idle vs {streams}", rows, [
+            f"{n} requests per route per phase, {phases} phases of each; queue depth seen while busy: "
             f"median {int(np.median(depths))}, max {max(depths)}; "
             f"pieces streamed during busy phases: {pieces[0]}",
         ])
