@@ -52,8 +52,7 @@ def main(argv=None) -> int:
         def sample(busy: bool = False) -> dict[str, np.ndarray]:
             out: dict[str, list[float]] = {"jupyter": [], "universal": []}
             for _ in range(n):
-                elapsed, _r = get_ms(jupyter_status)
-                out["jupyter"].append(elapsed)
+                out["jupyter"].append(get_ms(jupyter_status)[0])
                 time.sleep(0.0025)
                 elapsed, r = get_ms(ours_status)
                 out["universal"].append(elapsed)
@@ -68,8 +67,9 @@ def main(argv=None) -> int:
                 into[route, 99].append(float(np.percentile(values, 99)))
 
         sample()  # warm-up
-        idle: dict = {(route, q): [] for route in ("jupyter", "universal") for q in (50, 99)}
-        busy: dict = {(route, q): [] for route in ("jupyter", "universal") for q in (50, 99)}
+        routes = {"jupyter": "/api/status", "universal": "/universal/api/status"}
+        idle: dict = {(route, q): [] for route in routes for q in (50, 99)}
+        busy: dict = {(route, q): [] for route in routes for q in (50, 99)}
         pieces = [0]
         for _ in range(phases):
             record(idle, sample())
@@ -98,13 +98,10 @@ def main(argv=None) -> int:
                 w.join(timeout=120)
             record(busy, busy_sample)
         streams = f"{args.streams} streams"
-        rows = [
-            Row("/api/status p50", streams, busy["jupyter", 50], "idle", idle["jupyter", 50], "ms"),
-            Row("/api/status p99", streams, busy["jupyter", 99], "idle", idle["jupyter", 99], "ms", "value<", 50),
-            Row("/universal/api/status p50", streams, busy["universal", 50], "idle", idle["universal", 50], "ms"),
-            Row("/universal/api/status p99", streams, busy["universal", 99], "idle", idle["universal", 99], "ms",
-                "value<", 50),
-        ]
+        rows = []
+        for route, path in routes.items():
+            rows.append(Row(f"{path} p50", streams, busy[route, 50], "idle", idle[route, 50], "ms"))
+            rows.append(Row(f"{path} p99", streams, busy[route, 99], "idle", idle[route, 99], "ms", "value<", 50))
         print_table(f"Jupyter status latency, idle vs {streams}", rows, [
             f"{n} requests per route per phase, {phases} phases of each; queue depth seen while busy: "
             f"median {int(np.median(depths))}, max {max(depths)}; "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -16,6 +17,18 @@ from universal_kernel.references import BUILTIN_ALIASES  # noqa: E402
 SMOLLM = "smollm2-135m-instruct"
 MINILM = "all-minilm-l6-v2"
 FRANCE = "Which city is the capital of France?"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sigint_raises_keyboard_interrupt():
+    """SIGINT raises KeyboardInterrupt, as in a kernel running a cell.
+
+    A process started in the background by a non-interactive shell (CI) inherits SIGINT ignored,
+    and Python then installs no handler: a test's interrupt would do nothing.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 def _require(alias: str):
