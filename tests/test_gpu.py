@@ -8,6 +8,12 @@ import pytest
 from universal_kernel import Runtime, RuntimeConfig
 
 from .conftest import FRANCE, MINILM, SMOLLM
+from .test_generation_llama import raw_chat
+from .test_generation_transformers import raw_transformers
+
+# The tiny model's greedy text depends on the device's kernels (SPEC §6): each test compares the
+# runtime with the raw library on the same GPU, never with an answer written here.
+CHAT = [{"role": "user", "content": FRANCE}]
 
 torch = pytest.importorskip("torch")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -42,10 +48,14 @@ def test_unloading_frees_gpu_memory(gpu_runtime):
 
 
 def test_transformers_generation_on_cuda(gpu_runtime):
-    out = gpu_runtime.generate(SMOLLM, messages=[{"role": "user", "content": FRANCE}],
-                               params={"temperature": 0, "max_tokens": 24}, backend="transformers")
-    assert "Paris" in out.text
+    out = gpu_runtime.generate(SMOLLM, messages=CHAT, params={"temperature": 0, "max_tokens": 24},
+                               backend="transformers")
     assert gpu_runtime.status()["models"][0]["device"] == "cuda:0"
+    entry = gpu_runtime.cache.entries()[0]
+    text, prompt_tokens, completion_tokens, ended = raw_transformers(entry.backend, CHAT, 24)  # same weights
+    assert out.text and out.text == text
+    assert (out.prompt_tokens, out.completion_tokens) == (prompt_tokens, completion_tokens)
+    assert out.finish_reason == ("stop" if ended else "length")
 
 
 def test_llama_cpp_offloads_when_built_with_cuda(gpu_runtime):
@@ -53,9 +63,20 @@ def test_llama_cpp_offloads_when_built_with_cuda(gpu_runtime):
 
     if not llama_cpp.llama_supports_gpu_offload():
         pytest.skip("this llama-cpp-python build has no GPU offload")
+    from universal_kernel.devices import cpu_threads
+
     gpu_runtime.load(SMOLLM)
     assert gpu_runtime.status()["models"][0]["device"] == "gpu"
-    out = gpu_runtime.generate(SMOLLM, messages=[{"role": "user", "content": FRANCE}],
-                               params={"temperature": 0, "max_tokens": 24})
-    assert "Paris" in out.text
+    out = gpu_runtime.generate(SMOLLM, messages=CHAT, params={"temperature": 0, "max_tokens": 24})
     assert np.isfinite(out.stats.tokens_per_s)
+    backend = gpu_runtime.cache.entries()[0].backend
+    raw_llama = llama_cpp.Llama(model_path=str(backend.spec.path), n_ctx=backend.n_ctx, n_threads=cpu_threads(),
+                                n_threads_batch=cpu_threads(), n_gpu_layers=-1, verbose=False)
+    try:
+        raw = raw_chat(raw_llama, CHAT, temperature=0.0, max_tokens=24)
+    finally:
+        raw_llama.close()
+    assert out.text and out.text == raw["choices"][0]["message"]["content"]
+    assert out.finish_reason == raw["choices"][0]["finish_reason"]
+    assert (out.prompt_tokens, out.completion_tokens) == (raw["usage"]["prompt_tokens"],
+                                                           raw["usage"]["completion_tokens"])
