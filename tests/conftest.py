@@ -74,3 +74,127 @@ def raw_llama(smollm_path, runtime):
                           n_threads_batch=cpu_threads(), n_gpu_layers=0, verbose=False)
     yield llm
     llm.close()
+
+
+@pytest.fixture(scope="session")
+def convert_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("converted-gguf")
+
+
+@pytest.fixture(scope="session")
+def hf_runtime(smollm_path, convert_cache, tmp_path_factory):
+    """The SmolLM2 GGUF through the transformers backend, loaded once (the first load dequantises, ~35 s)."""
+    rt = Runtime(RuntimeConfig(model_folders=[tmp_path_factory.mktemp("hf-models")], keep_alive=-1,
+                               convert_cache=convert_cache), reaper=False)
+    rt.load(SMOLLM, backend="transformers")
+    yield rt
+    rt.close()
+
+
+# The real `jupyter server` with the extension, shared by the HTTP tests of the session ----------------------
+TOKEN = "universal-kernel-test-token"
+BODY_LIMIT = 2**20
+QUEUE_LENGTH = 3
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    def __init__(self, port: int, process, log):
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}/"
+        self.process = process
+        self.log = log
+
+    def get(self, path: str, token: str | None = TOKEN, **kwargs):
+        import requests
+
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return requests.get(self.url + path, headers=headers, timeout=kwargs.pop("timeout", 60), **kwargs)
+
+    def post(self, path: str, body=None, token: str | None = TOKEN, **kwargs):
+        import json
+
+        import requests
+
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers.update(kwargs.pop("headers", {}))
+        data = body if isinstance(body, (bytes, str)) or body is None else json.dumps(body)
+        return requests.post(self.url + path, data=data, headers=headers, timeout=kwargs.pop("timeout", 120),
+                             **kwargs)
+
+    def status(self) -> dict:
+        response = self.get("universal/api/status")
+        response.raise_for_status()
+        return response.json()
+
+    def model_status(self, model_id: str) -> dict | None:
+        return next((m for m in self.status()["models"] if m["id"] == model_id), None)
+
+    def client(self, token: str = TOKEN, **kwargs):
+        import openai
+
+        return openai.OpenAI(api_key=token, base_url=self.url + "universal/v1", max_retries=0, timeout=120,
+                             **kwargs)
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture(scope="session")
+def server(smollm_path, minilm_path, tmp_path_factory):
+    """`jupyter server` with the extension, as a user would start it, both default models preloaded."""
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    root = tmp_path_factory.mktemp("server-root")
+    home = tmp_path_factory.mktemp("server-jupyter")
+    port = _free_port()
+    log = home / "server.log"
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
+               JUPYTER_DATA_DIR=str(home / "data"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               UNIVERSAL_KERNEL_CONVERT_CACHE=str(home / "converted"))
+    command = [
+        sys.executable, "-m", "jupyter_server", "--allow-root", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+        f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}",
+        "--ServerApp.jpserver_extensions=universal_kernel.server_ext=True",
+        f'--UniversalKernelApp.preload=["{SMOLLM}", "{MINILM}"]',  # as the README writes it
+        "--UniversalKernelApp.keep_alive=-1", f"--UniversalKernelApp.max_body_size={BODY_LIMIT}",
+        f"--UniversalKernelApp.queue_length={QUEUE_LENGTH}",
+        # one thread: the machines that run this suite are small and busy; llama.cpp's threads spin
+        "--UniversalKernelApp.threads=1",
+    ]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root)
+    srv = Server(port, process, log)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"jupyter server exited with {process.returncode}:\n{srv.log_tail()}")
+            try:
+                models = srv.status()["models"]
+                if {m["id"] for m in models} >= {SMOLLM, MINILM}:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server did not load the default models in time:\n{srv.log_tail()}")
+            time.sleep(0.5)
+        yield srv
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
