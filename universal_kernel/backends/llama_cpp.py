@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 
 import numpy as np
 
@@ -19,6 +20,23 @@ def _import_llama_cpp():
             "llama-cpp-python is not installed (pip install llama-cpp-python)"
         ) from exc
     return llama_cpp
+
+
+#: llama.cpp's "pick a random seed" value (LLAMA_DEFAULT_SEED); a request's seed never maps onto it
+_RANDOM_SEED = 0xFFFFFFFF
+
+
+def sampler_seed(seed: int | None) -> int:
+    """The uint32 seed llama.cpp's sampler gets: the request's own, or a fresh random one.
+
+    llama-cpp-python left alone derives an unseeded request's seed from the previous request's
+    (`random.Random(self._seed)`), so every unseeded request after `seed=42` would repeat the same
+    text; a fresh random seed per unseeded request avoids that. Any integer maps into
+    [0, 2**32 - 2] (small seeds unchanged), never onto LLAMA_DEFAULT_SEED, which means "random".
+    """
+    if seed is None:
+        return secrets.randbelow(_RANDOM_SEED)
+    return int(seed) % _RANDOM_SEED
 
 
 class LlamaCppBackend(Backend):
@@ -44,6 +62,45 @@ class LlamaCppBackend(Backend):
         except Exception as exc:  # llama.cpp reports a bad file as a bare ValueError
             raise LoadFailed(f"llama.cpp could not load {spec.id!r}: {exc}") from None
         self._formatter = self._chat_formatter(llama_cpp)
+        self._llama_cpp = llama_cpp
+        #: leading tokens of the context decoded in whole `n_batch` batches from a batch boundary
+        self._whole_chunks = 0
+
+    def _prepare_context(self, tokens: list[int]) -> None:
+        """Make this request compute exactly what it would on a fresh context.
+
+        llama-cpp-python reuses the longest prefix that a new prompt shares with what the context
+        holds (`Llama.generate`) and decodes only the rest, in a smaller batch than a fresh context
+        would. On some CPUs (AVX-512 kernels) the batch shape changes the logits in their last bits,
+        so a seeded request gave one text on its first call and another on later ones.
+
+        Here a prefix is kept only in whole `n_batch` chunks that were decoded as whole chunks from
+        a chunk boundary, as a fresh context decodes them (`Llama.eval` cuts the prompt into `n_batch`
+        batches from where it starts); the rest is removed, so `generate` decodes the prompt from a
+        chunk boundary in the same batches as on a fresh context. Generated tokens are never kept:
+        they were decoded one at a time. A prompt shorter than `n_batch` is always decoded whole.
+        """
+        llm = self.llm
+        chunk = llm.n_batch
+        keep = 0
+        limit = min(self._whole_chunks, llm.n_tokens, len(tokens) - 1)
+        if limit >= chunk:
+            held = llm.input_ids[:limit]
+            differ = np.flatnonzero(held != np.asarray(tokens[:limit], dtype=held.dtype))
+            keep = (int(differ[0]) if differ.size else limit) // chunk * chunk
+        self._whole_chunks = 0  # until this prompt has been decoded
+        if keep and llm._ctx.kv_cache_seq_rm(-1, keep, -1):
+            llm.n_tokens = keep  # `generate` finds exactly this prefix and decodes from it
+            return
+        # Nothing to keep: forget every token, as on a fresh context. With n_tokens at 0, `generate`
+        # skips its prefix match and `eval` removes every KV cell from position 0.
+        llm.reset()
+        get_memory = getattr(self._llama_cpp, "llama_get_memory", None)
+        clear = getattr(self._llama_cpp, "llama_memory_clear", None)
+        if get_memory is not None and clear is not None:
+            memory = get_memory(llm._ctx.ctx)
+            if memory is not None:
+                clear(memory, False)
 
     def _chat_formatter(self, llama_cpp):
         template = self.llm.metadata.get("tokenizer.chat_template")
@@ -92,7 +149,15 @@ class LlamaCppBackend(Backend):
         if messages is not None:
             prompt, template_stops = self.chat_prompt(messages)
             stops += [s for s in template_stops if s and s not in stops]
-        prompt_tokens = len(self.llm.tokenize(prompt.encode("utf-8"), special=True)) if prompt else 1
+        try:
+            encoded = prompt.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequest("the prompt is not valid Unicode (a lone surrogate?)",
+                                 param="messages" if messages is not None else "prompt") from None
+        # The prompt's tokens as create_completion makes them of a string (BOS as the model says),
+        # handed over as tokens so that the context's prefix is judged on the very tokens decoded.
+        tokens = self.llm.tokenize(encoded, add_bos=True, special=True) if prompt else []
+        prompt_tokens = len(tokens) or 1
         max_tokens = params.max_tokens if params.max_tokens is not None else self.n_ctx - prompt_tokens
         if prompt_tokens + max_tokens > self.n_ctx:
             max_tokens = self.n_ctx - prompt_tokens
@@ -100,8 +165,10 @@ class LlamaCppBackend(Backend):
                 raise InvalidRequest(
                     f"the prompt has {prompt_tokens} tokens; the context holds {self.n_ctx}", param="messages"
                 )
+        grammar = self._grammar(params.response_format)
+        self._prepare_context(tokens)
         stream = self.llm.create_completion(
-            prompt,
+            tokens or prompt,
             max_tokens=max_tokens,
             temperature=params.temperature,
             top_p=params.top_p,
@@ -110,15 +177,16 @@ class LlamaCppBackend(Backend):
             repeat_penalty=params.repeat_penalty,
             presence_penalty=params.presence_penalty,
             frequency_penalty=params.frequency_penalty,
-            seed=params.seed,
+            seed=sampler_seed(params.seed),
             stop=stops or None,
-            grammar=self._grammar(params.response_format),
+            grammar=grammar,
             stream=True,
         )
         text_parts: list[str] = []
         finish = "stop"
         try:
             for chunk in stream:
+                self._whole_chunks = len(tokens) // self.llm.n_batch * self.llm.n_batch  # decoded
                 if cancelled():
                     finish = "cancelled"
                     break
@@ -128,6 +196,7 @@ class LlamaCppBackend(Backend):
                     emit(choice["text"])
                 if choice.get("finish_reason"):
                     finish = choice["finish_reason"]
+            self._whole_chunks = len(tokens) // self.llm.n_batch * self.llm.n_batch
         except Exception as exc:
             raise GenerationFailed(f"llama.cpp failed while generating: {exc}") from exc
         finally:

@@ -126,35 +126,49 @@ class TransformersLMBackend(Backend):
         if params.response_format and params.response_format.get("type") != "text":
             raise InvalidRequest("response_format is grammar-constrained only on the llama_cpp backend",
                                  param="response_format")
+        if params.repeat_penalty is not None and params.repeat_penalty < 0:
+            raise InvalidRequest("repeat_penalty must not be negative", param="repeat_penalty")
         if messages is not None:
             if not self.tokenizer.chat_template:
                 raise InvalidRequest(f"{self.spec.id!r} has no chat template; use a completion")
             prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequest("the prompt is not valid Unicode (a lone surrogate?)",
+                                 param="messages" if messages is not None else "prompt") from None
         inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=messages is None)
         inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
         prompt_tokens = int(inputs["input_ids"].shape[1])
         max_new = params.max_tokens or 512
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if isinstance(limit, int) and limit > 0:
+            if prompt_tokens >= limit:
+                raise InvalidRequest(f"the prompt has {prompt_tokens} tokens; the model holds {limit}",
+                                     param="messages" if messages is not None else "prompt")
+            max_new = min(max_new, limit - prompt_tokens)
         streamer = _EmitStreamer(self.tokenizer, StopMatcher(params.stop), emit)
         stopping = transformers_stopping(lambda: cancelled() or streamer.matcher.stopped)
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
-        sampling = params.temperature > 0
+        processors = []
+        if params.presence_penalty or params.frequency_penalty:
+            processors.append(penalty_processor(params.presence_penalty, params.frequency_penalty, prompt_tokens))
         kwargs = dict(
             max_new_tokens=max_new,
-            do_sample=sampling,
+            # Sampling, when asked for, is done by `seeded_sampler` below with the request's own
+            # generator; generate() itself always takes the one token left (greedy).
+            do_sample=False,
+            temperature=None, top_p=None, top_k=None,
             streamer=streamer,
             stopping_criteria=stopping,
             repetition_penalty=params.repeat_penalty or 1.0,
             pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
         )
-        if sampling:
-            kwargs.update(temperature=params.temperature, top_p=params.top_p,
-                          top_k=params.top_k or None, min_p=params.min_p or None)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        if params.presence_penalty or params.frequency_penalty:
-            kwargs["logits_processor"] = penalty_processor(params.presence_penalty, params.frequency_penalty,
-                                                           prompt_tokens)
+        if params.temperature > 0:
+            processors.append(seeded_sampler(torch, params, self.model.device))
+        if processors:
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
         try:
             with torch.inference_mode():
                 self.model.generate(**inputs, **kwargs)
@@ -180,19 +194,33 @@ class TransformersLMBackend(Backend):
 
 
 class _EmitStreamer:
-    """A transformers streamer that decodes incrementally and emits text, cut at stop strings."""
+    """A transformers streamer that decodes incrementally and emits text, cut at stop strings.
+
+    Each step decodes only a short window of recent tokens, as text-generation-inference does: the
+    tokens already handed on whose text ends cleanly (`prefix`..`read`) as context, and the new ones
+    after them. The new text is what the window adds to its context's text, once it does not end
+    in an incomplete UTF-8 sequence. The context matters: a tokenizer may decode a token differently
+    at the start of a text (SentencePiece drops a leading space) or next to its neighbour (clean-up
+    of spaces before punctuation). `finish` decodes the whole text once and hands on what is left,
+    so the streamed text always ends equal to `tokenizer.decode(ids, skip_special_tokens=True)`.
+    """
 
     def __init__(self, tokenizer, matcher: StopMatcher, emit: Emit):
         self.tokenizer = tokenizer
         self.matcher = matcher
         self.emit = emit
         self.tokens: list[int] = []
-        self.sent = 0  # characters of the decoded text already handed on
+        self.prefix = 0  # start of the context window
+        self.read = 0  # tokens whose text has been handed on
+        self.sent = 0  # characters handed on so far, before stop strings
         self.first = True
         self.generated = 0
         self.saw_eos = False
         eos = tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
 
     def put(self, value) -> None:
         if self.first:  # the prompt comes first
@@ -205,14 +233,19 @@ class _EmitStreamer:
                 self.saw_eos = True
                 continue
             self.tokens.append(token)
-        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
+        if self.read == len(self.tokens):
             return
-        self._send(text[self.sent:])
-        self.sent = len(text)
+        context = self._decode(self.tokens[self.prefix:self.read])
+        text = self._decode(self.tokens[self.prefix:])
+        if len(text) > len(context) and not text.endswith("\ufffd") and text.startswith(context):
+            self._send(text[len(context):])
+            self.prefix, self.read = self.read, len(self.tokens)
 
     def _send(self, piece: str) -> None:
-        if self.matcher.stopped or not piece:
+        if not piece:
+            return
+        self.sent += len(piece)
+        if self.matcher.stopped:
             return
         out = self.matcher.feed(piece)
         if out:
@@ -222,12 +255,55 @@ class _EmitStreamer:
         pass
 
     def finish(self) -> None:
-        if not self.matcher.stopped:
-            text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-            self._send(text[self.sent:])
-            rest = self.matcher.flush()
-            if rest:
-                self.emit(rest)
+        if self.matcher.stopped:
+            return
+        # The windows' text is the start of the whole text; the rest is what they held back (an
+        # incomplete character, a window that could not be read alone). Invalid UTF-8 from a model
+        # is the one case where they can differ; the rest is then taken by length.
+        self._send(self._decode(self.tokens)[self.sent:])
+        rest = self.matcher.flush()
+        if rest:
+            self.emit(rest)
+
+
+def seeded_sampler(torch, params: GenerationParams, device):
+    """Sampling with the request's own `torch.Generator`, as a logits processor.
+
+    generate()'s own sampling draws from torch's global generator, which every thread shares: a
+    seed set with `torch.manual_seed` holds only while no other generation draws at the same time.
+    This draws with a generator of the request's own (seeded from `params.seed`, or at random), so
+    a seed repeats its text whatever else runs. It applies the warpers that generate() applies when
+    sampling, in its order (temperature, top-k, top-p, min-p), draws one token, and leaves only that
+    token possible for generate()'s greedy pick.
+    """
+    from transformers import LogitsProcessor, MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper
+    from transformers import TopPLogitsWarper
+
+    if params.min_p is not None and not 0 <= params.min_p <= 1:
+        raise InvalidRequest("min_p must be between 0 and 1", param="min_p")
+    warpers = [TemperatureLogitsWarper(params.temperature)]
+    if params.top_k and params.top_k > 0:
+        warpers.append(TopKLogitsWarper(top_k=params.top_k))
+    if params.top_p < 1:
+        warpers.append(TopPLogitsWarper(top_p=params.top_p))
+    if params.min_p:
+        warpers.append(MinPLogitsWarper(min_p=params.min_p))
+    generator = torch.Generator(device=device)
+    if params.seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(int(params.seed) % 2**64)
+
+    class _Sample(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            for warp in warpers:
+                scores = warp(input_ids, scores)
+            probs = torch.softmax(scores.float(), dim=-1)
+            chosen = torch.multinomial(probs, num_samples=1, generator=generator)
+            only = torch.full_like(scores, float("-inf"))
+            return only.scatter_(1, chosen, 0.0)
+
+    return _Sample()
 
 
 def transformers_stopping(should_stop):
@@ -245,7 +321,7 @@ def transformers_stopping(should_stop):
 
 def penalty_processor(presence: float, frequency: float, prompt_len: int):
     """OpenAI's presence and frequency penalties over the generated tokens."""
-    from transformers import LogitsProcessor, LogitsProcessorList
+    from transformers import LogitsProcessor
 
     class _Penalties(LogitsProcessor):
         def __call__(self, input_ids, scores):
@@ -257,4 +333,4 @@ def penalty_processor(presence: float, frequency: float, prompt_len: int):
             counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
             return scores - frequency * counts - presence * (counts > 0).to(scores.dtype)
 
-    return LogitsProcessorList([_Penalties()])
+    return _Penalties()
