@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -26,7 +27,8 @@ class Failure:
     headers: dict[str, str] = field(default_factory=dict)
 
     def json(self) -> str:
-        return self.body.model_dump_json()
+        # ASCII-escaped by json: a message that quotes a client's text can always be written
+        return json.dumps(self.body.model_dump())
 
 
 def failure(status: int, message: str, type: str = "invalid_request_error", *, param: str | None = None,

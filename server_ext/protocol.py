@@ -22,8 +22,13 @@ def now() -> int:
     return int(time.time())
 
 
+#: the int32 range: values that llama.cpp's C parameters take
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # NaN and Infinity (JSON extensions that Python's json accepts) are no sampling parameter
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 class _Response(BaseModel):
@@ -73,14 +78,14 @@ class _Sampling(_Request):
     top_p: float | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)  # OpenAI's range
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     n: int | None = 1
     logprobs: Any = None
     # extensions, as llama.cpp and Ollama name them
-    top_k: int | None = None
-    min_p: float | None = None
-    repeat_penalty: float | None = None
+    top_k: int | None = Field(default=None, ge=INT32_MIN, le=INT32_MAX)  # 0 or less: no top-k
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repeat_penalty: float | None = Field(default=None, gt=0)
     keep_alive: float | str | None = None
     backend: str = "auto"
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import re
+import types
+import typing
 from typing import Any
 
 import numpy as np
@@ -26,20 +29,69 @@ from .generation import ChatRenderer, CompletionRenderer, GenerationJob, Rendere
 __all__ = ["Failure", "Serving", "failure", "failure_from", "keep_alive_seconds", "parse"]
 
 
+#: deeper JSON than this is refused: no OpenAI request nests nearly as deep (a JSON schema a few levels)
+MAX_JSON_DEPTH = 64
+
+
+def _hostile(data: Any) -> tuple[str, str | None] | None:
+    """Why a decoded body cannot be served safely, with the parameter at fault, or None.
+
+    Depth: code after parsing recurses over values (pydantic, templates, repr), and Python's stack
+    is ~1000 frames. Lone surrogates (`"\\ud800"` is valid JSON) are no text: they cannot be encoded
+    for a tokenizer or written back in a response. The walk is iterative and visits each value once.
+    """
+    stack: list[tuple[Any, int, str | None]] = [(data, 0, None)]
+    while stack:
+        value, depth, param = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return f"the request body nests deeper than {MAX_JSON_DEPTH} levels", param
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return "the request body holds a string that is not valid Unicode (a lone surrogate)", param
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                stack.append((key, depth + 1, param))
+                stack.append((item, depth + 1, param if param is not None else key))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1, param) for item in value)
+    return None
+
+
 def parse(model: type[BaseModel], body: bytes) -> Any:
     """Validate a JSON body into a wire type, or a 400 failure naming the bad parameter."""
     try:
         data = json.loads(body or b"")
-    except (ValueError, UnicodeDecodeError) as exc:
+    except RecursionError:  # the C scanner recurses per level: `{"a":` repeated
+        return failure(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels", code="invalid_json")
+    except (ValueError, UnicodeDecodeError) as exc:  # int digits beyond Python's limit are a ValueError too
         return failure(400, f"the request body is not valid JSON: {exc}", code="invalid_json")
     if not isinstance(data, dict):
         return failure(400, "the request body must be a JSON object", code="invalid_json")
+    hostile = _hostile(data)
+    if hostile is not None:
+        message, param = hostile
+        return failure(400, message, param=param if isinstance(param, str) else None, code="invalid_json")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(part) for part in first["loc"]) or None
+        first = exc.errors(include_url=False, include_context=False, include_input=False)[0]
+        loc = ".".join(_wire_path(model, first["loc"])) or None
         return failure(400, f"{loc}: {first['msg']}" if loc else first["msg"], param=loc, code="invalid_value")
+
+
+def _wire_path(model: type[BaseModel], loc: tuple) -> list[str]:
+    """A validation error's location as the client wrote it: without pydantic's union-member tags
+    (`keep_alive.float` is `keep_alive`; `stop.list[str].0` is `stop.0`)."""
+    parts = [str(part) for part in loc]
+    fields = {info.alias or name: info for name, info in model.model_fields.items()}
+    field = fields.get(parts[0]) if parts else None
+    if field is not None and len(parts) > 1:
+        members = [arg for arg in typing.get_args(field.annotation) if arg is not type(None)]
+        if len(members) > 1 and typing.get_origin(field.annotation) in (typing.Union, types.UnionType):
+            del parts[1]
+    return parts
 
 
 _DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -47,14 +99,20 @@ _DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 
 def keep_alive_seconds(value: float | str | None) -> float | None:
     """Ollama's keep_alive: seconds, or a duration such as "5m", "1h", "-1"."""
-    if value is None or isinstance(value, (int, float)):
-        return value
-    match = _DURATION.match(value)
-    if not match:
-        raise InvalidRequest(f"keep_alive {value!r} is not a number of seconds or a duration like 5m",
-                             param="keep_alive")
-    number, unit = float(match.group(1)), match.group(2) or "s"
-    return number * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        seconds = float(value) if abs(value) < 1e300 else math.inf  # float() of a huge int overflows
+    else:
+        match = _DURATION.match(value)
+        if not match:
+            raise InvalidRequest(f"keep_alive {value[:40]!r} is not a number of seconds or a duration like 5m",
+                                 param="keep_alive")
+        number, unit = float(match.group(1)), match.group(2) or "s"
+        seconds = number * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+    if not math.isfinite(seconds):
+        raise InvalidRequest("keep_alive must be a finite number of seconds (negative: forever)", param="keep_alive")
+    return seconds
 
 
 # The serving object ---------------------------------------------------------------------------------

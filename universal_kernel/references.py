@@ -184,7 +184,10 @@ class Resolver:
         return describe(ref, self._locate(ref))
 
     def _locate(self, ref: str) -> Path:
-        raw = Path(ref).expanduser()
+        try:
+            raw = Path(ref).expanduser()
+        except RuntimeError:  # "~name" where no user has that name: a plain relative path then
+            raw = Path(ref)
         candidates = [raw] if raw.is_absolute() else [folder / raw for folder in self.model_folders]
         escaped = False
         for candidate in candidates:
