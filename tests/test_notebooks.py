@@ -26,3 +26,16 @@ def test_notebook_runs_under_nbval(notebook, smollm_path, minilm_path, tmp_path)
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "failed" not in done.stdout
+
+
+def test_generated_text_is_never_compared():
+    """A tiny model's greedy text depends on the CPU (SPEC §6): cells that generate are tagged so that
+    nbval never compares their output; their asserts check types, usage and equality across doors."""
+    import json
+
+    for name in NOTEBOOKS:
+        cells = json.loads((ROOT / "notebooks" / name).read_text())["cells"]
+        for cell in cells:
+            source = "".join(cell["source"])
+            if cell["cell_type"] == "code" and ("%%generate" in source or "completions.create" in source):
+                assert "nbval-ignore-output" in cell["metadata"].get("tags", []), (name, source[:80])
