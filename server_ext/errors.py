@@ -10,10 +10,8 @@ import logging
 import math
 from dataclasses import dataclass, field
 
-from universal_kernel.errors import (
-    BackendUnavailable, Busy, Cancelled, GenerationFailed, InvalidRequest, LoadFailed, MemoryBudgetExceeded,
-    ModelNotFound, ReferenceRefused, RuntimeFailure, WrongTask,
-)
+from universal_kernel.errors import RuntimeFailure
+from universal_kernel.wire import ERRORS
 
 from . import protocol as p
 
@@ -45,19 +43,8 @@ def failure(status: int, message: str, type: str = "invalid_request_error", *, p
                    headers)
 
 
-# status, type, code, retry for each typed runtime error (most specific first)
-_RUNTIME_ERRORS: list[tuple[type, int, str, str, bool | None]] = [
-    (ModelNotFound, 404, "invalid_request_error", "model_not_found", False),
-    (ReferenceRefused, 400, "invalid_request_error", "model_refused", False),
-    (WrongTask, 400, "invalid_request_error", "wrong_model_task", False),
-    (InvalidRequest, 400, "invalid_request_error", "invalid_value", False),
-    (Busy, 429, "rate_limit_error", "model_busy", True),
-    (MemoryBudgetExceeded, 507, "server_error", "memory_budget_exceeded", False),
-    (BackendUnavailable, 501, "server_error", "backend_unavailable", False),
-    (LoadFailed, 500, "server_error", "load_failed", False),
-    (Cancelled, 499, "server_error", "cancelled", None),
-    (GenerationFailed, 500, "server_error", "generation_failed", None),
-]
+# (class, status, type, code, retry) of each typed runtime error: the table the clients map back by
+_RUNTIME_ERRORS = ERRORS
 
 
 def failure_from(exc: BaseException) -> Failure:

@@ -32,5 +32,28 @@ def unload_ipython_extension(ipython):
     pass
 
 
+# `--ServerApp.jpserver_extensions=universal_kernel=True` (the package's own name) enables the server
+# extension `universal_kernel.server_ext`, exactly once even when both names are enabled. Nothing of
+# jupyter_server is imported here: `%load_ext universal_kernel` stays fast.
+_SERVER_EXTENSION = "universal_kernel.server_ext"
+
+
 def _jupyter_server_extension_points():
-    return [{"module": "universal_kernel.server_ext"}]
+    # a name of its own: the server extension's app point is called "universal_kernel"
+    return [{"module": "universal_kernel", "name": "universal_kernel (enables universal_kernel.server_ext)"}]
+
+
+def _link_jupyter_server_extension(serverapp):
+    manager = serverapp.extension_manager
+    extension = manager.extensions.get(_SERVER_EXTENSION)
+    if extension is None:
+        if not manager.add_extension(_SERVER_EXTENSION, enabled=True):
+            raise ImportError(f"universal_kernel: the server extension {_SERVER_EXTENSION} could not be added; "
+                              "see the warning above")
+    elif not extension.enabled:
+        extension.enabled = True
+    manager.link_extension(_SERVER_EXTENSION)  # once: jupyter_server skips an extension already linked
+
+
+def _load_jupyter_server_extension(serverapp):
+    """Nothing to do: jupyter_server loads (and starts, and stops) universal_kernel.server_ext itself."""

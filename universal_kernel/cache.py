@@ -77,10 +77,6 @@ class ModelCache:
         with self._lock:
             return list(self._entries.values())
 
-    def get(self, key: tuple) -> LoadedModel | None:
-        with self._lock:
-            return self._entries.get(key)
-
     def used_bytes(self) -> int:
         with self._lock:
             return sum(e.estimate_bytes for e in self._entries.values()) + self._reserved

@@ -20,7 +20,7 @@ from .backends import GenerationParams, choose_backend, create_backend
 from .cache import LoadedModel, ModelCache
 from .config import RuntimeConfig
 from .devices import memory_report
-from .errors import InvalidRequest, WrongTask
+from .errors import GenerationFailed, InvalidRequest, WrongTask
 from .references import ModelSpec, Resolver
 from .scheduler import Request
 from .stats import RequestStats
@@ -211,23 +211,16 @@ class Runtime:
         with self.stream(model, **kwargs) as stream:
             return stream.result()
 
-    async def astream(self, model: str | None = None, **kwargs) -> AsyncGenerationStream:
-        """The async form: resolving and loading run off the event loop."""
+    async def astream(self, model: str | None = None, *, prompt: str | None = None, messages: list | None = None,
+                      params: GenerationParams | dict | None = None, backend: str = "auto",
+                      keep_alive: float | None = None) -> AsyncGenerationStream:
+        """The async form of `stream`, with the same keywords: resolving and loading run off the event loop."""
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue = asyncio.Queue()
         sink = async_sink(loop, inbox)
         request, entry = await loop.run_in_executor(
-            None, lambda: self._generation(model, kwargs.get("prompt"), kwargs.get("messages"),
-                                           kwargs.get("params"), kwargs.get("backend", "auto"),
-                                           kwargs.get("keep_alive"), sink))
+            None, lambda: self._generation(model, prompt, messages, params, backend, keep_alive, sink))
         return AsyncGenerationStream(request, inbox, entry.worker, entry.spec.id, self.config.stream_poll_s)
-
-    def count_tokens(self, model: str | None, text: str, backend: str = "auto") -> int:
-        _, entry, _ = self._acquire(model, backend, "generate", None)
-        try:
-            return entry.backend.count_tokens(text)
-        finally:
-            self.cache.release(entry)
 
     # Embedding ------------------------------------------------------------------------------
     def _embedding(self, model, texts, normalize, backend, keep_alive, sink) -> tuple[Request, LoadedModel]:
@@ -273,15 +266,17 @@ class Runtime:
         request, entry = self._embedding(model, texts, normalize, backend, keep_alive, inbox.put)
         return self._wait(request, entry, lambda timeout: inbox.get(timeout=timeout))
 
+    def _worker_check(self, request, entry) -> None:
+        """A reader waiting on a worker that died without finishing the request must not wait forever."""
+        if not entry.worker.thread.is_alive() and not request.finished.is_set():
+            raise GenerationFailed(f"the worker of {entry.spec.id!r} stopped without finishing the request")
+
     def _wait(self, request, entry, get):
         while True:
             try:
                 kind, value = get(self.config.stream_poll_s)
             except queue.Empty:
-                if not entry.worker.thread.is_alive() and not request.finished.is_set():
-                    from .errors import GenerationFailed
-
-                    raise GenerationFailed(f"the worker of {entry.spec.id!r} stopped") from None
+                self._worker_check(request, entry)
                 continue
             except BaseException:
                 request.cancel()
@@ -297,7 +292,13 @@ class Runtime:
         request, entry = await loop.run_in_executor(
             None, lambda: self._embedding(model, texts, normalize, backend, keep_alive, async_sink(loop, inbox)))
         try:
-            kind, value = await inbox.get()
+            while True:  # as `embed` and the streams: wait in slices, checking that the worker still lives
+                try:
+                    kind, value = await asyncio.wait_for(inbox.get(), timeout=max(self.config.stream_poll_s, 0.5))
+                except asyncio.TimeoutError:
+                    self._worker_check(request, entry)
+                    continue
+                break
         except BaseException:
             request.cancel()
             raise

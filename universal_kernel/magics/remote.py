@@ -19,11 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from ..backends import GenerationParams
-from ..errors import (
-    Busy, GenerationFailed, InvalidRequest, ModelNotFound, RuntimeFailure,
-)
+from ..errors import GenerationFailed, InvalidRequest, RuntimeFailure
 from ..stats import RequestStats
 from ..streams import Completion, ReadToEnd
+from ..wire import error_from_wire
 
 
 class ServerUnavailable(RuntimeFailure):
@@ -31,11 +30,27 @@ class ServerUnavailable(RuntimeFailure):
 
 
 class RemoteError(RuntimeFailure):
-    """The server answered with an error."""
+    """The server answered with an error that maps to no typed runtime error."""
 
-    def __init__(self, message: str, *, status: int | None = None):
-        super().__init__(message)
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
+                 param: str | None = None):
+        super().__init__(message, param=param)
         self.status = status
+        self.code = code
+
+
+def _remote_failure(error, *, status: int | None = None, headers=None) -> RuntimeFailure:
+    """A typed runtime error for an OpenAI error body, mapped by its `code` (universal_kernel.wire)."""
+    error = error if isinstance(error, dict) else {"message": str(error)}
+    if status in (401, 403) or error.get("code") in ("invalid_api_key", "forbidden"):
+        return ServerUnavailable(f"the Jupyter server refused the token ({status or error.get('code')}): "
+                                 f"{error.get('message', '')}")
+    mapped = error_from_wire(error, status=status, headers=headers)
+    if mapped is not None:
+        return mapped
+    message = str(error.get("message") or (f"HTTP {status}" if status else "the server sent an error"))
+    return RemoteError(message, status=status, code=error.get("code"),
+                       param=error.get("param") if isinstance(error.get("param"), str) else None)
 
 
 def _alive(pid) -> bool:
@@ -121,9 +136,13 @@ def _params_body(params: GenerationParams) -> dict:
 
 
 class RemoteStream(ReadToEnd):
-    """Iterate for text pieces of a streamed chat completion; closing it drops the connection (cancels)."""
+    """Iterate for text pieces of a streamed (chat) completion; closing it drops the connection (cancels).
 
-    def __init__(self, client: "RemoteRuntime", body: dict):
+    `path` is `v1/chat/completions` (pieces in `choices[].delta.content`) or `v1/completions`
+    (pieces in `choices[].text`).
+    """
+
+    def __init__(self, client: "RemoteRuntime", body: dict, path: str = "v1/chat/completions"):
         self.model = body["model"]
         self.parts: list[str] = []
         self.completion: Completion | None = None
@@ -133,7 +152,8 @@ class RemoteStream(ReadToEnd):
         self._finish = "stop"
         self._usage: dict = {}
         self._done = False
-        self._response = client._open("POST", "v1/chat/completions", body)
+        self._chat = path.endswith("chat/completions")
+        self._response = client._open("POST", path, body)
 
     @property
     def text(self) -> str:
@@ -161,13 +181,13 @@ class RemoteStream(ReadToEnd):
                 except ValueError:
                     raise RemoteError(f"the server sent a malformed event: {data[:80]!r}") from None
                 if "error" in event:
-                    raise RemoteError(str((event["error"] or {}).get("message", event["error"])))
+                    raise _remote_failure(event["error"])
                 if event.get("usage"):
                     self._usage = event["usage"]
                 for choice in event.get("choices") or []:
                     if choice.get("finish_reason"):
                         self._finish = choice["finish_reason"]
-                    piece = (choice.get("delta") or {}).get("content")
+                    piece = (choice.get("delta") or {}).get("content") if self._chat else choice.get("text")
                     if piece:
                         if self._first is None:
                             self._first = time.perf_counter()
@@ -190,8 +210,10 @@ class RemoteStream(ReadToEnd):
         stats.finish_reason = self._finish
         if self._first is not None:
             stats.ttft_s = self._first - self._started
-            if stats.completion_tokens and end > self._first:
-                stats.tokens_per_s = stats.completion_tokens / (end - self._started)
+            # the decoding rate: the tokens after the first over the time since the first arrived
+            # (queue wait, loading and prompt processing are in ttft_s, not here)
+            if stats.completion_tokens > 1 and end > self._first:
+                stats.tokens_per_s = (stats.completion_tokens - 1) / (end - self._first)
         self.completion = Completion(self.model, self.text, self._finish, stats.prompt_tokens,
                                      stats.completion_tokens, stats)
         raise StopIteration
@@ -253,17 +275,12 @@ class RemoteRuntime:
     def _error(exc: urllib.error.HTTPError) -> RuntimeFailure:
         try:
             payload = json.loads(exc.read().decode("utf-8"))
-            message = payload["error"]["message"]
+            error = payload["error"]
+            if not isinstance(error, dict):
+                error = {"message": str(error)}
         except Exception:
-            message = f"HTTP {exc.code} {exc.reason}"
-        kind = {400: InvalidRequest, 404: ModelNotFound, 429: Busy}.get(exc.code)
-        if exc.code in (401, 403):
-            return ServerUnavailable(f"the Jupyter server refused the token ({exc.code}): {message}")
-        if kind is Busy:
-            return Busy(message)
-        if kind is not None:
-            return kind(message)
-        return RemoteError(message, status=exc.code)
+            error = {"message": f"HTTP {exc.code} {exc.reason}"}
+        return _remote_failure(error, status=exc.code, headers=exc.headers)
 
     def _json(self, method: str, path: str, body: dict | None = None):
         with self._open(method, path, body) as response:
@@ -273,16 +290,23 @@ class RemoteRuntime:
     def stream(self, model: str | None = None, *, prompt: str | None = None, messages: list | None = None,
                params: GenerationParams | dict | None = None, backend: str = "auto",
                keep_alive: float | None = None) -> RemoteStream:
-        if messages is None:
-            if prompt is None:
-                raise InvalidRequest("give either a prompt or messages")
-            messages = [{"role": "user", "content": prompt}]
+        """As `Runtime.stream`: a prompt is a raw completion (`/v1/completions`), messages a chat turn."""
+        if (prompt is None) == (messages is None):
+            raise InvalidRequest("give either a prompt or messages")
+        if prompt is not None and not isinstance(prompt, str):
+            raise InvalidRequest("prompt must be a string", param="prompt")
         params = params if isinstance(params, GenerationParams) else GenerationParams(**(params or {}))
-        body = {"model": model or self.default_generation_model, "messages": messages, "stream": True,
+        body = {"model": model or self.default_generation_model, "stream": True,
                 "stream_options": {"include_usage": True}, **_params_body(params)}
+        # no limit stays no limit: /v1/completions would otherwise apply OpenAI's default of 16 tokens
+        body["max_tokens"] = params.max_tokens
+        if backend != "auto":
+            body["backend"] = backend
         if keep_alive is not None:
             body["keep_alive"] = keep_alive
-        return RemoteStream(self, body)
+        if prompt is not None:
+            return RemoteStream(self, {**body, "prompt": prompt}, "v1/completions")
+        return RemoteStream(self, {**body, "messages": messages}, "v1/chat/completions")
 
     def generate(self, model: str | None = None, **kwargs) -> Completion:
         with self.stream(model, **kwargs) as stream:
@@ -295,6 +319,8 @@ class RemoteRuntime:
         stats = RequestStats(model=model, backend="server", kind="embed", created_at=time.time())
         started = time.perf_counter()
         body = {"model": model, "input": texts, "encoding_format": "float", "normalize": normalize}
+        if backend != "auto":
+            body["backend"] = backend
         if keep_alive is not None:
             body["keep_alive"] = keep_alive
         payload = self._json("POST", "v1/embeddings", body)
@@ -314,7 +340,15 @@ class RemoteRuntime:
         return list((self._json("GET", "v1/models") or {}).get("data") or [])
 
     def load(self, model: str | None = None, *, backend: str = "auto", keep_alive: float | None = None,
-             **_ignored) -> dict:
+             task: str | None = None, **options) -> dict:
+        """Load a model on the server. Its runtime API takes model, backend and keep_alive; load options
+        (such as n_ctx) and `task` cannot be sent, so they are refused rather than dropped."""
+        refused = sorted(options) + (["task"] if task is not None else [])
+        if refused:
+            raise InvalidRequest(
+                f"the server's runtime API (/universal/api/load) takes model, backend and keep_alive; "
+                f"it cannot take {', '.join(refused)}: load with those options in the local runtime "
+                f"or configure the server", param=refused[0])
         body = {"model": model or self.default_generation_model, "backend": backend}
         if keep_alive is not None:
             body["keep_alive"] = keep_alive
@@ -322,6 +356,8 @@ class RemoteRuntime:
 
     def unload(self, model: str | None = None, *, backend: str | None = None):
         body = {"model": model} if model else {}
+        if backend is not None:
+            body["backend"] = backend
         return self._json("POST", "api/unload", body)
 
     def alias(self, name: str, ref: str):
