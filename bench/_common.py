@@ -199,6 +199,42 @@ def print_table(title: str, rows: list[Row], notes: list[str] = ()) -> None:
     sys.stdout.flush()
 
 
+#: the CPU features that decide which kernels llama.cpp and torch use (SPEC: benchmarks print them)
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx")
+
+
+def cpu_info(path: str = "/proc/cpuinfo") -> dict:
+    """The CPU's model name, logical cores and whether it has each of `CPU_FLAGS` ("amx": any amx_* flag)."""
+    model, flags = "unknown", set()
+    try:
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model == "unknown":
+                    model = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    has = {flag: flag in flags for flag in CPU_FLAGS}
+    has["amx"] = any(f.startswith("amx") for f in flags)
+    return {"model": model, "cores": os.cpu_count() or 0, **has}
+
+
+def cpu_line(info: dict | None = None) -> str:
+    info = cpu_info() if info is None else info
+    flags = ", ".join(f"{flag} {'yes' if info[flag] else 'no'}" for flag in CPU_FLAGS)
+    return f"CPU: {info['model']} ({info['cores']} logical cores); {flags}"
+
+
+def print_cpu() -> dict:
+    """Print the CPU this run measures on; call at each benchmark's start."""
+    info = cpu_info()
+    print(cpu_line(info), flush=True)
+    return info
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the script runs, measures nothing")
@@ -211,3 +247,10 @@ def threads(args) -> int:
     from universal_kernel.devices import cpu_threads
 
     return cpu_threads(args.threads)
+
+
+if __name__ == "__main__":  # `python3 bench/_common.py cpu`: what .ci/run prints before the tests
+    if sys.argv[1:] == ["cpu"]:
+        print_cpu()
+    else:
+        sys.exit("usage: python3 bench/_common.py cpu")

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from _common import SMOLLM, Row, parser, print_table, threads
+from _common import SMOLLM, Row, parser, print_cpu, print_table, threads
 from _server import BenchServer, server_ext_available
 
 
@@ -27,6 +27,7 @@ def main(argv=None) -> int:
     p.add_argument("--requests", type=int, default=None, help="status requests per phase")
     p.add_argument("--streams", type=int, default=4)
     args = p.parse_args(argv)
+    print_cpu()
     if not server_ext_available():
         print_table("Jupyter /api/status latency", [], ["not measured: the server extension is not built"])
         return 0

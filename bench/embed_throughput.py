@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from _common import MINILM, Row, interleaved, median, mixed_texts, parser, print_table, threads
+from _common import MINILM, Row, interleaved, median, mixed_texts, parser, print_cpu, print_table, threads
 
 
 def encoder_flops(config, lengths: np.ndarray) -> float:
@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     p.add_argument("--texts", type=int, default=None, help="number of texts (default 20,000)")
     p.add_argument("--duplicates", type=float, default=0.1, help="share of texts repeating an earlier one")
     args = p.parse_args(argv)
+    print_cpu()
     n = args.texts or (16 if args.smoke else 20_000)
     repeats = args.repeats or (1 if args.smoke else 3)
     nthreads = threads(args)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 
-from _common import SMOLLM, Row, mixed_texts, parser, print_table, threads
+from _common import SMOLLM, Row, mixed_texts, parser, print_cpu, print_table, threads
 from _server import BenchServer, server_ext_available
 
 SAMPLING = dict(temperature=0.0, top_p=0.95, top_k=40, min_p=0.05, repeat_penalty=1.0)
@@ -32,6 +32,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-tokens", type=int, default=None)
     p.add_argument("--no-http", action="store_true", help="skip the HTTP API path (starts a jupyter server)")
     args = p.parse_args(argv)
+    print_cpu()
     max_tokens = args.max_tokens or (8 if args.smoke else 128)
     repeats = args.repeats or (1 if args.smoke else 7)
     nthreads = threads(args)

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import MINILM, SMOLLM, Row, parser, print_table
+from _common import MINILM, SMOLLM, Row, parser, print_cpu, print_table
 
 MiB = 2**20
 
@@ -74,6 +74,7 @@ def main(argv=None) -> int:
     p.add_argument("--convert-cache", default=None)
     p.add_argument("--cases", default=None, help="comma-separated: " + ",".join(CASES))
     args = p.parse_args(argv)
+    print_cpu()
     cycles = args.repeats or (1 if args.smoke else 3)
     if args.child:
         child(args.child, cycles, args.convert_cache)

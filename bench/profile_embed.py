@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from _common import MINILM, Row, mixed_texts, parser, print_table, threads
+from _common import MINILM, Row, mixed_texts, parser, print_cpu, print_table, threads
 
 
 def main(argv=None) -> int:
@@ -16,6 +16,7 @@ def main(argv=None) -> int:
     p.add_argument("--texts", type=int, default=None)
     p.add_argument("--top", type=int, default=12)
     args = p.parse_args(argv)
+    print_cpu()
     n = args.texts or (32 if args.smoke else 1000)
     nthreads = threads(args)
 

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import SMOLLM, Row, parser, print_table, threads
+from _common import SMOLLM, Row, parser, print_cpu, print_table, threads
 
 PROMPT = "Which city is the capital of France?"
 
@@ -22,6 +22,7 @@ PROMPT = "Which city is the capital of France?"
 def main(argv=None) -> int:
     p = parser(__doc__.splitlines()[0])
     args = p.parse_args(argv)
+    print_cpu()
     repeats = args.repeats or 2
     nthreads = threads(args)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
 import sys
 from pathlib import Path
 
@@ -32,6 +33,24 @@ def test_mixed_texts_are_deterministic_and_mixed():
     assert 0 < len(a) - len(set(a)) < 150  # some duplicates
 
 
+def test_cpu_line_names_the_model_and_the_flags_that_matter(tmp_path):
+    common = bench_module("_common")
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9R14 96-Core Processor\n"
+                    "flags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n\n"
+                    "processor\t: 1\nmodel name\t: AMD EPYC 9R14 96-Core Processor\nflags\t\t: fpu\n")
+    info = common.cpu_info(str(fake))
+    assert info["model"] == "AMD EPYC 9R14 96-Core Processor"
+    assert info["avx2"] and info["avx512f"] and info["avx512_bf16"] and not info["amx"]
+    assert common.cpu_info(str(tmp_path / "missing"))["model"] == "unknown"
+    line = common.cpu_line(info)
+    assert line.startswith("CPU: AMD EPYC 9R14") and "avx512_bf16 yes" in line and "amx no" in line
+    # on this machine: what /proc/cpuinfo says, as `.ci/run` prints it
+    real = subprocess.run([sys.executable, str(BENCH / "_common.py"), "cpu"], capture_output=True, text=True,
+                          check=True).stdout
+    assert real.startswith("CPU: ") and all(f"{flag} " in real for flag in common.CPU_FLAGS)
+
+
 @pytest.mark.parametrize("script", ["embed_throughput", "generation", "memory", "transformers_gguf_load",
                                     "api_status_latency"])
 def test_smoke(script, capsys):
@@ -41,3 +60,4 @@ def test_smoke(script, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     assert "| measure" in out  # the table was printed
+    assert out.startswith("CPU: ") and "avx2 " in out.splitlines()[0]  # the CPU it measured on comes first
