@@ -52,6 +52,13 @@ def _open_raw(server, path: str, body: dict) -> socket.socket:
     return sock
 
 
+def _story(max_tokens: int) -> dict:
+    """A request that keeps the model busy: a greedy story does not end early."""
+    return {"model": SMOLLM, "messages": [{"role": "user", "content": "Write a long story about a dragon who "
+                                                                        "learns to read."}],
+            "max_tokens": max_tokens, "temperature": 0}
+
+
 def _smollm_idle(server):
     return _wait_for(lambda: (m := server.model_status(SMOLLM)) and m["queue_depth"] == 0 and m["active"] == 0 and m,
                      30, "SmolLM2 did not become idle")
@@ -145,8 +152,7 @@ def test_errors_come_back_as_the_runtime_raised_them(runtime, remote, server):
 
 def test_a_full_queue_is_busy_with_retry_after_over_http(remote, server):
     _smollm_idle(server)
-    story = {"model": SMOLLM, "prompt": "Once upon a time", "max_tokens": 400, "temperature": 0}
-    sockets = [_open_raw(server, "v1/completions", story) for _ in range(1 + QUEUE_LENGTH)]
+    sockets = [_open_raw(server, "v1/chat/completions", _story(400)) for _ in range(1 + QUEUE_LENGTH)]
     try:
         _wait_for(lambda: server.model_status(SMOLLM)["queue_depth"] == 1 + QUEUE_LENGTH, 60,
                   lambda: f"queue not full: {server.model_status(SMOLLM)}\n{server.log_tail()}")
@@ -187,8 +193,7 @@ def test_the_wire_table_maps_every_runtime_error_both_ways():
 # Tokens/s counts from the first token --------------------------------------------------------------------
 def test_remote_tokens_per_s_is_measured_from_the_first_token(remote, server):
     _smollm_idle(server)
-    blocker = _open_raw(server, "v1/completions", {"model": SMOLLM, "prompt": "Once upon a time",
-                                                    "max_tokens": 64, "temperature": 0})
+    blocker = _open_raw(server, "v1/chat/completions", _story(64))
     try:
         _wait_for(lambda: server.model_status(SMOLLM)["running"], 30, "the blocking request did not start")
         # this request waits in the queue behind the blocker: its time to first token includes that wait
