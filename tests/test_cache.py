@@ -1,4 +1,4 @@
-"""The model cache: keep_alive, memory budget with LRU eviction, one load per key, real unloads."""
+"""The model cache: keep_alive, one load per key, real unloads, files that change on disk, unwritable caches."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 
-from universal_kernel import LoadFailed, MemoryBudgetExceeded, Runtime, RuntimeConfig
+from universal_kernel import LoadFailed, ModelNotFound, Runtime, RuntimeConfig
 
 from .conftest import MINILM, SMOLLM
 
@@ -94,42 +95,7 @@ def test_the_idle_timer_thread_unloads_on_time(tmp_path):
         rt.close()
 
 
-def test_budget_evicts_the_least_recently_used_idle_model(tmp_path, clock, smollm_path, minilm_path):
-    gguf = smollm_path.stat().st_size
-    rt = make_runtime(tmp_path, clock, memory_budget=2 * gguf + 1024)
-    try:
-        rt.load(SMOLLM, n_ctx=512)
-        clock.now += 1
-        rt.load(SMOLLM, n_ctx=1024)
-        clock.now += 1
-        rt.generate(SMOLLM, prompt="Hi", params={"max_tokens": 1})  # n_ctx=None: a third key
-        assert rt.cache.evictions == 1 and loaded_ids(rt) == [(SMOLLM, 0), (SMOLLM, 1024)]
-        clock.now += 1
-        rt.load(SMOLLM, n_ctx=1024)  # touch: now n_ctx=None is the least recently used
-        clock.now += 1
-        rt.load(MINILM)
-        assert loaded_ids(rt) == [(MINILM, 0), (SMOLLM, 1024)]
-        assert rt.cache.evictions == 2
-    finally:
-        rt.close()
-
-
-def test_a_load_that_cannot_fit_fails_and_harms_nothing(tmp_path, clock, smollm_path):
-    gguf = smollm_path.stat().st_size
-    rt = make_runtime(tmp_path, clock, memory_budget=gguf + 1024)
-    try:
-        with pytest.raises(MemoryBudgetExceeded):
-            rt.load(SMOLLM, backend="transformers")  # dequantised it needs far more than the budget
-        assert rt.cache.entries() == []
-        stream = rt.stream(SMOLLM, prompt="Once upon a time", params={"temperature": 0, "max_tokens": 48})
-        next(stream)  # the only model is busy, so it cannot be evicted
-        with pytest.raises(MemoryBudgetExceeded, match="in use"):
-            rt.load(MINILM)
-        assert loaded_ids(rt) == [(SMOLLM, 0)]
-        assert stream.result().text  # the running request was not harmed
-        assert rt.cache.loads == 1
-    finally:
-        rt.close()
+# The memory budget (measured bytes, LRU eviction, refusals, models in use) is tested in test_memory_budget.py.
 
 
 def test_two_threads_asking_for_one_model_load_it_once(tmp_path):
@@ -213,3 +179,122 @@ def test_unloading_returns_rss_near_its_level_before_the_load(model, backend, sm
     grew = loaded - before
     assert grew > 20 * 2**20, rows  # the load was real
     assert after - before < max(0.1 * grew, 16 * 2**20), rows
+
+
+def _replace_file(source, target):
+    """Write a new file at `target` as a user would replace a model: beside it, then renamed over it."""
+    import os
+    import shutil
+
+    fresh = target.with_name(target.name + ".new")
+    shutil.copyfile(source, fresh)
+    old = target.stat().st_mtime_ns
+    os.utime(fresh, ns=(old + 10**10, old + 10**10))  # a new mtime, even on a coarse clock
+    os.replace(fresh, target)
+
+
+def test_a_model_file_replaced_or_removed_on_disk_is_never_served_stale(tmp_path, smollm_path):
+    import shutil
+
+    model = tmp_path / "mine.gguf"
+    shutil.copyfile(smollm_path, model)
+    rt = make_runtime(tmp_path)
+    greedy = {"temperature": 0, "max_tokens": 24}
+    try:
+        reference = rt.generate("mine.gguf", prompt="Once upon a time", params=greedy).text
+        (old,) = rt.cache.entries()
+        stream = rt.stream("mine.gguf", prompt="Once upon a time", params=greedy)
+        first = next(stream)  # a request on the old file runs while the file is replaced
+        _replace_file(smollm_path, model)
+        assert rt.generate("mine.gguf", prompt="Once upon a time", params=greedy).text == reference
+        assert rt.cache.loads == 2  # the new file was loaded, not the old entry served
+        (new,) = rt.cache.entries()
+        assert new is not old and new.spec.key != old.spec.key
+        assert first + "".join(stream) == reference  # the running request finished on the old model
+        for _ in range(100):  # the worker releases the model just after the reader saw the last piece
+            if old.backend is None:
+                break
+            threading.Event().wait(0.05)
+        assert old.backend is None  # and the old model was unloaded once it was done
+        assert rt.status()["budget"]["used_bytes"] == new.footprint_bytes
+        rt.generate("mine.gguf", prompt="Hi", params={"max_tokens": 1})
+        assert rt.cache.loads == 2  # an unchanged file is not loaded again
+
+        model.unlink()
+        with pytest.raises(ModelNotFound, match="mine.gguf"):
+            rt.generate("mine.gguf", prompt="Hi", params={"max_tokens": 1})
+        assert rt.cache.entries() == [] and new.backend is None  # the removed file's model is gone too
+    finally:
+        rt.close()
+
+
+def test_a_removed_model_folder_is_a_clear_error(tmp_path, minilm_path):
+    import shutil
+
+    folder = tmp_path / "mini"
+    shutil.copytree(minilm_path, folder)
+    rt = make_runtime(tmp_path)
+    try:
+        rt.embed(["here"], "mini")
+        shutil.rmtree(folder)
+        with pytest.raises(ModelNotFound, match="mini"):
+            rt.embed(["gone"], "mini")
+        assert rt.cache.entries() == []
+    finally:
+        rt.close()
+
+
+def _tiny_causal_lm(minilm_path):
+    """A small random causal LM and a real tokenizer: enough to save and read converted weights."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=128, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    return LlamaForCausalLM(config), AutoTokenizer.from_pretrained(minilm_path)
+
+
+def test_an_unwritable_convert_cache_is_one_warning_and_no_partial_folder(tmp_path, minilm_path):
+    import warnings
+
+    from transformers import AutoModelForCausalLM
+
+    from universal_kernel.backends.transformers_lm import keep_converted
+
+    model, tokenizer = _tiny_causal_lm(minilm_path)
+    # written where it can be: it is kept and reads back
+    assert keep_converted(model, tokenizer, tmp_path / "ok" / "tiny-0123") is True
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "ok" / "tiny-0123").config.hidden_size == 16
+    # a cache folder under a regular file cannot be created (tests run as root, where chmod blocks nothing)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the cache folder should be")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert keep_converted(model, tokenizer, blocker / "converted" / "tiny-0123") is False
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and "\n" not in messages[0], messages
+    assert "not kept" in messages[0] and "without the cache" in messages[0]
+    assert blocker.read_text().startswith("a file")
+
+
+def test_a_full_disk_under_the_convert_cache_leaves_no_half_written_folder(tmp_path, minilm_path):
+    """RLIMIT_FSIZE makes writes past a size fail with EFBIG, as a full disk fails them (ENOSPC)."""
+    script = textwrap.dedent(f"""
+        import resource, signal, sys, warnings
+        from pathlib import Path
+        sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
+        from tests.test_cache import _tiny_causal_lm
+        from universal_kernel.backends.transformers_lm import keep_converted
+        model, tokenizer = _tiny_causal_lm({str(minilm_path)!r})
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+        folder = Path({str(tmp_path)!r}) / "converted" / "tiny-0123"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            kept = keep_converted(model, tokenizer, folder)
+        print(kept, len(caught), sorted(p.name for p in folder.parent.iterdir()), str(caught[0].message))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    kept, count, left, message = out.stdout.strip().split(" ", 3)
+    assert (kept, count, left) == ("False", "1", "[]"), out.stdout
+    assert "File too large" in message or "Errno 27" in message, message

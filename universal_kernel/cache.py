@@ -12,19 +12,57 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .devices import process_rss, release_memory
+from .devices import gpu_used_bytes, process_rss, release_memory
 from .errors import LoadFailed, MemoryBudgetExceeded, RuntimeFailure
 from .references import ModelSpec
 from .scheduler import ModelWorker, Request
 from .stats import RollingFigures
 
+MiB = 2**20
 
-def estimate_footprint(spec: ModelSpec, backend: str) -> int:
-    """Bytes a model will take once loaded, from its files: what the budget is checked against."""
+#: loaded bytes per byte of file, before this process has measured a load of the kind: conservative.
+#: Measured on CPU (llama.cpp, n_ctx 4096; torch fp32): SmolLM2 GGUF 2.2x, MiniLM folder 1.8x at load,
+#: 2.4x after its first batch.
+DEFAULT_FACTORS = {("gguf", "llama_cpp"): 3.0, ("transformers", "transformers"): 3.0}
+
+_learned: dict[tuple, list[float]] = {}  # (format, backend, task) -> measured/file ratios of this process
+_learned_lock = threading.Lock()
+
+
+def _kind(spec: ModelSpec, backend: str) -> tuple:
+    return (spec.format, backend, spec.task)
+
+
+def footprint_factor(spec: ModelSpec, backend: str) -> tuple[float, str]:
+    """Bytes loaded per byte of file, and where the figure comes from ("measured" or "default")."""
+    with _learned_lock:
+        ratios = list(_learned.get(_kind(spec, backend), ()))
+    if ratios:
+        return max(ratios[-8:]), "measured"  # the largest of the recent loads: noise errs on the safe side
     if spec.format == "gguf" and backend == "transformers":
         bits = {2: 4.5, 3: 5.0, 7: 8.5, 8: 8.5, 1: 16.0, 0: 32.0}.get(spec.metadata.get("general.file_type"), 5.0)
-        return int(spec.size_bytes * 32 / bits)  # dequantised to fp32
-    return spec.size_bytes
+        return 32 / bits * 1.5, "default"  # dequantised to fp32, plus the runtime around it
+    return DEFAULT_FACTORS.get((spec.format, backend), 3.0), "default"
+
+
+def estimate_footprint(spec: ModelSpec, backend: str) -> int:
+    """Bytes a model will take once loaded, before loading it: file size times the factor of its kind."""
+    factor, _ = footprint_factor(spec, backend)
+    return int(max(spec.size_bytes, 1) * factor)
+
+
+def learn_footprint(spec: ModelSpec, backend: str, measured: int) -> None:
+    """Remember what a load of this kind really took, for the next estimate."""
+    if spec.size_bytes <= 0 or measured < spec.size_bytes:
+        return  # below the file itself: the allocator reused memory freed before, or pages are not yet read
+    with _learned_lock:
+        ratios = _learned.setdefault(_kind(spec, backend), [])
+        ratios.append(measured / spec.size_bytes)
+        del ratios[:-8]
+
+
+def _mib(n: int | float) -> str:
+    return f"{n / MiB:.0f} MiB"
 
 
 @dataclass(eq=False)
@@ -35,8 +73,9 @@ class LoadedModel:
     backend: object
     worker: ModelWorker
     keep_alive: float
-    estimate_bytes: int
-    measured_bytes: int
+    estimate_bytes: int  # before the load
+    measured_bytes: int  # process RSS (and GPU memory) that the load added
+    footprint_bytes: int  # what the budget counts: the measured bytes, at least the file
     load_s: float
     loaded_at: float  # wall clock
     last_used: float  # cache clock
@@ -52,8 +91,11 @@ class LoadedModel:
 
 class ModelCache:
     def __init__(self, *, load: Callable[[ModelSpec, str, dict], object], memory_budget: int | None,
-                 queue_length: int, clock: Callable[[], float] = time.monotonic, reaper: bool = True):
+                 queue_length: int, clock: Callable[[], float] = time.monotonic, reaper: bool = True,
+                 prepare: Callable[[str], None] | None = None):
         self._load = load
+        # imports the backend's libraries before a load is measured: their one-time cost is not the model's
+        self._prepare = prepare
         self.memory_budget = memory_budget
         self.queue_length = queue_length
         self.clock = clock
@@ -61,6 +103,7 @@ class ModelCache:
         self._entries: dict[tuple, LoadedModel] = {}
         self._key_locks: dict[tuple, threading.Lock] = {}
         self._reserved = 0
+        self._stale: dict[tuple, LoadedModel] = {}  # replaced on disk, still finishing requests
         self.loads = 0  # real loads, for tests and status
         self.evictions = 0
         self._wake = threading.Condition(self._lock)
@@ -78,8 +121,40 @@ class ModelCache:
             return list(self._entries.values())
 
     def used_bytes(self) -> int:
+        """What the budget counts: loaded models' footprints plus the estimates of loads under way."""
         with self._lock:
-            return sum(e.estimate_bytes for e in self._entries.values()) + self._reserved
+            held = list(self._entries.values()) + list(self._stale.values())
+            return sum(e.footprint_bytes for e in held) + self._reserved
+
+    def loading_bytes(self) -> int:
+        with self._lock:
+            return self._reserved
+
+    # Files that change on disk ---------------------------------------------------------------
+    def drop_replaced(self, spec: ModelSpec) -> list[LoadedModel]:
+        """Unload entries loaded from an older file at `spec.path` (or one that is gone): never served stale."""
+        return self._drop(lambda e: e.spec.path == spec.path and e.spec.key != spec.key)
+
+    def drop_missing(self) -> list[LoadedModel]:
+        """Unload entries whose files are gone from disk."""
+        return self._drop(lambda e: not e.spec.path.exists())
+
+    def _drop(self, stale: Callable[[LoadedModel], bool]) -> list[LoadedModel]:
+        closing = []
+        with self._lock:
+            for entry in list(self._entries.values()):
+                if not stale(entry):
+                    continue
+                if entry.active:  # its requests finish on what they started with; no new one gets it
+                    entry.unload_when_idle = True
+                    self._entries.pop(entry.key)
+                    self._stale[entry.key] = entry
+                else:
+                    self._entries.pop(entry.key)
+                    closing.append(entry)
+        for entry in closing:
+            self._close(entry)
+        return closing
 
     # Acquire / release ----------------------------------------------------------------------
     def acquire(self, spec: ModelSpec, backend: str, options: dict, keep_alive: float | None,
@@ -95,10 +170,14 @@ class ModelCache:
             entry = self._hold(key, keep_alive)
             if entry is not None:
                 return entry, 0.0
+            self.drop_replaced(spec)
+            if self._prepare is not None:
+                self._prepare(backend)
             estimate = estimate_footprint(spec, backend)
-            self._make_room(estimate, spec)
+            self._make_room(estimate, spec, backend)
             try:
-                started, rss_before = time.perf_counter(), process_rss()
+                release_memory()  # a clean baseline: garbage of earlier requests is not this model's
+                started, rss_before, gpu_before = time.perf_counter(), process_rss(), gpu_used_bytes()
                 try:
                     instance = self._load(spec, backend, options)
                 except RuntimeFailure:
@@ -106,24 +185,41 @@ class ModelCache:
                 except Exception as exc:
                     raise LoadFailed(f"loading {spec.id!r} failed: {type(exc).__name__}: {exc}") from None
                 load_s = time.perf_counter() - started
-                measured = max(0, process_rss() - rss_before)
+                measured = max(0, process_rss() - rss_before) + max(0, gpu_used_bytes() - gpu_before)
             except BaseException:
                 with self._lock:
                     self._reserved -= estimate
                 release_memory()
                 raise
-            with self._lock:
-                self._reserved -= estimate
-                entry = LoadedModel(
-                    key=key, spec=spec, backend_name=backend, backend=instance,
-                    keep_alive=default_keep_alive if keep_alive is None else keep_alive,
-                    worker=None, estimate_bytes=estimate, measured_bytes=measured, load_s=load_s,
-                    loaded_at=time.time(), last_used=self.clock(), active=1,
-                )
-                entry.worker = ModelWorker(spec.id, instance, queue_length=self.queue_length,
-                                           on_done=lambda request, e=entry: self.release(e, request))
-                self._entries[key] = entry
-                self.loads += 1
+            learn_footprint(spec, backend, measured)
+            # RSS grows less when the allocator reuses memory that an earlier unload freed: a load measured
+            # below what its kind took before is counted at that earlier figure, and never below its file.
+            factor, source = footprint_factor(spec, backend)
+            footprint = max(measured, spec.size_bytes, int(spec.size_bytes * factor) if source == "measured" else 0)
+            victims: list[LoadedModel] = []
+            try:
+                with self._lock:
+                    self._reserved -= estimate
+                    victims = self._fit(footprint, spec, backend, measured=True)
+                    entry = LoadedModel(
+                        key=key, spec=spec, backend_name=backend, backend=instance,
+                        keep_alive=default_keep_alive if keep_alive is None else keep_alive,
+                        worker=None, estimate_bytes=estimate, measured_bytes=measured, footprint_bytes=footprint,
+                        load_s=load_s, loaded_at=time.time(), last_used=self.clock(), active=1,
+                    )
+                    entry.worker = ModelWorker(spec.id, instance, queue_length=self.queue_length,
+                                               on_done=lambda request, e=entry: self.release(e, request))
+                    self._entries[key] = entry
+                    self.loads += 1
+            except BaseException:
+                try:  # over the budget once measured: the new model goes, what was loaded stays
+                    instance.close()
+                finally:
+                    del instance
+                    release_memory()
+                raise
+            for victim in victims:
+                self._close(victim)
             return entry, load_s
 
     def _hold(self, key: tuple, keep_alive: float | None) -> LoadedModel | None:
@@ -145,7 +241,10 @@ class ModelCache:
             entry.last_used = self.clock()
             unload = entry.active == 0 and (entry.keep_alive == 0 or entry.unload_when_idle)
             if unload:
-                self._entries.pop(entry.key, None)
+                if self._entries.get(entry.key) is entry:
+                    self._entries.pop(entry.key)
+                if self._stale.get(entry.key) is entry:
+                    self._stale.pop(entry.key)
             self._wake.notify_all()
         if unload:
             self._close(entry)
@@ -188,36 +287,46 @@ class ModelCache:
             self._close(entry)
         return expired
 
-    def _make_room(self, needed: int, spec: ModelSpec) -> None:
-        if self.memory_budget is None:
-            with self._lock:
-                self._reserved += needed
-            return
-        evicted = []
+    def _make_room(self, estimate: int, spec: ModelSpec, backend: str) -> None:
+        """Before a load: evict idle models (least recently used first) so the estimate fits, and reserve it."""
         with self._lock:
-            if needed > self.memory_budget:
-                raise MemoryBudgetExceeded(
-                    f"{spec.id!r} needs about {needed / 2**20:.0f} MiB; the budget is "
-                    f"{self.memory_budget / 2**20:.0f} MiB"
-                )
-            idle = sorted((e for e in self._entries.values() if not e.active), key=lambda e: e.last_used)
-            used = self.used_bytes()
-            while used + needed > self.memory_budget and idle:
-                victim = idle.pop(0)
-                self._entries.pop(victim.key)
-                evicted.append(victim)
-                used -= victim.estimate_bytes
-            if used + needed > self.memory_budget:
-                for victim in evicted:  # put back what we took: a failed load harms nothing
-                    self._entries[victim.key] = victim
-                raise MemoryBudgetExceeded(
-                    f"{spec.id!r} needs about {needed / 2**20:.0f} MiB; {used / 2**20:.0f} MiB of the "
-                    f"{self.memory_budget / 2**20:.0f} MiB budget is held by models in use"
-                )
-            self._reserved += needed
-            self.evictions += len(evicted)
-        for victim in evicted:
+            victims = self._fit(estimate, spec, backend, measured=False)
+            self._reserved += estimate
+        for victim in victims:
             self._close(victim)
+
+    def _fit(self, needed: int, spec: ModelSpec, backend: str, *, measured: bool) -> list[LoadedModel]:
+        """Under the lock: take the idle models that must go for `needed` more bytes out of the cache and
+        return them for closing; or raise MemoryBudgetExceeded and take nothing."""
+        budget = self.memory_budget
+        if budget is None:
+            return []
+        what = (f"measured {_mib(needed)} once loaded" if measured else
+                f"needs about {_mib(needed)} (its {_mib(spec.size_bytes)} file x "
+                f"{footprint_factor(spec, backend)[0]:.1f}, {footprint_factor(spec, backend)[1]} for "
+                f"{spec.format} on {backend})")
+        if needed > budget:
+            raise MemoryBudgetExceeded(
+                f"{spec.id!r} {what}; the memory budget is {_mib(budget)}, so it cannot be loaded; "
+                f"models already loaded are kept")
+        idle = sorted((e for e in self._entries.values() if not e.active), key=lambda e: e.last_used)
+        used = self.used_bytes()
+        victims = []
+        while used + needed > budget and idle:
+            victim = idle.pop(0)
+            victims.append(victim)
+            used -= victim.footprint_bytes
+        if used + needed > budget:
+            busy = sorted({e.spec.id for e in self._entries.values() if e.active} |
+                          {e.spec.id for e in self._stale.values()})
+            held = f"held by models in use ({', '.join(busy)})" if busy else "held by loads under way"
+            raise MemoryBudgetExceeded(
+                f"{spec.id!r} {what}; {_mib(used)} of the {_mib(budget)} memory budget is {held}, "
+                f"which are never evicted; it was not loaded and nothing else was unloaded")
+        for victim in victims:
+            self._entries.pop(victim.key)
+        self.evictions += len(victims)
+        return victims
 
     # Idle timer -----------------------------------------------------------------------------
     def _reap(self) -> None:

@@ -93,6 +93,24 @@ def gpu_memory() -> list[dict]:
     return report
 
 
+def gpu_used_bytes() -> int:
+    """Memory in use on every GPU (total - free, as the driver reports it), when torch is already loaded.
+
+    A load's footprint is the process RSS it adds plus this: weights on a GPU are not in the RSS.
+    """
+    torch = sys.modules.get("torch")
+    try:
+        if torch is None or not torch.cuda.is_available():
+            return 0
+        used = 0
+        for i in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(i)
+            used += total - free
+        return used
+    except Exception:
+        return 0
+
+
 def process_rss() -> int:
     return psutil.Process().memory_info().rss
 

@@ -32,10 +32,40 @@ class ModelSpec:
     architecture: str
     size_bytes: int  # weights on disk
     metadata: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+    #: size and modification time of the weight files when resolved: a replaced file is a new model
+    stamp: tuple = ()
 
     @property
     def key(self) -> str:
-        return str(self.path)
+        """Path, size and mtime: the cache never serves an entry loaded from an older file at this path."""
+        if not self.stamp:
+            return str(self.path)
+        return f"{self.path}|" + ",".join(f"{size}:{mtime}" for size, mtime in self.stamp)
+
+    def renamed(self, name: str) -> "ModelSpec":
+        return ModelSpec(name, self.path, self.format, self.task, self.architecture, self.size_bytes,
+                         self.metadata, self.stamp)
+
+
+def file_stamp(path: Path) -> tuple:
+    """(size, mtime_ns) of a GGUF file, or of each weight file of a model folder (and its config.json)."""
+    if path.is_file():
+        stat = path.stat()
+        return ((stat.st_size, stat.st_mtime_ns),)
+    files = [path / "config.json"]
+    for pattern in ("*.safetensors", "*.bin", "*.gguf"):
+        found = sorted(path.glob(pattern))
+        if found:
+            files += found
+            break
+    stamp = []
+    for f in files:
+        try:
+            stat = f.stat()
+        except OSError:
+            continue
+        stamp.append((stat.st_size, stat.st_mtime_ns))
+    return tuple(stamp)
 
 
 def _package_folder(package: str) -> Path | None:
@@ -83,7 +113,7 @@ def _weights_size(path: Path) -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def _describe_gguf(path: Path, mtime: float) -> tuple[str, str, dict]:
+def _describe_gguf(path: Path, stamp: tuple) -> tuple[str, str, dict]:
     meta = read_gguf_metadata(path)
     arch = str(meta.get("general.architecture", "unknown"))
     task: Task = "embed" if arch in _EMBEDDING_GGUF_ARCHS or f"{arch}.pooling_type" in meta else "generate"
@@ -102,17 +132,24 @@ def _describe_folder(path: Path) -> tuple[str, str, dict]:
 
 def describe(model_id: str, path: Path) -> ModelSpec:
     """Detect format and task from the files."""
-    if path.is_file():
-        if path.suffix.lower() != ".gguf":
-            raise ModelNotFound(f"{model_id!r} is a file but not a .gguf model")
-        try:
-            arch, task, meta = _describe_gguf(path, path.stat().st_mtime)
-        except ValueError as exc:
-            raise ModelNotFound(f"{model_id!r}: {exc}") from None
-        return ModelSpec(model_id, path, "gguf", task, arch, _weights_size(path), meta)
-    if path.is_dir() and (path / "config.json").exists():
-        arch, task, config = _describe_folder(path)
-        return ModelSpec(model_id, path, "transformers", task, arch, _weights_size(path), config)
+    try:
+        if path.is_file():
+            if path.suffix.lower() != ".gguf":
+                raise ModelNotFound(f"{model_id!r} is a file but not a .gguf model")
+            stamp = file_stamp(path)
+            try:
+                arch, task, meta = _describe_gguf(path, stamp)
+            except ValueError as exc:
+                raise ModelNotFound(f"{model_id!r}: {exc}") from None
+            return ModelSpec(model_id, path, "gguf", task, arch, stamp[0][0], meta, stamp)
+        if path.is_dir() and (path / "config.json").exists():
+            stamp = file_stamp(path)
+            arch, task, config = _describe_folder(path)
+            return ModelSpec(model_id, path, "transformers", task, arch, _weights_size(path), config, stamp)
+    except FileNotFoundError as exc:  # removed while we looked at it
+        raise ModelNotFound(f"{model_id!r}: {exc.filename or path} is gone from disk") from None
+    if not os.path.lexists(path):
+        raise ModelNotFound(f"{model_id!r}: {path} is gone from disk")
     raise ModelNotFound(f"{model_id!r} is neither a .gguf file nor a model folder with config.json")
 
 
@@ -160,7 +197,7 @@ class Resolver:
         """Add a user alias; the target must resolve now, so a typo is caught at once."""
         spec = self.resolve(ref)
         self.aliases[name] = ref
-        return ModelSpec(name, spec.path, spec.format, spec.task, spec.architecture, spec.size_bytes, spec.metadata)
+        return spec.renamed(name)
 
     def names(self) -> list[str]:
         """Every alias that resolves on this machine."""
@@ -172,9 +209,7 @@ class Resolver:
             raise ModelNotFound("a model reference must be a non-empty string")
         ref = ref.strip()
         if ref in self.aliases:
-            target = self.resolve(self.aliases[ref])
-            return ModelSpec(ref, target.path, target.format, target.task, target.architecture,
-                             target.size_bytes, target.metadata)
+            return self.resolve(self.aliases[ref]).renamed(ref)
         if ref in BUILTIN_ALIASES:
             find, package = BUILTIN_ALIASES[ref]
             path = find()

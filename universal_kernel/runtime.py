@@ -20,7 +20,7 @@ from .backends import GenerationParams, choose_backend, create_backend
 from .cache import LoadedModel, ModelCache
 from .config import RuntimeConfig
 from .devices import memory_report
-from .errors import GenerationFailed, InvalidRequest, WrongTask
+from .errors import GenerationFailed, InvalidRequest, ModelNotFound, WrongTask
 from .references import ModelSpec, Resolver
 from .scheduler import Request
 from .stats import RequestStats
@@ -83,6 +83,19 @@ def _messages(messages: list[dict]) -> list[dict]:
     return flat
 
 
+def _import_backend_library(backend: str) -> None:
+    """Import a backend's library before its first load is measured: a one-time cost of the process
+    (about 200 MB for torch and transformers), not a footprint of the model being loaded."""
+    try:
+        if backend == "llama_cpp":
+            import llama_cpp  # noqa: F401
+        else:
+            import torch  # noqa: F401
+            import transformers  # noqa: F401
+    except Exception:
+        pass  # the load itself reports a missing library
+
+
 class Runtime:
     def __init__(self, config: RuntimeConfig | None = None, *, clock: Callable[[], float] = time.monotonic,
                  reaper: bool = True):
@@ -94,6 +107,7 @@ class Runtime:
             queue_length=self.config.queue_length,
             clock=clock,
             reaper=reaper,
+            prepare=_import_backend_library,
         )
         self.embedding_cache = EmbeddingCache()
         self.recent: deque[RequestStats] = deque(maxlen=200)
@@ -128,7 +142,7 @@ class Runtime:
         return list(found.values())
 
     def _describe(self, spec: ModelSpec) -> dict:
-        loaded = [e for e in self.cache.entries() if e.spec.key == spec.key]
+        loaded = [e for e in self.cache.entries() if e.spec.key == spec.key]  # the same file, unchanged
         return {
             "id": spec.id, "path": str(spec.path), "format": spec.format, "task": spec.task,
             "architecture": spec.architecture, "size_bytes": spec.size_bytes,
@@ -141,7 +155,11 @@ class Runtime:
         if model is None:
             model = self.config.default_generation_model if task == "generate" else self.config.default_embedding_model
         ref = model
-        spec = self.resolve(ref)
+        try:
+            spec = self.resolve(ref)
+        except ModelNotFound:
+            self.cache.drop_missing()  # a file removed under a loaded model: its entry goes too
+            raise
         if spec.task != task:
             verb = "generate text" if task == "generate" else "embed"
             raise WrongTask(f"{spec.id!r} is a{'n embedding' if spec.task == 'embed' else ' generation'} "
@@ -167,7 +185,7 @@ class Runtime:
         spec = self.resolve(model) if model else None
         results = []
         for entry in self.cache.entries():
-            if (spec is None or entry.spec.key == spec.key) and (backend in (None, "auto", entry.backend_name)):
+            if (spec is None or entry.spec.path == spec.path) and (backend in (None, "auto", entry.backend_name)):
                 results.append(self.cache.unload(entry.key))
                 self._notify("unloaded", entry)
         return results
@@ -317,8 +335,12 @@ class Runtime:
             "task": entry.spec.task,
             "format": entry.spec.format,
             "options": dict(entry.key[2]),
-            "size_bytes": entry.estimate_bytes,
-            "measured_bytes": entry.measured_bytes,
+            "size_bytes": entry.spec.size_bytes,  # the weights on disk
+            "estimate_bytes": entry.estimate_bytes,  # what the budget expected before the load
+            "measured_bytes": entry.measured_bytes,  # RSS (+ GPU memory) the load added
+            "footprint_bytes": entry.footprint_bytes,  # what the budget counts
+            "budget_fraction": (entry.footprint_bytes / self.cache.memory_budget
+                                if self.cache.memory_budget else None),
             "load_s": entry.load_s,
             "loaded_at": entry.loaded_at,
             "keep_alive": entry.keep_alive,
@@ -329,10 +351,27 @@ class Runtime:
             "figures": entry.figures.summary(),
         }
 
+    def budget_status(self) -> dict:
+        """The memory budget, the bytes counted against it and each loaded model's share."""
+        budget, entries = self.cache.memory_budget, self.cache.entries()
+        used = self.cache.used_bytes()
+        return {
+            "budget_bytes": budget,
+            "used_bytes": used,
+            "measured_bytes": sum(e.measured_bytes for e in entries),
+            "loading_bytes": self.cache.loading_bytes(),
+            "free_bytes": None if budget is None else budget - used,
+            "models": [{"id": e.spec.id, "backend": e.backend_name, "size_bytes": e.spec.size_bytes,
+                        "measured_bytes": e.measured_bytes, "footprint_bytes": e.footprint_bytes,
+                        "fraction": e.footprint_bytes / budget if budget else None, "active": e.active}
+                       for e in entries],
+        }
+
     def status(self) -> dict:
         return {
             "models": [self._entry_status(e) for e in self.cache.entries()],
             "memory": memory_report(),
+            "budget": self.budget_status(),
             "budget_bytes": self.cache.memory_budget,
             "used_bytes": self.cache.used_bytes(),
             "loads": self.cache.loads,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -50,7 +52,6 @@ def converted_folder(cache: Path, gguf: Path) -> Path:
 def save_converted(model, tokenizer, folder: Path) -> None:
     """Save dequantised weights as a plain folder; written beside, then renamed, so a crash leaves none."""
     import copy
-    import shutil
 
     from safetensors.torch import save_model
 
@@ -60,13 +61,29 @@ def save_converted(model, tokenizer, folder: Path) -> None:
         del config.quantization_config
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    config.save_pretrained(tmp)
-    if model.generation_config is not None:
-        model.generation_config.save_pretrained(tmp)
-    save_model(model, str(tmp / "model.safetensors"))
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(folder)
+    try:
+        tmp.mkdir(parents=True)
+        config.save_pretrained(tmp)
+        if model.generation_config is not None:
+            model.generation_config.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"))
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk keeps no half-written folder
+        raise
+
+
+def keep_converted(model, tokenizer, folder: Path) -> bool:
+    """Save converted weights for later loads; on a read-only or full disk, one warning line and no cache."""
+    try:
+        save_converted(model, tokenizer, folder)
+        return True
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+        warnings.warn(f"universal-kernel: converted weights not kept in {folder.parent} ({reason}); "
+                      f"the model runs without the cache", RuntimeWarning, stacklevel=2)
+        return False
 
 
 class TransformersLMBackend(Backend):
@@ -98,11 +115,15 @@ class TransformersLMBackend(Backend):
     def _load_gguf(self, transformers, path: Path, dtype, convert_cache: Path | None):
         converted = converted_folder(convert_cache, path) if convert_cache else None
         if converted is not None and (converted / "config.json").exists():
-            self.loaded_from = "convert-cache"
-            with quiet_progress(transformers):
-                tokenizer = transformers.AutoTokenizer.from_pretrained(converted)
-                model = transformers.AutoModelForCausalLM.from_pretrained(converted, dtype=dtype)
-            return model, tokenizer
+            try:
+                with quiet_progress(transformers):
+                    tokenizer = transformers.AutoTokenizer.from_pretrained(converted)
+                    model = transformers.AutoModelForCausalLM.from_pretrained(converted, dtype=dtype)
+                self.loaded_from = "convert-cache"
+                return model, tokenizer
+            except Exception as exc:  # an unreadable or damaged cache: convert again from the GGUF
+                warnings.warn(f"universal-kernel: converted weights in {converted} unusable "
+                              f"({type(exc).__name__}); converting {path.name} again", RuntimeWarning)
         try:
             import gguf  # noqa: F401  (transformers needs it to read the file)
         except ImportError as exc:
@@ -111,10 +132,7 @@ class TransformersLMBackend(Backend):
         tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
         if converted is not None:
-            try:
-                save_converted(model, tokenizer, converted)
-            except Exception as exc:  # a full or read-only cache costs speed, never the load
-                log.warning("could not keep converted weights in %s: %s", converted, exc)
+            keep_converted(model, tokenizer, converted)  # a full or read-only cache costs speed, never the load
         return model, tokenizer
 
     def count_tokens(self, text: str) -> int:
