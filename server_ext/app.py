@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import threading
+import time
 from pathlib import Path
 
 from jupyter_server.extension.application import ExtensionApp
@@ -18,6 +20,7 @@ from universal_kernel.config import RuntimeConfig
 from universal_kernel.runtime import Runtime
 
 from . import handlers
+from .generation import Jobs, shutting_down
 from .serving import Serving
 
 
@@ -82,6 +85,7 @@ class UniversalKernelApp(ExtensionApp):
     def initialize_settings(self) -> None:
         self.runtime = Runtime(self.runtime_config())
         self.settings[handlers.SERVING_SETTING] = Serving(self.runtime, max_body_size=self.max_body_size)
+        self.jobs = self.settings[handlers.JOBS_SETTING] = Jobs()
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(handlers.routes())
@@ -100,7 +104,31 @@ class UniversalKernelApp(ExtensionApp):
             except Exception as exc:  # noqa: BLE001 - a bad preload must not stop the server
                 self.log.error("universal_kernel: could not preload %r: %s", model, exc)
 
+    #: seconds a stopping server gives its streams to send their last event, and its models to close
+    stop_timeout = Float(5.0, help="Seconds that stopping the server waits for running generations to send "
+                                   "their error event, and then for the models to close.").tag(config=True)
+
     async def stop_extension(self) -> None:
-        if self.runtime is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.runtime.close)
-            self.runtime = None
+        """The server is stopping (SIGTERM, a second Ctrl-C, `jupyter server stop`): every running
+        generation ends with an error event (a 503 before its first token), then the models close."""
+        jobs: Jobs | None = getattr(self, "jobs", None)
+        if jobs is not None:
+            count = jobs.abort_all(shutting_down())
+            if count:
+                self.log.info("universal_kernel: stopping %d running generation(s)", count)
+                if not await jobs.wait_idle(self.stop_timeout):
+                    self.log.warning("universal_kernel: %d generation(s) did not end in %.0f s",
+                                     len(jobs.active), self.stop_timeout)
+        runtime, self.runtime = self.runtime, None
+        if runtime is None:
+            return
+        # a daemon thread: a model that will not close must not keep the process from exiting
+        closer = threading.Thread(target=runtime.close, name="universal-kernel:close", daemon=True)
+        closer.start()
+        deadline = time.monotonic() + self.stop_timeout
+        while closer.is_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if closer.is_alive():
+            self.log.warning("universal_kernel: the models did not close in %.0f s", self.stop_timeout)
+        else:
+            self.log.info("universal_kernel: models closed")

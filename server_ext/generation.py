@@ -15,7 +15,13 @@ from pydantic import BaseModel
 from universal_kernel.backends import GenerationParams
 
 from . import protocol as p
-from .errors import Failure, failure_from
+from .errors import Failure, failure, failure_from
+
+
+def shutting_down() -> Failure:
+    """What a request still running when the server stops gets (an error event, or a 503 before any text)."""
+    return failure(503, "the Jupyter server is shutting down; the generation was stopped", "server_error",
+                   code="server_shutting_down", retry=True)
 
 
 # Generation events ----------------------------------------------------------------------------------
@@ -63,29 +69,34 @@ class GenerationJob:
         self.model_id = model or ""
         self.usage = p.Usage()
         self.cancelled = False
+        self.aborted: Failure | None = None
         self._stream = None
         self._events = self._run()
         self._first: Event | None = None
 
     async def _run(self) -> AsyncIterator[Event]:
         for index, given in enumerate(self.inputs):
-            if self.cancelled:
-                return
+            if self.cancelled or self.aborted:
+                break
             try:
                 self._stream = await self.runtime.astream(self.model, params=self.params, backend=self.backend,
                                                           keep_alive=self.keep_alive, **given)
                 self.model_id = self._stream.model
-                if self.cancelled:
-                    return
+                if self.cancelled or self.aborted:
+                    break
                 if self.echo and given.get("prompt"):
                     yield Delta(index, given["prompt"])
                 async for piece in self._stream:
+                    if self.aborted:
+                        break
                     yield Delta(index, piece)
+                if self.aborted:
+                    break
                 done = self._stream.completion
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every error becomes a value
-                yield Failed(failure_from(exc))
+                yield Failed(self.aborted or failure_from(exc))
                 return
             finally:
                 if self._stream is not None:
@@ -95,6 +106,8 @@ class GenerationJob:
             self.usage.total_tokens = self.usage.prompt_tokens + self.usage.completion_tokens
             reason = done.finish_reason if done.finish_reason in ("stop", "length") else "stop"
             yield Finished(index, reason, done.prompt_tokens, done.completion_tokens)
+        if self.aborted and not self.cancelled:
+            yield Failed(self.aborted)
 
     async def prime(self) -> Failure | None:
         try:
@@ -118,10 +131,55 @@ class GenerationJob:
         if self._stream is not None:
             self._stream.request.cancel()
 
+    def abort(self, reason: Failure) -> None:
+        """Stop now and end with `reason` as the last event (the server is shutting down).
+        Call on the event loop's thread."""
+        if self.aborted is None:
+            self.aborted = reason
+        stream = self._stream
+        if stream is not None:
+            from universal_kernel.errors import Cancelled
+
+            stream.interrupt(Cancelled(reason.body.error.message))
+
     async def aclose(self) -> None:
         await self._events.aclose()
         if self._stream is not None:
             await self._stream.aclose()
+
+
+class Jobs:
+    """The generations the handlers are serving, so that a stopping server can end each one properly."""
+
+    def __init__(self):
+        self.active: set[GenerationJob] = set()
+        self.closing: Failure | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def add(self, job: GenerationJob) -> None:
+        self.active.add(job)
+        self._idle.clear()
+
+    def discard(self, job: GenerationJob) -> None:
+        self.active.discard(job)
+        if not self.active:
+            self._idle.set()
+
+    def abort_all(self, reason: Failure) -> int:
+        """Refuse new generations and stop the running ones, each ending with `reason`. Returns how many."""
+        self.closing = reason
+        for job in list(self.active):
+            job.abort(reason)
+        return len(self.active)
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until every handler has sent its last event (and finished its response)."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
 
 
 # Rendering: one path for streaming and non-streaming ---------------------------------------------------

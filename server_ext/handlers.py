@@ -18,12 +18,13 @@ from tornado.iostream import StreamClosedError
 
 from . import protocol as p
 from .errors import Failure, failure, failure_from
-from .generation import GenerationJob
+from .generation import GenerationJob, Jobs
 from .serving import Serving, parse
 
 #: the resource this extension's handlers are authorized against
 AUTH_RESOURCE = "universal_kernel"
 SERVING_SETTING = "universal_kernel_serving"
+JOBS_SETTING = "universal_kernel_jobs"
 
 
 def _default(value: Any):
@@ -107,7 +108,13 @@ class BaseHandler(APIHandler):
         """Send a started generation as SSE chunks or as one body; the same events either way."""
         if isinstance(started, Failure):
             return self.send_failure(started)
+        jobs: Jobs | None = self.settings.get(JOBS_SETTING)
+        if jobs is not None and jobs.closing is not None:  # the server is stopping
+            await started.job.aclose()
+            return self.send_failure(jobs.closing)
         self._job = started.job  # from now on a closed connection cancels it
+        if jobs is not None:
+            jobs.add(started.job)  # and a stopping server ends it with an error event
         try:
             failed = await started.job.prime()  # an error before the first token is still an HTTP error
             if failed is not None:
@@ -135,8 +142,12 @@ class BaseHandler(APIHandler):
             except StreamClosedError:
                 pass
         finally:
-            await started.job.aclose()
-            self._job = None
+            try:
+                await started.job.aclose()
+            finally:
+                self._job = None
+                if jobs is not None:
+                    jobs.discard(started.job)
 
 
 class ModelsHandler(BaseHandler):

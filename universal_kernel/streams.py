@@ -164,6 +164,13 @@ class AsyncGenerationStream(_StreamBase):
             self.request.cancel()
             raise
 
+    def interrupt(self, error: BaseException) -> None:
+        """Stop now with `error` (the server is shutting down): cancel the request and wake the reader,
+        which raises `error` at once instead of waiting for the worker. Call on the event loop's thread."""
+        self.request.cancel()
+        if not self._done:
+            self._inbox.put_nowait(("error", error))
+
     async def aclose(self) -> None:
         if not self._done:
             self._done = True

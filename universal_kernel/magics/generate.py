@@ -130,10 +130,9 @@ def run_generate(magics, args, cell: str):
     except KeyboardInterrupt:
         _interrupted(magics, args, stream, display, chat, prompt, model_id, runtime)
         raise
-    except RuntimeFailure as exc:  # failed mid-stream: show what came, then the one-line error
-        stream.close()
-        display.finish(f"{model_id} \u00b7 failed after {len(stream.parts)} pieces", text=stream.text, fmt="text")
-        raise UsageError(one_line(exc.message)) from None
+    except RuntimeFailure as exc:  # failed mid-stream (the server died, the connection dropped, the backend
+        # failed): keep and show what came, count it in the footer, then say so in one line
+        _failed(magics, args, stream, display, model_id, runtime, exc)
 
     completion = stream.completion
     magics.last_generation = completion
@@ -185,3 +184,36 @@ def _interrupted(magics, args, stream, display, chat, prompt, model_id, runtime)
                                    note=one_line(f"interrupted{where}")), text=text, fmt="text")
     except Exception:
         pass
+
+
+def _failed(magics, args, stream, display, model_id, runtime, exc: RuntimeFailure) -> None:
+    """A stream cut by a fault: the partial text stays (shown, and in --out), the footer counts the tokens
+    that arrived, and one line names what happened. Raises the UsageError that carries that line."""
+    from universal_kernel.widgets.stream_display import footer_text
+
+    from .remote import ConnectionLost
+
+    try:
+        stream.close()
+    except Exception:
+        pass
+    text = stream.text
+    received = len(stream.parts)
+    if args.out:
+        magics.shell.user_ns[args.out] = text
+    lost = isinstance(exc, ConnectionLost)
+    line = exc.message
+    if lost and received:
+        line += "; the text above is incomplete" + (f" (it is in {args.out})" if args.out else "")
+    stats = getattr(stream, "stats", None)
+    if stats is not None:
+        stats.completion_tokens = received
+        footer = footer_text(model_id, stats, tokens=received, memory_bytes=None if lost else _memory(runtime),
+                             note="connection lost" if lost else f"failed after {received} tokens")
+    else:
+        footer = f"{model_id} \u00b7 failed after {received} tokens"
+    try:
+        display.finish(footer, text=text, fmt="text")
+    except Exception:
+        pass
+    raise UsageError(one_line(line)) from None

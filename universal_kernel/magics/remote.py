@@ -8,6 +8,7 @@ the Jupyter token. Only the standard library is used: no `openai` or `requests` 
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import time
@@ -27,6 +28,17 @@ from ..wire import error_from_wire
 
 class ServerUnavailable(RuntimeFailure):
     """No Jupyter server with the extension could be found or reached."""
+
+
+class ConnectionLost(ServerUnavailable):
+    """A stream's connection ended before the server said [DONE]: the server died or the network dropped.
+
+    `tokens` is what arrived (pieces of text, one per token as the server streams them).
+    """
+
+    def __init__(self, message: str, *, tokens: int = 0):
+        super().__init__(message)
+        self.tokens = tokens
 
 
 class RemoteError(RuntimeFailure):
@@ -153,6 +165,7 @@ class RemoteStream(ReadToEnd):
         self._usage: dict = {}
         self._done = False
         self._chat = path.endswith("chat/completions")
+        self._timeout = client.timeout
         self._response = client._open("POST", path, body)
 
     @property
@@ -167,10 +180,10 @@ class RemoteStream(ReadToEnd):
             raise StopIteration
         try:
             while True:
-                raw = self._response.readline()
-                if not raw:
-                    return self._end()
-                line = raw.decode("utf-8").strip()
+                raw = self._readline()
+                if not raw:  # the connection ended without [DONE]: the server died or the network dropped
+                    raise self._lost("the server closed it without finishing")
+                line = raw.decode("utf-8", errors="replace").strip()
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
@@ -199,21 +212,41 @@ class RemoteStream(ReadToEnd):
             self.close()
             raise
 
-    def _end(self):
-        self._done = True
-        self._response.close()
+    def _readline(self) -> bytes:
+        try:
+            return self._response.readline()
+        except TimeoutError:
+            raise self._lost(f"nothing came for {self._timeout:g} s") from None
+        except (http.client.HTTPException, OSError) as exc:
+            raise self._lost(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
+
+    def _lost(self, why: str) -> ConnectionLost:
+        """The error for a stream cut short; its stats count what arrived (the server's usage never came)."""
+        received = len(self.parts)
+        self._figures(received, "error")
+        return ConnectionLost(f"the connection to the server was lost after {received} "
+                              f"token{'' if received == 1 else 's'} ({why})", tokens=received)
+
+    def _figures(self, completion_tokens: int, finish_reason: str) -> None:
         end = time.perf_counter()
         stats = self.stats
         stats.total_s = end - self._started
-        stats.prompt_tokens = int(self._usage.get("prompt_tokens", 0))
-        stats.completion_tokens = int(self._usage.get("completion_tokens", 0))
-        stats.finish_reason = self._finish
+        stats.completion_tokens = completion_tokens
+        stats.finish_reason = finish_reason
         if self._first is not None:
             stats.ttft_s = self._first - self._started
             # the decoding rate: the tokens after the first over the time since the first arrived
             # (queue wait, loading and prompt processing are in ttft_s, not here)
-            if stats.completion_tokens > 1 and end > self._first:
-                stats.tokens_per_s = (stats.completion_tokens - 1) / (end - self._first)
+            if completion_tokens > 1 and end > self._first:
+                stats.tokens_per_s = (completion_tokens - 1) / (end - self._first)
+
+    def _end(self):
+        self._done = True
+        self._response.close()
+        self.stats.prompt_tokens = int(self._usage.get("prompt_tokens", 0))
+        # the server's count; a server that sends no usage: the pieces that arrived
+        self._figures(int(self._usage.get("completion_tokens", 0)) or len(self.parts), self._finish)
+        stats = self.stats
         self.completion = Completion(self.model, self.text, self._finish, stats.prompt_tokens,
                                      stats.completion_tokens, stats)
         raise StopIteration
@@ -222,10 +255,8 @@ class RemoteStream(ReadToEnd):
         """Stop reading: the server sees the client gone and cancels the generation."""
         if not self._done:
             self._done = True
-            self.stats.finish_reason = "cancelled"
-            self.stats.total_s = time.perf_counter() - self._started
-            if self._first is not None:
-                self.stats.ttft_s = self._first - self._started
+            if self.stats.finish_reason != "error":
+                self._figures(len(self.parts), "cancelled")
             try:
                 self._response.close()
             except Exception:
@@ -267,6 +298,9 @@ class RemoteRuntime:
             return urllib.request.urlopen(request, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
             raise self._error(exc) from None
+        except http.client.RemoteDisconnected:
+            raise ServerUnavailable(f"the Jupyter server at {self.base} closed the connection before it "
+                                    f"answered (it may have stopped)") from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ServerUnavailable(f"cannot reach the Jupyter server at {self.base}: {reason}") from None
