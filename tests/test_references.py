@@ -106,3 +106,24 @@ def test_a_file_that_is_not_a_model_is_refused(tmp_path):
     for ref in ("notes.txt", "fake.gguf"):
         with pytest.raises(ModelNotFound):
             resolver.resolve(ref)
+
+
+def test_the_key_of_a_model_changes_with_its_files(tmp_path, smollm_path):
+    """Path, size and mtime: the cache key of a replaced file or folder is new, of an untouched one the same."""
+    import shutil
+
+    shutil.copyfile(smollm_path, tmp_path / "m.gguf")
+    write_bert_folder(tmp_path / "enc")
+    resolver = Resolver([tmp_path])
+    for ref, touched in (("m.gguf", tmp_path / "m.gguf"), ("enc", tmp_path / "enc" / "model.safetensors")):
+        first = resolver.resolve(ref)
+        assert resolver.resolve(ref).key == first.key and str(first.path) in first.key
+        stat = touched.stat()
+        os.utime(touched, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**10))
+        again = resolver.resolve(ref)
+        assert again.key != first.key and again.path == first.path
+        alias = resolver.add_alias(f"alias-{ref}", ref)
+        assert alias.key == again.key  # an alias names the same loaded model
+    (tmp_path / "m.gguf").unlink()
+    with pytest.raises(ModelNotFound, match="m.gguf"):
+        resolver.resolve("m.gguf")

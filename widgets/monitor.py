@@ -142,11 +142,15 @@ class Monitor(widgets.VBox):
         gpu = "".join(f" \u00b7 GPU{g.get('index', i)} {mib(g.get('allocated_bytes'))} allocated, "
                       f"{mib(g.get('free_bytes'))} free of {mib(g.get('total_bytes'))}"
                       for i, g in enumerate(self.gpus))
+        budget = (self.last_status or {}).get("budget") or {}
+        limit = (f" \u00b7 models {mib(budget.get('used_bytes'))} of a {mib(budget['budget_bytes'])} budget"
+                 if budget.get("budget_bytes") else "")
         self._memory.value = (f"process RSS {mib(self.rss_bytes)} \u00b7 system {mib(self.system_available_bytes)}"
-                              f" available of {mib(self.system_total_bytes)}{gpu}")
+                              f" available of {mib(self.system_total_bytes)}{limit}{gpu}")
         self._models.value = _table(
-            ["model", "backend", "device", "size", "expires in", "queue", "requests"],
-            [[m.get("id"), m.get("backend"), m.get("device"), mib(m.get("size_bytes")), expiry(m),
+            ["model", "backend", "device", "size", "memory", "expires in", "queue", "requests"],
+            [[m.get("id"), m.get("backend"), m.get("device"), mib(m.get("size_bytes")),
+              mib(m.get("footprint_bytes") or m.get("measured_bytes")), expiry(m),
               m.get("queue_depth", 0), (m.get("figures") or {}).get("requests", 0)] for m in self.models])
         last = [r for r in self.recent if r.get("finish_reason")][-8:]
         self._requests.value = _table(
