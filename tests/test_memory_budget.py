@@ -15,6 +15,7 @@ import pytest
 
 from universal_kernel import MemoryBudgetExceeded, Runtime, RuntimeConfig
 from universal_kernel.cache import estimate_footprint
+from universal_kernel.wire import wire_error
 
 from .conftest import MINILM, SMOLLM
 
@@ -105,6 +106,7 @@ def test_a_model_larger_than_the_budget_is_refused_and_nothing_loaded_is_harmed(
         with pytest.raises(MemoryBudgetExceeded, match="cannot be loaded") as refused:
             rt.load(big_id)
         assert big_id in str(refused.value) and "MiB" in str(refused.value)
+        assert wire_error(refused.value)[1:4] == (507, "server_error", "memory_budget_exceeded")  # over HTTP
         # refused before loading, and the idle model was not evicted for a load that could never fit
         assert loaded(rt) == [(small_id, 0)] and rt.cache.loads == 1 and rt.cache.evictions == 0
         after = use(rt, small_id)
@@ -169,3 +171,32 @@ def test_a_load_measured_over_the_budget_is_unloaded_and_the_rest_kept(smollm_pa
     assert result["loaded"] == [{"n_ctx": 128}] and result["loads"] == 1, result  # the first one still serves
     assert result["used"] == result["small"] <= result["budget"], result
     assert result["tokens"] > 0
+
+
+def test_two_loads_at_once_never_overrun_the_budget_together(tmp_path, footprints):
+    import threading
+
+    budget = int(max(footprints.values()) * 1.15)  # one model at a time
+    rt = make_runtime(tmp_path, budget)
+    barrier = threading.Barrier(2)
+    outcomes = {}
+
+    def load(model):
+        barrier.wait()
+        try:
+            rt.load(model)
+            outcomes[model] = "loaded"
+        except MemoryBudgetExceeded as exc:
+            outcomes[model] = str(exc)
+
+    try:
+        threads = [threading.Thread(target=load, args=(m,)) for m in (SMOLLM, MINILM)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        assert "loaded" in outcomes.values() and len(outcomes) == 2, outcomes
+        assert len(rt.cache.entries()) == 1 and rt.cache.used_bytes() <= budget, outcomes
+        assert rt.cache.loading_bytes() == 0
+    finally:
+        rt.close()

@@ -27,6 +27,24 @@ DEFAULT_FACTORS = {("gguf", "llama_cpp"): 3.0, ("transformers", "transformers"):
 
 _learned: dict[tuple, list[float]] = {}  # (format, backend, task) -> measured/file ratios of this process
 _learned_lock = threading.Lock()
+_measuring: dict[int, bool] = {}  # loads being measured in this process -> whether another overlapped it
+_measuring_ids = iter(range(1, 2**62))
+
+
+def _start_measuring() -> int:
+    with _learned_lock:
+        token = next(_measuring_ids)
+        overlapped = bool(_measuring)
+        for other in _measuring:
+            _measuring[other] = True
+        _measuring[token] = overlapped
+        return token
+
+
+def _stop_measuring(token: int) -> bool:
+    """True when no other load ran in this process meanwhile: the RSS delta is this load's alone."""
+    with _learned_lock:
+        return not _measuring.pop(token, True)
 
 
 def _kind(spec: ModelSpec, backend: str) -> tuple:
@@ -177,21 +195,25 @@ class ModelCache:
             self._make_room(estimate, spec, backend)
             try:
                 release_memory()  # a clean baseline: garbage of earlier requests is not this model's
-                started, rss_before, gpu_before = time.perf_counter(), process_rss(), gpu_used_bytes()
+                token = _start_measuring()
                 try:
+                    started, rss_before, gpu_before = time.perf_counter(), process_rss(), gpu_used_bytes()
                     instance = self._load(spec, backend, options)
+                    load_s = time.perf_counter() - started
+                    measured = max(0, process_rss() - rss_before) + max(0, gpu_used_bytes() - gpu_before)
                 except RuntimeFailure:
                     raise
                 except Exception as exc:
                     raise LoadFailed(f"loading {spec.id!r} failed: {type(exc).__name__}: {exc}") from None
-                load_s = time.perf_counter() - started
-                measured = max(0, process_rss() - rss_before) + max(0, gpu_used_bytes() - gpu_before)
+                finally:
+                    alone = _stop_measuring(token)
             except BaseException:
                 with self._lock:
                     self._reserved -= estimate
                 release_memory()
                 raise
-            learn_footprint(spec, backend, measured)
+            if alone:  # loads that overlapped measured each other too: counted (safe side), never learned
+                learn_footprint(spec, backend, measured)
             # RSS grows less when the allocator reuses memory that an earlier unload freed: a load measured
             # below what its kind took before is counted at that earlier figure, and never below its file.
             factor, source = footprint_factor(spec, backend)
