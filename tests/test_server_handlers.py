@@ -93,6 +93,9 @@ def fake_runtime(jp_web_app):
 @pytest.fixture
 def fetch(jp_fetch, jp_asyncio_loop):
     """jp_fetch, run to completion (tests here are plain functions), errors returned as responses."""
+    # An earlier test's asyncio.run() leaves the main thread with no current loop; tornado's client
+    # asks for the current one.
+    asyncio.set_event_loop(jp_asyncio_loop)
 
     def call(*parts, **kwargs):
         kwargs.setdefault("raise_error", False)
