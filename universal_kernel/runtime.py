@@ -83,17 +83,24 @@ def _messages(messages: list[dict]) -> list[dict]:
     return flat
 
 
-def _import_backend_library(backend: str) -> None:
-    """Import a backend's library before its first load is measured: a one-time cost of the process
-    (about 200 MB for torch and transformers), not a footprint of the model being loaded."""
+def _import_backend_library(backend: str, device: str = "auto") -> None:
+    """Import a backend's library (and start CUDA for a GPU load) before its first load is measured:
+    one-time costs of the process (about 200 MB of RSS for torch and transformers, a few hundred MB of
+    GPU memory for a CUDA context), not the footprint of the model being loaded."""
     try:
         if backend == "llama_cpp":
             import llama_cpp  # noqa: F401
         else:
-            import torch  # noqa: F401
+            import torch
             import transformers  # noqa: F401
+
+            from .devices import pick_device
+
+            chosen = pick_device(device)
+            if chosen.kind == "cuda":
+                torch.zeros(1, device=chosen.torch_name)  # creates the context once; a no-op later
     except Exception:
-        pass  # the load itself reports a missing library
+        pass  # the load itself reports a missing library or device
 
 
 class Runtime:
@@ -107,7 +114,7 @@ class Runtime:
             queue_length=self.config.queue_length,
             clock=clock,
             reaper=reaper,
-            prepare=_import_backend_library,
+            prepare=lambda backend: _import_backend_library(backend, self.config.device),
         )
         self.embedding_cache = EmbeddingCache()
         self.recent: deque[RequestStats] = deque(maxlen=200)
