@@ -278,6 +278,9 @@ def main(argv=None) -> int:
     print(f"\n2 chat streams of {max_tokens} tokens back to back, embedding batches of 32, MiniLM unload/load "
           f"every {cycle_s:g} s, a stream dropped every {disconnect_s:g} s, status every 0.5 s; "
           f"cancelled generations in the server's recent list: {cancelled}.")
+    step = max(1, len(rss) // 12)
+    print("server RSS over the run (s: MiB): " + ", ".join(f"{t:.0f}: {value / mib:,.0f}" for t, value in rss[::step]
+                                                          + ([rss[-1]] if (len(rss) - 1) % step else [])))
     for line in (soak.errors[:10] + soak.streams_broken[:10]):
         print(f"- {line}")
     return 0 if (not soak.errors and not soak.streams_broken and completed) else 1

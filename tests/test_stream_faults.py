@@ -3,8 +3,9 @@
 - A server killed (SIGKILL, its whole process group) under a `%%generate` on `%runtime use server`:
   the magic says so in one line with the tokens that arrived, keeps the partial text in --out, counts
   those tokens in the footer, and the kernel goes on.
-- A server stopped (SIGTERM) while two streams run: each gets an OpenAI error (an error event then
-  [DONE], or a 503 body if it had not begun), and the process exits within seconds.
+- A server stopped (SIGTERM, or Ctrl-C twice in a terminal) while two streams run: each gets an
+  OpenAI error (an error event then [DONE], or a 503 body if it had not begun), the models close,
+  and the process exits within seconds.
 
 Each test starts its own small server (SmolLM2 only): a server that gets killed cannot be shared.
 """
@@ -37,7 +38,7 @@ STORY = "Write a very long story about a lighthouse keeper and the storms of one
 class OwnServer:
     """`jupyter server` with the extension and SmolLM2 preloaded, in its own process group."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, tty: bool = False):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log_path = tmp / "server.log"
@@ -50,9 +51,16 @@ class OwnServer:
                    "--ServerApp.jpserver_extensions=universal_kernel.server_ext=True",
                    f"--UniversalKernelApp.preload={SMOLLM}", "--UniversalKernelApp.keep_alive=-1",
                    "--UniversalKernelApp.threads=1"]
+        stdin = None
+        if tty:  # as in a terminal: jupyter then asks before stopping on Ctrl-C, and stops on a second one
+            import pty
+
+            self._pty, stdin = pty.openpty()
         with open(self.log_path, "wb") as out:
-            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(command, stdin=stdin, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                         cwd=tmp, start_new_session=True)
+        if stdin is not None:
+            os.close(stdin)
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {TOKEN}"
         deadline = time.monotonic() + 180
@@ -88,6 +96,14 @@ def own_server(smollm_path, tmp_path):
     srv = OwnServer(tmp_path)
     yield srv
     srv.kill()
+
+
+@pytest.fixture
+def terminal_server(smollm_path, tmp_path):
+    srv = OwnServer(tmp_path, tty=True)
+    yield srv
+    srv.kill()
+    os.close(srv._pty)
 
 
 def test_a_killed_server_under_a_streaming_magic_is_reported(ip, own_server):  # noqa: F811
@@ -170,6 +186,19 @@ def _read_events(response, events: list, first: threading.Event) -> None:
 
 
 def test_sigterm_with_streams_in_flight_ends_each_with_an_error_and_exits(own_server):
+    stop_with_streams_in_flight(own_server, lambda proc: proc.send_signal(signal.SIGTERM))
+
+
+def test_ctrl_c_twice_in_a_terminal_with_streams_in_flight_is_the_same(terminal_server):
+    def ctrl_c_twice(proc):
+        proc.send_signal(signal.SIGINT)  # jupyter asks "Shut down this Jupyter server (y/[n])?"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)  # a second Ctrl-C stops without asking
+
+    stop_with_streams_in_flight(terminal_server, ctrl_c_twice)
+
+
+def stop_with_streams_in_flight(own_server: OwnServer, stop) -> None:
     url = own_server.url + "universal/v1/chat/completions"
     results: list[dict] = [{} for _ in range(2)]
     threads = []
@@ -196,15 +225,16 @@ def test_sigterm_with_streams_in_flight_ends_each_with_an_error_and_exits(own_se
     assert running.wait(120), f"no stream began: {results}\n{own_server.log_tail()}"
     assert own_server.proc.poll() is None
     stopped = time.monotonic()
-    own_server.proc.send_signal(signal.SIGTERM)
+    stop(own_server.proc)
     try:
         code = own_server.proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"the server did not exit within 15 s of SIGTERM:\n{own_server.log_tail()}")
+        pytest.fail(f"the server did not exit within 15 s of being stopped:\n{own_server.log_tail()}")
     took = time.monotonic() - stopped
     for t in threads:
         t.join(timeout=30)
     log = own_server.log_tail(80)
+    assert "received signal" in log and "stopping" in log, log  # jupyter's own stop, not a KeyboardInterrupt
     assert took < 10, f"the server took {took:.1f} s to exit:\n{log}"
     assert code == 0, log
 
