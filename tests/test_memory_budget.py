@@ -200,3 +200,61 @@ def test_two_loads_at_once_never_overrun_the_budget_together(tmp_path, footprint
         assert rt.cache.loading_bytes() == 0
     finally:
         rt.close()
+
+
+def test_the_server_keeps_its_budget_and_answers_507(tmp_path, footprints):
+    """The issue's case through `jupyter server`: a fresh process, whose first loads know no factor yet."""
+    import os
+    import time
+
+    import requests
+
+    from .conftest import TOKEN, Server, _free_port
+
+    (small_id, small), (big_id, big) = sorted(footprints.items(), key=lambda kv: kv[1])
+    budget = (small + big) // 2
+    port = _free_port()
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp_path / "config"), JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"),
+               JUPYTER_DATA_DIR=str(tmp_path / "data"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    command = [sys.executable, "-m", "jupyter_server", "--allow-root", "--no-browser", "--ip=127.0.0.1",
+               f"--port={port}", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={tmp_path}",
+               "--ServerApp.jpserver_extensions=universal_kernel.server_ext=True",
+               f"--UniversalKernelApp.memory_budget={budget}", "--UniversalKernelApp.keep_alive=-1",
+               "--UniversalKernelApp.threads=1"]
+    with open(tmp_path / "server.log", "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    server = Server(port, process, tmp_path / "server.log")
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, server.log_tail()
+            try:
+                server.status()
+                break
+            except requests.RequestException:
+                assert time.monotonic() < deadline, server.log_tail()
+                time.sleep(0.3)
+
+        def ask(model):
+            if model == MINILM:
+                return server.post("universal/v1/embeddings", {"model": MINILM, "input": ["budget"]})
+            return server.post("universal/v1/completions", {"model": SMOLLM, "prompt": "Hi", "max_tokens": 1})
+
+        assert ask(small_id).status_code == 200
+        refused = ask(big_id)  # measured over the budget once loaded, beside nothing it may evict
+        assert refused.status_code == 507, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "memory_budget_exceeded" and error["type"] == "server_error"
+        assert big_id in error["message"] and "budget" in error["message"]
+        assert "measured" in error["message"]  # no factor known yet: loaded, measured, then unloaded
+        status = server.status()
+        assert [m["id"] for m in status["models"]] == [small_id]  # the loaded model was not harmed
+        assert status["budget"]["budget_bytes"] == budget >= status["budget"]["used_bytes"]
+        assert ask(small_id).status_code == 200
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

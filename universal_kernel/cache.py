@@ -3,6 +3,12 @@
 Keyed by resolved model, backend and load options. `keep_alive` follows Ollama: seconds to stay
 loaded after the last use; 0 unloads after the request; negative keeps the model forever. The idle
 timer runs only while no request holds the model, so nothing is unloaded mid-generation.
+
+The memory budget counts measured bytes: the process RSS (and GPU memory) that each load added, taken
+after the backend's libraries are imported. Before a load, an estimate (file size times a factor that
+this process learned from its own loads of that format and backend, or a default) decides which idle
+models go, least recently used first; after it, the measured bytes decide. Models in use are never
+evicted, and a load that cannot fit is refused (or unloaded again) without touching the others.
 """
 
 from __future__ import annotations
@@ -310,23 +316,35 @@ class ModelCache:
         return expired
 
     def _make_room(self, estimate: int, spec: ModelSpec, backend: str) -> None:
-        """Before a load: evict idle models (least recently used first) so the estimate fits, and reserve it."""
+        """Before a load: evict idle models (least recently used first) so the estimate fits, and reserve it.
+
+        An estimate learned from this process's loads of the kind is trusted: what cannot fit is refused
+        before loading. A default factor is only a guess, which must not refuse a model that fits: then the
+        file itself (the least any load takes) must fit once idle models go, nothing is evicted on the guess,
+        and the measured bytes decide after the load (evicting idle models then, or unloading the new one).
+        """
+        learned = footprint_factor(spec, backend)[1] == "measured"
         with self._lock:
-            victims = self._fit(estimate, spec, backend, measured=False)
+            victims = self._fit(estimate if learned else spec.size_bytes, spec, backend,
+                                measured=False, learned=learned, evict=learned)
             self._reserved += estimate
         for victim in victims:
             self._close(victim)
 
-    def _fit(self, needed: int, spec: ModelSpec, backend: str, *, measured: bool) -> list[LoadedModel]:
+    def _fit(self, needed: int, spec: ModelSpec, backend: str, *, measured: bool,
+             learned: bool = True, evict: bool = True) -> list[LoadedModel]:
         """Under the lock: take the idle models that must go for `needed` more bytes out of the cache and
         return them for closing; or raise MemoryBudgetExceeded and take nothing."""
         budget = self.memory_budget
         if budget is None:
             return []
-        what = (f"measured {_mib(needed)} once loaded" if measured else
-                f"needs about {_mib(needed)} (its {_mib(spec.size_bytes)} file x "
-                f"{footprint_factor(spec, backend)[0]:.1f}, {footprint_factor(spec, backend)[1]} for "
-                f"{spec.format} on {backend})")
+        if measured:
+            what = f"measured {_mib(needed)} once loaded"
+        elif learned:
+            what = (f"needs about {_mib(needed)} (its {_mib(spec.size_bytes)} file x "
+                    f"{footprint_factor(spec, backend)[0]:.1f}, as measured here for {spec.format} on {backend})")
+        else:
+            what = f"needs more than its {_mib(needed)} file"
         if needed > budget:
             raise MemoryBudgetExceeded(
                 f"{spec.id!r} {what}; the memory budget is {_mib(budget)}, so it cannot be loaded; "
@@ -345,6 +363,8 @@ class ModelCache:
             raise MemoryBudgetExceeded(
                 f"{spec.id!r} {what}; {_mib(used)} of the {_mib(budget)} memory budget is {held}, "
                 f"which are never evicted; it was not loaded and nothing else was unloaded")
+        if not evict:
+            return []
         for victim in victims:
             self._entries.pop(victim.key)
         self.evictions += len(victims)
