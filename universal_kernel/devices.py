@@ -75,9 +75,22 @@ def cpu_threads(configured: int | None = None) -> int:
         return max(1, psutil.cpu_count(logical=False) or os.cpu_count() or 1)
 
 
+def loaded_torch():
+    """torch when it is already imported completely, else None (it is never imported for this).
+
+    While another thread is still importing torch, `sys.modules` already holds the half-made module,
+    and touching `torch.cuda` then raises "partially initialized module" (a monitor's or a status
+    call's probe during a kernel's first `%embed`).
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or getattr(getattr(torch, "__spec__", None), "_initializing", False):
+        return None
+    return torch
+
+
 def gpu_memory() -> list[dict]:
     """Per-GPU total/free/allocated, only when torch is already loaded (never imported for this)."""
-    torch = sys.modules.get("torch")
+    torch = loaded_torch()
     if torch is None or not torch.cuda.is_available():
         return []
     report = []
@@ -98,7 +111,7 @@ def gpu_used_bytes() -> int:
 
     A load's footprint is the process RSS it adds plus this: weights on a GPU are not in the RSS.
     """
-    torch = sys.modules.get("torch")
+    torch = loaded_torch()
     try:
         if torch is None or not torch.cuda.is_available():
             return 0
@@ -128,7 +141,7 @@ def memory_report() -> dict:
 def release_memory() -> None:
     """Give freed memory back: collect cycles, empty device caches, trim the C heap."""
     gc.collect()
-    torch = sys.modules.get("torch")
+    torch = loaded_torch()
     if torch is not None:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
