@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import time
 
 import pytest
 
@@ -95,6 +97,27 @@ def hf_runtime(smollm_path, convert_cache, tmp_path_factory):
 TOKEN = "universal-kernel-test-token"
 BODY_LIMIT = 2**20
 QUEUE_LENGTH = 3
+
+
+def stop_process(process) -> None:
+    """SIGTERM, then SIGKILL after 30 s: a server under test never outlives its test."""
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def wait_for(predicate, timeout: float, what):
+    """The first truthy value of `predicate()` within `timeout` seconds; else fail saying `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, what() if callable(what) else what
+        time.sleep(0.05)
 
 
 def _free_port() -> int:
@@ -192,9 +215,4 @@ def server(smollm_path, minilm_path, tmp_path_factory):
             time.sleep(0.5)
         yield srv
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)

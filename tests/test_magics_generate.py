@@ -124,7 +124,7 @@ def test_stop_string_cuts_the_text(ip, rec, runtime):
 
 
 def test_max_tokens_is_noted_in_the_footer(ip, rec):
-    captured, _ = run(ip, f"%%generate --temperature 0 --max-tokens 3 --out short\nCount from one to twenty.")
+    captured, _ = run(ip, "%%generate --temperature 0 --max-tokens 3 --out short\nCount from one to twenty.")
     assert "3 tokens" in bundles(captured)[-1]["text/plain"]
     assert "max-tokens" in bundles(captured)[-1]["text/plain"]
 

@@ -209,7 +209,7 @@ def test_the_server_keeps_its_budget_and_answers_507(tmp_path, footprints):
 
     import requests
 
-    from .conftest import TOKEN, Server, _free_port
+    from .conftest import TOKEN, Server, _free_port, stop_process
 
     (small_id, small), (big_id, big) = sorted(footprints.items(), key=lambda kv: kv[1])
     budget = (small + big) // 2
@@ -252,9 +252,4 @@ def test_the_server_keeps_its_budget_and_answers_507(tmp_path, footprints):
         assert status["budget"]["budget_bytes"] == budget >= status["budget"]["used_bytes"]
         assert ask(small_id).status_code == 200
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)

@@ -23,7 +23,7 @@ from universal_kernel import (
 from universal_kernel.magics.remote import RemoteError, RemoteRuntime, ServerUnavailable
 from universal_kernel.wire import ERRORS, error_from_wire, retry_after_seconds
 
-from .conftest import FRANCE, MINILM, QUEUE_LENGTH, SMOLLM, TOKEN
+from .conftest import FRANCE, MINILM, QUEUE_LENGTH, SMOLLM, TOKEN, stop_process, wait_for
 
 GREEDY = {"temperature": 0, "max_tokens": 16}
 
@@ -33,14 +33,6 @@ def remote(server) -> RemoteRuntime:
     return RemoteRuntime(server.url, TOKEN, timeout=120)
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, what() if callable(what) else what
-        time.sleep(0.05)
 
 
 def _open_raw(server, path: str, body: dict) -> socket.socket:
@@ -60,7 +52,7 @@ def _story(max_tokens: int) -> dict:
 
 
 def _smollm_idle(server):
-    return _wait_for(lambda: (m := server.model_status(SMOLLM)) and m["queue_depth"] == 0 and m["active"] == 0 and m,
+    return wait_for(lambda: (m := server.model_status(SMOLLM)) and m["queue_depth"] == 0 and m["active"] == 0 and m,
                      30, "SmolLM2 did not become idle")
 
 
@@ -154,7 +146,7 @@ def test_a_full_queue_is_busy_with_retry_after_over_http(remote, server):
     _smollm_idle(server)
     sockets = [_open_raw(server, "v1/chat/completions", _story(400)) for _ in range(1 + QUEUE_LENGTH)]
     try:
-        _wait_for(lambda: server.model_status(SMOLLM)["queue_depth"] == 1 + QUEUE_LENGTH, 60,
+        wait_for(lambda: server.model_status(SMOLLM)["queue_depth"] == 1 + QUEUE_LENGTH, 60,
                   lambda: f"queue not full: {server.model_status(SMOLLM)}\n{server.log_tail()}")
         with pytest.raises(Busy) as busy:
             remote.generate(SMOLLM, prompt="Hi", params=GREEDY)
@@ -195,7 +187,7 @@ def test_remote_tokens_per_s_is_measured_from_the_first_token(remote, server):
     _smollm_idle(server)
     blocker = _open_raw(server, "v1/chat/completions", _story(64))
     try:
-        _wait_for(lambda: server.model_status(SMOLLM)["running"], 30, "the blocking request did not start")
+        wait_for(lambda: server.model_status(SMOLLM)["running"], 30, "the blocking request did not start")
         # this request waits in the queue behind the blocker: its time to first token includes that wait
         done = remote.generate(SMOLLM, prompt="The weather today", params={"temperature": 0, "max_tokens": 24})
     finally:
@@ -269,13 +261,6 @@ def _start_server(tmp_path, *extra: str):
     return process, f"http://127.0.0.1:{port}/", {"Authorization": f"Bearer {token}"}, log
 
 
-def _stop(process):
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def _probe(process, url, headers, log, path="universal/v1/models", ready=lambda r: r.status_code == 200):
@@ -301,7 +286,7 @@ def test_universal_kernel_itself_enables_the_server_extension(tmp_path):
         listed = _probe(process, url, headers, log).json()
         assert {SMOLLM, MINILM} <= {m["id"] for m in listed["data"]}
     finally:
-        _stop(process)
+        stop_process(process)
     text = log.read_text()
     assert text.count("universal_kernel.server_ext | extension was successfully loaded") == 1
     assert "failed loading" not in text and "_load_jupyter_server_extension" not in text
@@ -316,7 +301,7 @@ def test_both_names_enabled_serve_one_runtime(tmp_path, minilm_path):
                ready=lambda r: r.status_code == 200 and any(m["id"] == MINILM for m in r.json()["models"]))
         time.sleep(1.0)  # a second copy of the extension would preload now, or fail to
     finally:
-        _stop(process)
+        stop_process(process)
     text = log.read_text()
     assert text.count("universal_kernel | extension was successfully loaded") == 1  # the name that enables
     assert text.count("universal_kernel.server_ext | extension was successfully loaded") == 1  # the extension

@@ -20,7 +20,7 @@ import pytest
 
 from universal_kernel.magics import get_magics
 
-from .conftest import BODY_LIMIT, FRANCE, MINILM, QUEUE_LENGTH, SMOLLM, TOKEN, Server
+from .conftest import BODY_LIMIT, FRANCE, MINILM, QUEUE_LENGTH, SMOLLM, TOKEN, Server, wait_for
 from .magics_support import ip, run  # noqa: F401
 from .test_generation_llama import raw_chat, stop_word
 
@@ -321,20 +321,12 @@ def _open_stream(server: Server, body: dict) -> socket.socket:
     return sock
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
 
 
 def test_full_queue_is_429_with_retry_after_and_dropped_clients_free_it(client, server, france):
     sockets = [_open_stream(server, _long(f"Tell me story number {i} about a dragon.")) for i in range(1 + QUEUE_LENGTH)]
     try:
-        _wait_for(lambda: server.model_status(SMOLLM)["queue_depth"] == 1 + QUEUE_LENGTH, 20, "queue not full")
+        wait_for(lambda: server.model_status(SMOLLM)["queue_depth"] == 1 + QUEUE_LENGTH, 20, "queue not full")
         with pytest.raises(openai.RateLimitError) as info:
             client.chat.completions.create(**_france())
         assert int(info.value.response.headers["Retry-After"]) >= 1
@@ -343,7 +335,7 @@ def test_full_queue_is_429_with_retry_after_and_dropped_clients_free_it(client, 
     finally:
         for sock in sockets:
             sock.close()
-    model = _wait_for(lambda: (m := server.model_status(SMOLLM))["queue_depth"] == 0 and m["active"] == 0 and m,
+    model = wait_for(lambda: (m := server.model_status(SMOLLM))["queue_depth"] == 0 and m["active"] == 0 and m,
                       5, "dropped clients did not free the queue")
     assert model["figures"]["cancelled"] >= 1
     assert client.chat.completions.create(**_france()).choices[0].message.content == france.text
