@@ -222,8 +222,12 @@ class ModelCache:
                 learn_footprint(spec, backend, measured)
             # RSS grows less when the allocator reuses memory that an earlier unload freed: a load measured
             # below what its kind took before is counted at that earlier figure, and never below its file.
+            # A load measured below its own file says nothing of its size (freed memory was reused): it is
+            # counted at its kind's estimate, learned or by default.
             factor, source = footprint_factor(spec, backend)
-            footprint = max(measured, spec.size_bytes, int(spec.size_bytes * factor) if source == "measured" else 0)
+            footprint = max(measured, spec.size_bytes)
+            if source == "measured" or measured < spec.size_bytes:
+                footprint = max(footprint, int(spec.size_bytes * factor))
             victims: list[LoadedModel] = []
             try:
                 with self._lock:
