@@ -202,7 +202,18 @@ def test_two_loads_at_once_never_overrun_the_budget_together(tmp_path, footprint
         rt.close()
 
 
-def test_the_server_keeps_its_budget_and_answers_507(tmp_path, footprints):
+FRESH_FOOTPRINTS = textwrap.dedent("""
+    import json, tempfile
+    from universal_kernel import Runtime, RuntimeConfig
+    rt = Runtime(RuntimeConfig(model_folders=[tempfile.mkdtemp()], keep_alive=-1), reaper=False)
+    for model in ("smollm2-135m-instruct", "all-minilm-l6-v2"):
+        rt.load(model)
+    print(json.dumps({m["id"]: m["footprint_bytes"] for m in rt.status()["models"]}))
+    rt.close()
+""")
+
+
+def test_the_server_keeps_its_budget_and_answers_507(tmp_path, smollm_path, minilm_path):
     """The issue's case through `jupyter server`: a fresh process, whose first loads know no factor yet."""
     import os
     import time
@@ -211,7 +222,13 @@ def test_the_server_keeps_its_budget_and_answers_507(tmp_path, footprints):
 
     from .conftest import TOKEN, Server, _free_port, stop_process
 
-    (small_id, small), (big_id, big) = sorted(footprints.items(), key=lambda kv: kv[1])
+    # What each model takes in a fresh process like the server's (this long test process has freed and
+    # reused memory, so its own measurements are no guide for another process).
+    out = subprocess.run([sys.executable, "-c", FRESH_FOOTPRINTS], capture_output=True, text=True, timeout=300,
+                         check=True)
+    fresh = json.loads(out.stdout.strip().splitlines()[-1])
+    (small_id, small), (big_id, big) = sorted(fresh.items(), key=lambda kv: kv[1])
+    assert big > 1.1 * small, fresh  # room for a budget that holds one and refuses the other
     budget = (small + big) // 2
     port = _free_port()
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp_path / "config"), JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"),
