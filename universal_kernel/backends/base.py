@@ -77,6 +77,28 @@ class Backend(ABC):
         """Return (float32 array, one row per text; prompt token count)."""
         raise WrongTask(f"{self.spec.id!r} generates text; use an embedding model to embed")
 
+    # The other tasks: a backend overrides what its model can do ------------------------------
+    #: the most tokens one input may have (None: no limit known); longer inputs are refused unless truncated
+    max_input_tokens: int | None = None
+
+    def classify(self, texts: list[str], *, truncate: bool = False) -> tuple[list[dict[str, float]], int]:
+        """The model's own classes: per text, {label: probability} (best first); and the prompt token count."""
+        raise WrongTask(f"{self.spec.id!r} has no classifier head")
+
+    def classify_labels(self, texts: list[str], labels: list[str], *,
+                        truncate: bool = False) -> tuple[list[dict[str, float]], int]:
+        """Zero-shot on a chat model: per text, {label: probability} over the given labels (sums to 1)."""
+        raise WrongTask(f"{self.spec.id!r} cannot choose between labels")
+
+    def score_pairs(self, query: str, documents: list[str], *, truncate: bool = False) -> tuple[list[float], int]:
+        """A cross-encoder's relevance of each document to the query, in 0..1; and the prompt token count."""
+        raise WrongTask(f"{self.spec.id!r} is no cross-encoder")
+
+    def ner(self, texts: list[str], *, truncate: bool = False) -> tuple[list[list[dict]], int]:
+        """Per text, its entities `{text, label, start, end, score}` with character offsets into the text;
+        and the prompt token count."""
+        raise WrongTask(f"{self.spec.id!r} finds no entities")
+
     @abstractmethod
     def close(self) -> None:
         """Free everything the model holds."""
