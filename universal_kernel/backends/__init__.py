@@ -8,7 +8,7 @@ from ..errors import InvalidRequest
 from ..references import ModelSpec
 from .base import Backend, GenerationOutcome, GenerationParams, StopMatcher
 
-BACKENDS = ("auto", "llama_cpp", "transformers")
+BACKENDS = ("auto", "llama_cpp", "transformers", "spacy")
 
 __all__ = ["BACKENDS", "Backend", "GenerationOutcome", "GenerationParams", "StopMatcher",
            "choose_backend", "create_backend"]
@@ -17,6 +17,14 @@ __all__ = ["BACKENDS", "Backend", "GenerationOutcome", "GenerationParams", "Stop
 def choose_backend(spec: ModelSpec, backend: str = "auto") -> str:
     if backend not in BACKENDS:
         raise InvalidRequest(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}", param="backend")
+    if spec.format == "spacy":
+        if backend not in ("auto", "spacy"):
+            raise InvalidRequest(f"{spec.id!r} is a spaCy pipeline; only the spacy backend serves it",
+                                 param="backend")
+        return "spacy"
+    if backend == "spacy":
+        raise InvalidRequest(f"{spec.id!r} is no spaCy pipeline; the spacy backend serves spaCy folders",
+                             param="backend")
     if backend == "auto":
         return "llama_cpp" if spec.format == "gguf" else "transformers"
     if backend == "llama_cpp" and spec.format != "gguf":
@@ -33,7 +41,20 @@ def create_backend(spec: ModelSpec, backend: str, config: RuntimeConfig, options
         from .llama_cpp import LlamaCppBackend
 
         return LlamaCppBackend(spec, threads=threads, device=config.device, n_ctx=options.get("n_ctx"))
+    if backend == "spacy":
+        from .spacy_pipeline import SpacyBackend
+
+        return SpacyBackend(spec)
     device = pick_device(config.device)
+    # Classifier heads load from their folders; a GGUF keeps the paths below.
+    if spec.format == "transformers" and spec.task in ("classify", "rerank"):
+        from .transformers_classify import TransformersSequenceClassifier
+
+        return TransformersSequenceClassifier(spec, device=device, threads=threads)
+    if spec.format == "transformers" and spec.task == "ner":
+        from .transformers_classify import TransformersTokenClassifier
+
+        return TransformersTokenClassifier(spec, device=device, threads=threads)
     if spec.task == "embed":
         from .transformers_embed import TransformersEmbedBackend
 

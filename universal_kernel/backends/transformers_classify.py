@@ -1,0 +1,181 @@
+"""Classifier heads through transformers: sequence classifiers, cross-encoders and token classifiers.
+
+Inputs longer than the model's positions are refused unless the caller asks for truncation: a
+silently cut text would get a label for a part of it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..devices import Device, torch_dtype
+from ..errors import InvalidRequest, LoadFailed, WrongTask
+from ..references import ModelSpec
+from .base import Backend
+from .transformers_lm import import_transformers, quiet_progress
+
+#: a tokenizer without a configured limit reports this huge number
+_NO_LIMIT = 10**6
+
+
+class _ClassifierBase(Backend):
+    name = "transformers"
+    auto_class = "AutoModelForSequenceClassification"
+
+    def __init__(self, spec: ModelSpec, *, device: Device, threads: int):
+        super().__init__(spec)
+        torch, transformers = import_transformers()
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.transformers = transformers
+        self.device = str(device)
+        try:
+            with quiet_progress(transformers):
+                self.tokenizer = transformers.AutoTokenizer.from_pretrained(spec.path, local_files_only=True)
+                model_class = getattr(transformers, self.auto_class)
+                self.model = model_class.from_pretrained(spec.path, dtype=torch_dtype(device), local_files_only=True)
+            self.model.to(device.torch_name).eval()
+        except Exception as exc:
+            raise LoadFailed(f"transformers could not load {spec.id!r}: {exc}") from None
+        limits = [n for n in (self.tokenizer.model_max_length,
+                              getattr(self.model.config, "max_position_embeddings", None)) if n and n < _NO_LIMIT]
+        self.max_input_tokens = min(limits) if limits else None
+        if self.max_input_tokens:
+            # Truncation (ours and the pipeline's) cuts at the model's real limit.
+            self.tokenizer.model_max_length = self.max_input_tokens
+        # We measure lengths ourselves and refuse long inputs with a typed error: no tokenizer warning.
+        self.tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text)["input_ids"])
+
+    def _encode(self, first: list[str], second: list[str] | None, truncate: bool, what: str, param: str):
+        """Token ids (and types and masks) per input, checked against the model's limit."""
+        cut = bool(truncate and self.max_input_tokens)
+        encoded = self.tokenizer(first, second, truncation=cut, max_length=self.max_input_tokens if cut else None)
+        lengths = np.fromiter((len(ids) for ids in encoded["input_ids"]), dtype=np.int64, count=len(first))
+        if not cut and self.max_input_tokens:
+            too_long = np.flatnonzero(lengths > self.max_input_tokens)
+            if too_long.size:
+                i = int(too_long[0])
+                raise InvalidRequest(f"{what}[{i}] has {int(lengths[i])} tokens; {self.spec.id} takes at most "
+                                     f"{self.max_input_tokens} (ask for truncation)", param=param)
+        return encoded, lengths
+
+    def close(self) -> None:
+        model = getattr(self, "model", None)
+        if model is not None:
+            # Tensors can outlive the module through caches and hooks; empty the parameters too.
+            for p in model.parameters():
+                p.data = self.torch.empty(0)
+            self.model = None
+        self.tokenizer = None
+        self.__dict__.pop("pipeline", None)
+
+
+class TransformersSequenceClassifier(_ClassifierBase):
+    """A `*ForSequenceClassification` model: its own labels, or with one logit a cross-encoder."""
+
+    #: tokens (rows x padded length) per forward pass, as in the embedding backend
+    token_budget = 2048
+    max_batch = 64
+
+    def classify(self, texts: list[str], *, truncate: bool = False) -> tuple[list[dict[str, float]], int]:
+        encoded, lengths = self._encode(texts, None, truncate, "input", "input")
+        logits = self._logits(encoded, lengths)
+        id2label = self.model.config.id2label or {}
+        names = [str(id2label.get(i, f"LABEL_{i}")) for i in range(logits.shape[1])]
+        if logits.shape[1] == 1:
+            probs = 1.0 / (1.0 + np.exp(-logits))
+        else:
+            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+            probs = shifted / shifted.sum(axis=1, keepdims=True)
+        results = []
+        for row in probs:
+            order = np.argsort(-row, kind="stable")
+            results.append({names[j]: float(row[j]) for j in order})
+        return results, int(lengths.sum())
+
+    def score_pairs(self, query: str, documents: list[str], *, truncate: bool = False) -> tuple[list[float], int]:
+        if self.model.config.num_labels != 1:
+            raise WrongTask(f"{self.spec.id!r} is not a cross-encoder: it has {self.model.config.num_labels} "
+                            "labels, a cross-encoder one relevance logit")
+        encoded, lengths = self._encode([query] * len(documents), documents, truncate, "documents", "documents")
+        logits = self._logits(encoded, lengths)[:, 0]
+        return (1.0 / (1.0 + np.exp(-logits))).tolist(), int(lengths.sum())
+
+    def _logits(self, encoded, lengths) -> np.ndarray:
+        """float32 logits in input order; inputs run longest first so each batch pads little."""
+        torch = self.torch
+        out = np.empty((len(lengths), self.model.config.num_labels), dtype=np.float32)
+        order = np.argsort(-lengths, kind="stable")
+        keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in encoded]
+        pads = {"input_ids": self.tokenizer.pad_token_id or 0,
+                "token_type_ids": self.tokenizer.pad_token_type_id, "attention_mask": 0}
+        left = self.tokenizer.padding_side == "left"
+        with torch.inference_mode():
+            for batch in self._batches(order, lengths):
+                width = int(lengths[batch[0]])
+                inputs = {}
+                for key in keys:
+                    rows = np.full((len(batch), width), pads[key], dtype=np.int64)
+                    for r, i in enumerate(batch):
+                        values = encoded[key][i]
+                        if left:
+                            rows[r, width - len(values):] = values
+                        else:
+                            rows[r, :len(values)] = values
+                    inputs[key] = torch.from_numpy(rows).to(self.model.device)
+                out[batch] = self.model(**inputs).logits.float().cpu().numpy()
+        return out
+
+    def _batches(self, order, lengths):
+        start = 0
+        while start < len(order):
+            width = max(int(lengths[order[start]]), 1)
+            size = max(1, min(self.max_batch, self.token_budget // width))
+            yield order[start:start + size]
+            start += size
+
+
+class TransformersTokenClassifier(_ClassifierBase):
+    """A `*ForTokenClassification` model: entities grouped by transformers' own token-classification
+    pipeline (B-/I- tags merged, offsets from the fast tokenizer)."""
+
+    auto_class = "AutoModelForTokenClassification"
+    batch_size = 16
+
+    def __init__(self, spec: ModelSpec, *, device: Device, threads: int):
+        super().__init__(spec, device=device, threads=threads)
+        try:
+            self.pipeline = self.transformers.pipeline(
+                "token-classification", model=self.model, tokenizer=self.tokenizer,
+                aggregation_strategy="simple", device=self.model.device)
+        except Exception as exc:
+            raise LoadFailed(f"transformers could not build a token-classification pipeline for "
+                             f"{spec.id!r}: {exc}") from None
+
+    def ner(self, texts: list[str], *, truncate: bool = False) -> tuple[list[list[dict]], int]:
+        _, lengths = self._encode(texts, None, truncate, "input", "input")
+        results: list[list[dict]] = [[] for _ in texts]
+        # The pipeline fails on an empty text; a text of blanks has no entity anyway.
+        todo = [i for i, text in enumerate(texts) if text.strip()]
+        if todo:
+            with self.torch.inference_mode():
+                found = self.pipeline([texts[i] for i in todo], batch_size=self.batch_size)
+            for i, entities in zip(todo, found):
+                results[i] = [e for e in (self._entity(texts[i], raw) for raw in entities) if e]
+        return results, int(lengths.sum())
+
+    @staticmethod
+    def _entity(text: str, raw: dict) -> dict | None:
+        start, end = int(raw["start"]), int(raw["end"])
+        # Byte-level tokenizers count the space before a word into its offsets: trim it.
+        while start < end and text[start].isspace():
+            start += 1
+        while end > start and text[end - 1].isspace():
+            end -= 1
+        if start == end:
+            return None
+        return {"text": text[start:end], "label": str(raw["entity_group"]), "start": start, "end": end,
+                "score": float(raw["score"])}
