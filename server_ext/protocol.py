@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_serializer
+
+from universal_kernel.errors import InvalidRequest
+from universal_kernel.wire import keep_alive_seconds
 
 
 def new_id(prefix: str) -> str:
@@ -24,6 +27,17 @@ def now() -> int:
 
 #: the int32 range: values that llama.cpp's C parameters take
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+def _keep_alive(value):
+    try:
+        return keep_alive_seconds(value)
+    except InvalidRequest as exc:
+        raise ValueError(exc.message) from None
+
+
+#: Ollama's keep_alive (seconds or a duration such as "5m"), read into seconds; None: not given
+KeepAlive = Annotated[Union[float, None], BeforeValidator(_keep_alive)]
 
 
 class _Request(BaseModel):
@@ -86,7 +100,7 @@ class _Sampling(_Request):
     top_k: int | None = Field(default=None, ge=INT32_MIN, le=INT32_MAX)  # 0 or less: no top-k
     min_p: float | None = Field(default=None, ge=0, le=1)
     repeat_penalty: float | None = Field(default=None, gt=0)
-    keep_alive: float | str | None = None
+    keep_alive: KeepAlive = None
     backend: str = "auto"
 
 
@@ -114,13 +128,13 @@ class EmbeddingRequest(_Request):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
     normalize: bool = True  # extension: raw vectors when false (dimensions then only truncates)
-    keep_alive: float | str | None = None
+    keep_alive: KeepAlive = None
     backend: str = "auto"
 
 
 class LoadRequest(_Request):
     model: str | None = None
-    keep_alive: float | str | None = None
+    keep_alive: KeepAlive = None
     backend: str = "auto"
 
 

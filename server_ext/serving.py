@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import math
-import re
 import types
 import typing
 from typing import Any
@@ -20,7 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from universal_kernel.backends import GenerationParams
-from universal_kernel.errors import InvalidRequest
+from universal_kernel.wire import keep_alive_seconds, params_from_wire
 
 from . import protocol as p
 from .errors import Failure, failure, failure_from
@@ -94,27 +92,6 @@ def _wire_path(model: type[BaseModel], loc: tuple) -> list[str]:
     return parts
 
 
-_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-
-
-def keep_alive_seconds(value: float | str | None) -> float | None:
-    """Ollama's keep_alive: seconds, or a duration such as "5m", "1h", "-1"."""
-    if value is None:
-        return None
-    if isinstance(value, (int, float)):
-        seconds = float(value) if abs(value) < 1e300 else math.inf  # float() of a huge int overflows
-    else:
-        match = _DURATION.match(value)
-        if not match:
-            raise InvalidRequest(f"keep_alive {value[:40]!r} is not a number of seconds or a duration like 5m",
-                                 param="keep_alive")
-        number, unit = float(match.group(1)), match.group(2) or "s"
-        seconds = number * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
-    if not math.isfinite(seconds):
-        raise InvalidRequest("keep_alive must be a finite number of seconds (negative: forever)", param="keep_alive")
-    return seconds
-
-
 # The serving object ---------------------------------------------------------------------------------
 def _refuse_unsupported(req: p._Sampling) -> Failure | None:
     if req.n not in (None, 1):
@@ -126,24 +103,9 @@ def _refuse_unsupported(req: p._Sampling) -> Failure | None:
 
 
 def _params(req: p._Sampling, max_tokens: int | None, response_format: p.ResponseFormat | None) -> GenerationParams:
-    given = {name: getattr(req, name) for name in (
-        "temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "top_k", "min_p",
-        "repeat_penalty") if getattr(req, name) is not None}
-    if req.stop is not None:
-        given["stop"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
-    if response_format is not None and response_format.type != "text":
-        if response_format.type == "json_schema":
-            if response_format.json_schema is not None:
-                schema = response_format.json_schema.schema_
-            elif response_format.schema_ is not None:
-                schema = response_format.schema_
-            else:
-                raise InvalidRequest("response_format json_schema needs a json_schema object",
-                                     param="response_format.json_schema")
-            given["response_format"] = {"type": "json_schema", "schema": schema}
-        else:
-            given["response_format"] = {"type": "json_object"}
-    return GenerationParams(max_tokens=max_tokens, **given)
+    fields = req.model_dump(include=set(type(req).model_fields), by_alias=True)
+    fmt = None if response_format is None else response_format.model_dump(by_alias=True, exclude_none=True)
+    return params_from_wire(fields, max_tokens, fmt)
 
 
 class Serving:
@@ -218,7 +180,7 @@ class Serving:
         try:
             params = _params(req, max_tokens, response_format)
             job = GenerationJob(self.runtime, req.model, inputs, params, req.backend,
-                                keep_alive_seconds(req.keep_alive), echo=echo)
+                                req.keep_alive, echo=echo)
         except Exception as exc:  # noqa: BLE001
             return failure_from(exc)
         include_usage = bool(req.stream and req.stream_options and req.stream_options.include_usage)
@@ -232,7 +194,7 @@ class Serving:
                                 "supported)", param="input", code="invalid_value")
         try:
             result = await self.runtime.aembed(texts, req.model, normalize=req.normalize, backend=req.backend,
-                                               keep_alive=keep_alive_seconds(req.keep_alive))
+                                               keep_alive=req.keep_alive)
         except Exception as exc:  # noqa: BLE001
             return failure_from(exc)
         vectors = np.asarray(result.vectors, dtype=np.float32)
@@ -260,9 +222,8 @@ class Serving:
 
     async def load(self, req: p.LoadRequest) -> dict | Failure:
         try:
-            keep_alive = keep_alive_seconds(req.keep_alive)
             return await self._off_loop(lambda: self.runtime.load(req.model, backend=req.backend,
-                                                                  keep_alive=keep_alive))
+                                                                  keep_alive=req.keep_alive))
         except Exception as exc:  # noqa: BLE001
             return failure_from(exc)
 

@@ -10,14 +10,18 @@ from .errors import (
     BackendUnavailable, Busy, Cancelled, GenerationFailed, InvalidRequest, LoadFailed, MemoryBudgetExceeded,
     ModelNotFound, ReferenceRefused, RuntimeFailure, WrongTask,
 )
+from .interface import (
+    Classification, ClassifyResult, EmbeddingResult, Entity, InferenceRuntime, NerResult, RerankHit, RerankResult,
+)
 from .references import ModelSpec
 from .runtime import Runtime, get_runtime
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BackendUnavailable", "Busy", "Cancelled", "GenerationFailed", "GenerationParams", "InvalidRequest",
-    "LoadFailed", "MemoryBudgetExceeded", "ModelNotFound", "ModelSpec", "ReferenceRefused", "Runtime",
+    "BackendUnavailable", "Busy", "Cancelled", "Classification", "ClassifyResult", "EmbeddingResult", "Entity",
+    "GenerationFailed", "GenerationParams", "InferenceRuntime", "InvalidRequest", "LoadFailed", "NerResult",
+    "RerankHit", "RerankResult", "MemoryBudgetExceeded", "ModelNotFound", "ModelSpec", "ReferenceRefused", "Runtime",
     "RuntimeConfig", "RuntimeFailure", "WrongTask", "get_runtime", "load_ipython_extension",
 ]
 

@@ -1,6 +1,8 @@
-"""The runtime: one object that resolves, loads, schedules and measures models.
+"""The local runtime: one object that resolves, loads, schedules and measures models in this process.
 
-Front doors (magics, the server extension, widgets) use only this module's `Runtime`.
+It implements `InferenceRuntime` (interface.py). What is particular to a task (checking its inputs,
+the work a model's worker runs) lives in that task's module (`universal_kernel/tasks/`); this module
+keeps what all tasks share: references, the cache, scheduling, status.
 """
 
 from __future__ import annotations
@@ -9,77 +11,38 @@ import asyncio
 import queue
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
-
-import numpy as np
 
 from .backends import GenerationParams, choose_backend, create_backend
 from .cache import LoadedModel, ModelCache
 from .config import RuntimeConfig
 from .devices import memory_report
-from .errors import GenerationFailed, InvalidRequest, ModelNotFound, WrongTask
+from .errors import GenerationFailed, InvalidRequest, ModelNotFound
+from .interface import ClassifyResult, EmbeddingResult, NerResult, RerankResult, RuntimeStatus
 from .references import ModelSpec, Resolver
 from .scheduler import Request
 from .stats import RequestStats
 from .streams import AsyncGenerationStream, Completion, GenerationStream, async_sink
+from .tasks import TaskCall, require, task_parts, tasks_of
+from .tasks import classify as classify_task
+from .tasks import embed as embed_task
+from .tasks import ner as ner_task
+from .tasks import rerank as rerank_task
+from .tasks.embed import EmbeddingCache
+from .tasks.generate import check_messages
 
 
 @dataclass
-class EmbeddingResult:
-    model: str
-    vectors: np.ndarray  # float32, one row per input, in input order
-    prompt_tokens: int
+class TaskContext:
+    """What a task's work needs beyond its inputs: the runtime (its caches), the model, the request's stats."""
+
+    runtime: "Runtime"
+    spec: ModelSpec
+    entry: LoadedModel
     stats: RequestStats
-
-
-class EmbeddingCache:
-    """Vectors of texts already embedded, per model and normalisation, least recently used out first."""
-
-    def __init__(self, max_rows: int = 200_000):
-        self.max_rows = max_rows
-        self._rows: OrderedDict[tuple, tuple[np.ndarray, int]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, scope: tuple, text: str):
-        with self._lock:
-            hit = self._rows.get((scope, text))
-            if hit is not None:
-                self._rows.move_to_end((scope, text))
-            return hit
-
-    def put(self, scope: tuple, text: str, vector: np.ndarray, tokens: int) -> None:
-        with self._lock:
-            self._rows[(scope, text)] = (vector, tokens)
-            while len(self._rows) > self.max_rows:
-                self._rows.popitem(last=False)
-
-
-def _messages(messages: list[dict]) -> list[dict]:
-    """Check chat messages and flatten text parts into plain strings."""
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequest("messages must be a non-empty list", param="messages")
-    flat = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ("system", "developer", "user", "assistant", "tool"):
-            raise InvalidRequest(f"messages[{i}] needs a role of system, user or assistant", param="messages")
-        content = message.get("content")
-        if isinstance(content, list):
-            texts = []
-            for part in content:
-                if not isinstance(part, dict) or part.get("type") != "text":
-                    raise InvalidRequest(f"messages[{i}]: only text content parts are supported", param="messages")
-                texts.append(str(part.get("text", "")))
-            content = "".join(texts)
-        elif content is None:
-            content = ""
-        elif not isinstance(content, str):
-            raise InvalidRequest(f"messages[{i}].content must be a string or a list of text parts",
-                                 param="messages")
-        role = "system" if message["role"] == "developer" else message["role"]
-        flat.append({"role": role, "content": content})
-    return flat
+    inputs: dict
 
 
 def _import_backend_library(backend: str, device: str = "auto") -> None:
@@ -103,6 +66,10 @@ def _import_backend_library(backend: str, device: str = "auto") -> None:
 
 
 class Runtime:
+    """The in-process runtime (`InferenceRuntime`)."""
+
+    where = "local"
+
     def __init__(self, config: RuntimeConfig | None = None, *, clock: Callable[[], float] = time.monotonic,
                  reaper: bool = True):
         self.config = config or RuntimeConfig()
@@ -118,6 +85,14 @@ class Runtime:
         self.embedding_cache = EmbeddingCache()
         self.recent: deque[RequestStats] = deque(maxlen=200)
         self._listeners: list[Callable[[str, Any], None]] = []
+
+    @property
+    def default_generation_model(self) -> str:
+        return self.config.default_generation_model
+
+    @property
+    def default_embedding_model(self) -> str:
+        return self.config.default_embedding_model
 
     # References -----------------------------------------------------------------------------
     def resolve(self, ref: str) -> ModelSpec:
@@ -150,26 +125,26 @@ class Runtime:
     def _describe(self, spec: ModelSpec) -> dict:
         loaded = [e for e in self.cache.entries() if e.spec.key == spec.key]  # the same file, unchanged
         return {
-            "id": spec.id, "path": str(spec.path), "format": spec.format, "task": spec.task,
+            "id": spec.id, "path": str(spec.path), "format": spec.format, "task": spec.task, "tasks": tasks_of(spec),
             "architecture": spec.architecture, "size_bytes": spec.size_bytes,
             "loaded": bool(loaded), "backends": [e.backend_name for e in loaded],
         }
 
     # Loading --------------------------------------------------------------------------------
     def _acquire(self, model: str | None, backend: str, task: str, keep_alive: float | None,
-                 options: dict | None = None) -> tuple[ModelSpec, LoadedModel, float]:
+                 options: dict | None = None, check: Callable[[ModelSpec], None] | None = None,
+                 ) -> tuple[ModelSpec, LoadedModel, float]:
+        parts = task_parts(task)
         if model is None:
-            model = self.config.default_generation_model if task == "generate" else self.config.default_embedding_model
-        ref = model
+            model = parts.default_model(self.config)
         try:
-            spec = self.resolve(ref)
+            spec = self.resolve(model)
         except ModelNotFound:
             self.cache.drop_missing()  # a file removed under a loaded model: its entry goes too
             raise
-        if spec.task != task:
-            verb = "generate text" if task == "generate" else "embed"
-            raise WrongTask(f"{spec.id!r} is a{'n embedding' if spec.task == 'embed' else ' generation'} "
-                            f"model; it cannot {verb}")
+        require(task, spec)
+        if check is not None:
+            check(spec)  # the task's own checks against the model, before anything loads
         backend = choose_backend(spec, backend)
         # No keep_alive keeps a loaded model's current one; a new load takes the configured default.
         keep = None if keep_alive is None else float(keep_alive)
@@ -182,7 +157,8 @@ class Runtime:
              task: str | None = None, **options) -> dict:
         """Load a model ahead of use; returns its status entry."""
         spec = self.resolve(self.config.default_generation_model if model is None else model)
-        _, entry, _ = self._acquire(spec.id, backend, task or spec.task, keep_alive, options)
+        task = task or (spec.task if spec.task in ("generate", "embed") else tasks_of(spec)[0])
+        _, entry, _ = self._acquire(spec.id, backend, task, keep_alive, options)
         self.cache.release(entry)
         return self._entry_status(entry)
 
@@ -201,26 +177,13 @@ class Runtime:
         if (prompt is None) == (messages is None):
             raise InvalidRequest("give either a prompt or messages")
         if messages is not None:
-            messages = _messages(messages)
+            messages = check_messages(messages)
         elif not isinstance(prompt, str):
             raise InvalidRequest("prompt must be a string", param="prompt")
         params = params if isinstance(params, GenerationParams) else GenerationParams(**(params or {}))
-        created = time.time()
-        spec, entry, load_s = self._acquire(model, backend, "generate", keep_alive)
-        stats = RequestStats(model=spec.id, backend=entry.backend_name, kind="generate", created_at=created,
-                             load_s=load_s)
-
-        def work(instance, emit, cancelled):
-            return instance.generate(prompt, messages, params, emit, cancelled)
-
-        request = Request(work=work, sink=sink, stats=stats)
-        try:
-            entry.worker.submit(request)
-        except BaseException:
-            self.cache.release(entry)
-            raise
-        self.recent.append(stats)
-        return request, entry
+        call = TaskCall("generate", model, {"prompt": prompt, "messages": messages, "params": params}, backend,
+                        keep_alive)
+        return self._submit(call, sink)
 
     def stream(self, model: str | None = None, *, prompt: str | None = None, messages: list | None = None,
                params: GenerationParams | dict | None = None, backend: str = "auto",
@@ -246,37 +209,18 @@ class Runtime:
             None, lambda: self._generation(model, prompt, messages, params, backend, keep_alive, sink))
         return AsyncGenerationStream(request, inbox, entry.worker, entry.spec.id, self.config.stream_poll_s)
 
-    # Embedding ------------------------------------------------------------------------------
-    def _embedding(self, model, texts, normalize, backend, keep_alive, sink) -> tuple[Request, LoadedModel]:
-        if isinstance(texts, str):
-            texts = [texts]
-        if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
-            raise InvalidRequest("input must be a string or a list of strings", param="input")
-        texts = list(texts)
+    # Any task -------------------------------------------------------------------------------
+    def _submit(self, call: TaskCall, sink) -> tuple[Request, LoadedModel]:
+        """Check the call against its model, load the model if needed and queue the task's work."""
         created = time.time()
-        spec, entry, load_s = self._acquire(model, backend, "embed", keep_alive)
-        stats = RequestStats(model=spec.id, backend=entry.backend_name, kind="embed", created_at=created,
+        part = call.part
+        check = (lambda spec: part.check(spec, call.inputs)) if hasattr(part, "check") else None
+        spec, entry, load_s = self._acquire(call.model, call.backend, call.task, call.keep_alive, check=check)
+        stats = RequestStats(model=spec.id, backend=entry.backend_name, kind=call.task, created_at=created,
                              load_s=load_s)
-        scope = (entry.key, bool(normalize))
-        cache = self.embedding_cache
-
-        def work(instance, emit, cancelled):
-            rows: list = [cache.get(scope, t) for t in texts]
-            missing = list(dict.fromkeys(t for t, row in zip(texts, rows) if row is None))
-            if missing:
-                vectors, _ = instance.embed(missing, normalize)
-                for text, vector in zip(missing, vectors):
-                    cache.put(scope, text, vector, instance.count_tokens(text))
-                rows = [cache.get(scope, t) for t in texts]
-            stats.rows_computed, stats.rows_cached = len(missing), len(texts) - len(missing)
-            dim = rows[0][0].shape[0] if rows else 0
-            matrix = np.vstack([r[0] for r in rows]).astype(np.float32, copy=False) if rows else \
-                np.zeros((0, dim), dtype=np.float32)
-            stats.prompt_tokens = sum(r[1] for r in rows)
-            return EmbeddingResult(spec.id, matrix, stats.prompt_tokens, stats)
-
-        request = Request(work=work, sink=sink, stats=stats)
         try:
+            work = part.work(TaskContext(self, spec, entry, stats, call.inputs))
+            request = Request(work=work, sink=sink, stats=stats)
             entry.worker.submit(request)
         except BaseException:
             self.cache.release(entry)
@@ -284,11 +228,54 @@ class Runtime:
         self.recent.append(stats)
         return request, entry
 
+    def run(self, call: TaskCall):
+        """Run one task call to its result (the typed result of its task)."""
+        inbox: queue.SimpleQueue = queue.SimpleQueue()
+        request, entry = self._submit(call, inbox.put)
+        return self._wait(request, entry, lambda timeout: inbox.get(timeout=timeout))
+
+    async def arun(self, call: TaskCall):
+        """`run` for the event loop: loading runs off the loop, the result is awaited."""
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue = asyncio.Queue()
+        request, entry = await loop.run_in_executor(None, lambda: self._submit(call, async_sink(loop, inbox)))
+        try:
+            while True:  # wait in slices, checking that the worker still lives
+                try:
+                    kind, value = await asyncio.wait_for(inbox.get(), timeout=max(self.config.stream_poll_s, 0.5))
+                except asyncio.TimeoutError:
+                    self._worker_check(request, entry)
+                    continue
+                break
+        except BaseException:
+            request.cancel()
+            raise
+        if kind == "error":
+            raise value
+        return value
+
     def embed(self, texts: list[str] | str, model: str | None = None, *, normalize: bool = True,
               backend: str = "auto", keep_alive: float | None = None) -> EmbeddingResult:
-        inbox: queue.SimpleQueue = queue.SimpleQueue()
-        request, entry = self._embedding(model, texts, normalize, backend, keep_alive, inbox.put)
-        return self._wait(request, entry, lambda timeout: inbox.get(timeout=timeout))
+        return self.run(embed_task.call(texts, model, normalize=normalize, backend=backend, keep_alive=keep_alive))
+
+    async def aembed(self, texts, model: str | None = None, *, normalize: bool = True, backend: str = "auto",
+                     keep_alive: float | None = None) -> EmbeddingResult:
+        return await self.arun(embed_task.call(texts, model, normalize=normalize, backend=backend,
+                                               keep_alive=keep_alive))
+
+    def rerank(self, query: str, documents: list[str], model: str | None = None, top_n: int | None = None, *,
+               backend: str = "auto", keep_alive: float | None = None, truncate: bool = False) -> RerankResult:
+        return self.run(rerank_task.call(query, documents, model, top_n, backend=backend, keep_alive=keep_alive,
+                                         truncate=truncate))
+
+    def classify(self, texts: list[str] | str, model: str | None = None, labels: list[str] | None = None, *,
+                 backend: str = "auto", keep_alive: float | None = None, truncate: bool = False) -> ClassifyResult:
+        return self.run(classify_task.call(texts, model, labels, backend=backend, keep_alive=keep_alive,
+                                           truncate=truncate))
+
+    def ner(self, texts: list[str] | str, model: str | None = None, *, backend: str = "auto",
+            keep_alive: float | None = None, truncate: bool = False) -> NerResult:
+        return self.run(ner_task.call(texts, model, backend=backend, keep_alive=keep_alive, truncate=truncate))
 
     def _worker_check(self, request, entry) -> None:
         """A reader waiting on a worker that died without finishing the request must not wait forever."""
@@ -309,27 +296,6 @@ class Runtime:
                 raise value
             return value
 
-    async def aembed(self, texts, model: str | None = None, *, normalize: bool = True, backend: str = "auto",
-                     keep_alive: float | None = None) -> EmbeddingResult:
-        loop = asyncio.get_running_loop()
-        inbox: asyncio.Queue = asyncio.Queue()
-        request, entry = await loop.run_in_executor(
-            None, lambda: self._embedding(model, texts, normalize, backend, keep_alive, async_sink(loop, inbox)))
-        try:
-            while True:  # as `embed` and the streams: wait in slices, checking that the worker still lives
-                try:
-                    kind, value = await asyncio.wait_for(inbox.get(), timeout=max(self.config.stream_poll_s, 0.5))
-                except asyncio.TimeoutError:
-                    self._worker_check(request, entry)
-                    continue
-                break
-        except BaseException:
-            request.cancel()
-            raise
-        if kind == "error":
-            raise value
-        return value
-
     # Status ---------------------------------------------------------------------------------
     def _entry_status(self, entry: LoadedModel) -> dict:
         expires = entry.expires_at()
@@ -339,6 +305,7 @@ class Runtime:
             "backend": entry.backend_name,
             "device": getattr(entry.backend, "device", "cpu"),
             "task": entry.spec.task,
+            "tasks": tasks_of(entry.spec),
             "format": entry.spec.format,
             "options": dict(entry.key[2]),
             "size_bytes": entry.spec.size_bytes,  # the weights on disk
@@ -373,7 +340,7 @@ class Runtime:
                        for e in entries],
         }
 
-    def status(self) -> dict:
+    def status(self) -> RuntimeStatus:
         return {
             "models": [self._entry_status(e) for e in self.cache.entries()],
             "memory": memory_report(),

@@ -1,18 +1,26 @@
-"""The one contract of the server and its clients: which runtime error travels as which OpenAI error.
+"""The one contract of the server and its clients: errors, generation parameters and keep_alive.
+
+Errors: which runtime error travels as which OpenAI error.
 
 The runtime raises typed errors (`universal_kernel.errors`). The server extension sends each as an
 OpenAI error body `{"error": {"message", "type", "param", "code"}}` with an HTTP status
 (`server_ext/errors.py` reads `ERRORS`); a client (`RemoteRuntime`) turns the body back into the
 same typed error by its `code` (`error_from_wire`), so `WrongTask`, `Busy` and its `retry_after`
 survive the trip. The HTTP status is only a fallback for servers that send no code we know.
+
+Parameters: `params_to_wire` writes `GenerationParams` as OpenAI request fields (the client), and
+`params_from_wire` reads them back (the server), so a field added to one side is added to both.
+`keep_alive_seconds` reads Ollama's keep_alive (a number or a duration such as "5m").
 Nothing here imports a server or HTTP library.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Mapping, NamedTuple
+import re
+from typing import Any, Mapping, NamedTuple
 
+from .backends.base import GenerationParams
 from .errors import (
     BackendUnavailable, Busy, Cancelled, GenerationFailed, InvalidRequest, LoadFailed, MemoryBudgetExceeded,
     ModelNotFound, ReferenceRefused, RuntimeFailure, WrongTask,
@@ -123,3 +131,71 @@ def error_from_wire(error: Mapping | None, *, status: int | None = None, headers
             exc.param = param
         return exc
     return kind(message, param=param)
+
+
+# Generation parameters ----------------------------------------------------------------------------
+#: GenerationParams fields sent as OpenAI request fields of the same name, when set
+_SAMPLING_FIELDS = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "top_k", "min_p",
+                    "repeat_penalty")
+
+
+def params_to_wire(params: GenerationParams) -> dict:
+    """The request fields (chat or text completion) that ask a server for `params`."""
+    body: dict[str, Any] = {"max_tokens": params.max_tokens}
+    for name in _SAMPLING_FIELDS:
+        value = getattr(params, name)
+        if value is not None and not (name.endswith("_penalty") and name != "repeat_penalty" and not value):
+            body[name] = value
+    if params.stop:
+        body["stop"] = list(params.stop)
+    if params.response_format:
+        body["response_format"] = params.response_format
+    return body
+
+
+def params_from_wire(fields: Mapping[str, Any], max_tokens: int | None,
+                     response_format: Mapping | None = None) -> GenerationParams:
+    """GenerationParams from a request's fields (None: not given, the runtime's default applies).
+
+    `response_format` is OpenAI's (`{"type": "json_schema", "json_schema": {"schema": ...}}`) or the
+    runtime's own (`{"type": "json_schema", "schema": ...}`).
+    """
+    given = {name: fields[name] for name in _SAMPLING_FIELDS if fields.get(name) is not None}
+    stop = fields.get("stop")
+    if stop is not None:
+        given["stop"] = [stop] if isinstance(stop, str) else list(stop)
+    kind = (response_format or {}).get("type")
+    if kind == "json_schema":
+        wrapped = response_format.get("json_schema")
+        schema = wrapped.get("schema") if isinstance(wrapped, Mapping) else response_format.get("schema")
+        if schema is None:
+            raise InvalidRequest("response_format json_schema needs a json_schema object",
+                                 param="response_format.json_schema")
+        given["response_format"] = {"type": "json_schema", "schema": schema}
+    elif kind == "json_object":
+        given["response_format"] = {"type": "json_object"}
+    return GenerationParams(max_tokens=max_tokens, **given)
+
+
+# keep_alive ---------------------------------------------------------------------------------------
+_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+
+
+def keep_alive_seconds(value: float | str | None) -> float | None:
+    """Ollama's keep_alive: seconds, or a duration such as "5m", "1h", "-1" (negative: forever)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise InvalidRequest("keep_alive must be a number of seconds or a duration like 5m", param="keep_alive")
+    if isinstance(value, (int, float)):
+        seconds = float(value) if abs(value) < 1e300 else math.inf  # float() of a huge int overflows
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise InvalidRequest(f"keep_alive {str(value)[:40]!r} is not a number of seconds or a duration "
+                                 f"like 5m", param="keep_alive")
+        number, unit = float(match.group(1)), match.group(2) or "s"
+        seconds = number * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+    if not math.isfinite(seconds):
+        raise InvalidRequest("keep_alive must be a finite number of seconds (negative: forever)", param="keep_alive")
+    return seconds

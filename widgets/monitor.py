@@ -16,7 +16,9 @@ import weakref
 import ipywidgets as widgets
 from traitlets import Dict, Float, Int, List, Unicode
 
-from universal_kernel.formatting import duration, expiry, mib
+from universal_kernel.formatting import (
+    MODEL_HEADERS, REQUEST_HEADERS, duration, html_table, memory_line, model_rows, request_rows,
+)
 
 
 def latency(request: dict):
@@ -37,15 +39,6 @@ def sparkline(values: list, width: int = 240, height: int = 40) -> str:
             f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{points}"/>'
             f'<text x="{width - 4}" y="11" font-size="10" text-anchor="end" fill="#666">max {duration(top)}</text>'
             f"</svg>")
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    if not rows:
-        return '<div style="color:#888">none</div>'
-    head = "".join(f"<th style='text-align:left;padding:0 8px'>{h}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td style='padding:0 8px'>{html.escape(str(c))}</td>" for c in row)
-                   + "</tr>" for row in rows)
-    return f"<table style='font-size:90%'><tr>{head}</tr>{body}</table>"
 
 
 class Monitor(widgets.VBox):
@@ -82,7 +75,7 @@ class Monitor(widgets.VBox):
         super().__init__(children=[self._title, self._memory, self._models, self._plot, self._requests],
                          **kwargs)
         self.interval = interval
-        self.source_name = "server" if type(source).__name__ == "RemoteRuntime" else "local"
+        self.source_name = getattr(source, "where", "local")
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -139,26 +132,10 @@ class Monitor(widgets.VBox):
     def _render(self) -> None:
         clock = time.strftime("%H:%M:%S", time.localtime(self.updated_at))
         self._title.value = f"<b>universal-kernel</b> ({self.source_name}) \u00b7 updated {clock}"
-        gpu = "".join(f" \u00b7 GPU{g.get('index', i)} {mib(g.get('allocated_bytes'))} allocated, "
-                      f"{mib(g.get('free_bytes'))} free of {mib(g.get('total_bytes'))}"
-                      for i, g in enumerate(self.gpus))
-        budget = (self.last_status or {}).get("budget") or {}
-        limit = (f" \u00b7 models {mib(budget.get('used_bytes'))} of a {mib(budget['budget_bytes'])} budget"
-                 if budget.get("budget_bytes") else "")
-        self._memory.value = (f"process RSS {mib(self.rss_bytes)} \u00b7 system {mib(self.system_available_bytes)}"
-                              f" available of {mib(self.system_total_bytes)}{limit}{gpu}")
-        self._models.value = _table(
-            ["model", "backend", "device", "size", "memory", "expires in", "queue", "requests"],
-            [[m.get("id"), m.get("backend"), m.get("device"), mib(m.get("size_bytes")),
-              mib(m.get("footprint_bytes") or m.get("measured_bytes")), expiry(m),
-              m.get("queue_depth", 0), (m.get("figures") or {}).get("requests", 0)] for m in self.models])
+        self._memory.value = html.escape(memory_line(self.last_status or {}))
+        self._models.value = html_table(MODEL_HEADERS, model_rows(self.models))
         last = [r for r in self.recent if r.get("finish_reason")][-8:]
-        self._requests.value = _table(
-            ["model", "kind", "queue wait", "TTFT", "tokens/s", "tokens", "total", "finish"],
-            [[r.get("model"), r.get("kind"), duration(r.get("queue_wait_s")), duration(r.get("ttft_s")),
-              "-" if not r.get("tokens_per_s") else f"{r['tokens_per_s']:.1f}",
-              f"{r.get('prompt_tokens', 0)} in" if r.get("kind") == "embed" else r.get("completion_tokens", 0),
-              duration(r.get("total_s")), r.get("finish_reason")] for r in reversed(last)])
+        self._requests.value = html_table(REQUEST_HEADERS, request_rows(last))
         self._plot.value = "<div style='font-size:85%;color:#666'>recent latency (TTFT; total for " \
                            "embeddings)</div>" + sparkline(self.latencies[-50:])
 

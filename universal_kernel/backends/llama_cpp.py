@@ -26,6 +26,53 @@ def _import_llama_cpp():
 _RANDOM_SEED = 0xFFFFFFFF
 
 
+def classification_messages(text: str, labels: list[str]) -> list[dict]:
+    """The chat that asks a generation model to pick one label for `text`.
+
+    Both backends ask in these very words, so that their label probabilities are comparable.
+    """
+    return [
+        {"role": "system",
+         "content": f"Classify the text. Answer with exactly one of these labels: {', '.join(labels)}."},
+        {"role": "user", "content": text},
+    ]
+
+
+def checked_labels(labels: list[str]) -> list[str]:
+    """The labels of a zero-shot request, refused when there are none, when one is empty or repeated."""
+    if isinstance(labels, str) or not labels:
+        raise InvalidRequest("give at least one label", param="labels")
+    labels = list(labels)
+    if not all(isinstance(label, str) and label.strip() for label in labels):
+        raise InvalidRequest("every label must be a non-empty string", param="labels")
+    if len(set(labels)) != len(labels):
+        raise InvalidRequest("the labels must differ from one another", param="labels")
+    return labels
+
+
+def label_probabilities(labels: list[str], logprobs: list[float]) -> dict[str, float]:
+    """Softmax over each label's total log-probability: {label: probability}, best first (ties in label order)."""
+    totals = np.asarray(logprobs, dtype=np.float64)
+    weights = np.exp(totals - totals.max())
+    probabilities = weights / weights.sum()
+    order = sorted(range(len(labels)), key=lambda i: -probabilities[i])
+    return {labels[i]: float(probabilities[i]) for i in order}
+
+
+def shared_prefix_length(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
 def sampler_seed(seed: int | None) -> int:
     """The uint32 seed llama.cpp's sampler gets: the request's own, or a fresh random one.
 
@@ -125,6 +172,99 @@ class LlamaCppBackend(Backend):
         result = self._formatter(messages=messages)
         stops = result.stop if isinstance(result.stop, list) else [result.stop] if result.stop else []
         return result.prompt, stops
+
+    def classification_prompt(self, text: str, labels: list[str]) -> str:
+        """The chat prompt `classify_labels` scores the labels after: the assistant turn is opened."""
+        return self.chat_prompt(classification_messages(text, labels))[0]
+
+    def _tokens(self, text: str) -> list[int]:
+        """A prompt's tokens as `generate` makes them (BOS as the model says, special tokens parsed)."""
+        try:
+            encoded = text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequest("the input is not valid Unicode (a lone surrogate?)", param="input") from None
+        return self.llm.tokenize(encoded, add_bos=True, special=True)
+
+    def _label_tokens(self, text: str, labels: list[str], *, truncate: bool):
+        """The prompt's tokens and each label's as the model would generate it after that prompt.
+
+        A label is tokenised together with the prompt and its tokens are the tail: the prompt's last
+        token and the label's first can merge differently than each alone. Returns (prompt tokens,
+        tokens shared by the prompt and every prompt+label, each label's tokens after those).
+        With `truncate`, a text too long for the context is cut from its end until all fits.
+        """
+        while True:
+            prompt = self.classification_prompt(text, labels)
+            prompt_tokens = self._tokens(prompt)
+            joined = [self._tokens(prompt + label) for label in labels]
+            shared = min(shared_prefix_length(prompt_tokens, tokens) for tokens in joined)
+            needed = max(len(tokens) for tokens in joined)
+            excess = needed - self.n_ctx
+            if excess <= 0:
+                label_tokens = [tokens[shared:] for tokens in joined]
+                if not all(label_tokens):
+                    raise InvalidRequest("a label adds no token to the prompt", param="labels")
+                return prompt_tokens, prompt_tokens[:shared], label_tokens
+            text_tokens = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) if text else []
+            if not truncate or not text_tokens:
+                if not text_tokens:
+                    raise InvalidRequest(f"the labels alone need {needed} tokens; the context holds {self.n_ctx}",
+                                         param="labels")
+                raise InvalidRequest(f"an input needs {needed} tokens with its prompt and longest label; "
+                                     f"the context holds {self.n_ctx} (truncate cuts it to fit)", param="input")
+            kept = text_tokens[: max(len(text_tokens) - excess, 0)]
+            # A cut through a character leaves an incomplete UTF-8 sequence at the end: dropped.
+            shorter = self.llm.detokenize(kept).decode("utf-8", errors="ignore") if kept else ""
+            text = shorter if len(shorter) < len(text) else text[:-1]  # always shorter: the loop ends
+
+    def _next_token_logprobs(self, index: int) -> np.ndarray:
+        """Log-probabilities of the next token after the `index`-th token of the last decoded batch."""
+        logits = self._llama_cpp.llama_get_logits_ith(self.llm._ctx.ctx, index)
+        return log_softmax(np.ctypeslib.as_array(logits, shape=(self.llm.n_vocab(),)))
+
+    def classify_labels(self, texts: list[str], labels: list[str], *,
+                        truncate: bool = False) -> tuple[list[dict[str, float]], int]:
+        """Each label's probability as the answer of the chat in `classification_messages`.
+
+        A label's score is the sum of its tokens' log-probabilities after the prompt (teacher
+        forcing); the softmax over the labels is the exact distribution of a decode constrained to
+        the labels. The prompt is decoded once per text, as `generate` decodes a prompt (so that the
+        context's whole chunks stay reusable by the next `generate`); each label is then decoded
+        from the prompt's end and its KV cells removed again, so every label sees only the prompt.
+        """
+        labels = checked_labels(labels)
+        llm = self.llm
+        chunk = llm.n_batch
+        results: list[dict[str, float]] = []
+        prompt_token_count = 0
+        for text in texts:
+            prompt_tokens, shared, continuations = self._label_tokens(text, labels, truncate=truncate)
+            prompt_token_count += len(prompt_tokens)
+            self._prepare_context(shared)
+            try:
+                llm.eval(shared[llm.n_tokens:])
+                self._whole_chunks = len(shared) // chunk * chunk  # decoded as a fresh context decodes it
+                after_prompt = self._next_token_logprobs(-1)
+                totals = []
+                for tokens in continuations:
+                    total = float(after_prompt[tokens[0]])
+                    # The label's own tokens, all but the last, give the log-probabilities of the rest.
+                    for start in range(0, len(tokens) - 1, chunk):
+                        batch = tokens[start:min(start + chunk, len(tokens) - 1)]
+                        llm._batch.set_batch(batch=batch, n_past=len(shared) + start, logits_all=True)
+                        llm._ctx.decode(llm._batch)
+                        for i in range(len(batch)):
+                            total += float(self._next_token_logprobs(i)[tokens[start + i + 1]])
+                    llm._ctx.kv_cache_seq_rm(-1, len(shared), -1)
+                    totals.append(total)
+            except Exception as exc:
+                raise GenerationFailed(f"llama.cpp failed while scoring labels: {exc}") from exc
+            finally:
+                # The label tokens were never counted in n_tokens; their cells are removed (again,
+                # after an error), so the context holds no more than the prompt.
+                llm._ctx.kv_cache_seq_rm(-1, len(shared), -1)
+            results.append(label_probabilities(labels, totals))
+        return results, prompt_token_count
 
     def count_tokens(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)) if text else 0

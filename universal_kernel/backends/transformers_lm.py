@@ -17,6 +17,8 @@ from ..devices import Device, torch_dtype
 from ..errors import BackendUnavailable, GenerationFailed, InvalidRequest, LoadFailed
 from ..references import ModelSpec
 from .base import Backend, Emit, GenerationOutcome, GenerationParams, IsCancelled, StopMatcher
+# One wording and one scoring for zero-shot labels on both backends, so that they are comparable.
+from .llama_cpp import checked_labels, classification_messages, label_probabilities, shared_prefix_length
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +139,99 @@ class TransformersLMBackend(Backend):
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+
+    def classification_prompt(self, text: str, labels: list[str]) -> str:
+        """The chat prompt `classify_labels` scores the labels after: the assistant turn is opened."""
+        if not self.tokenizer.chat_template:
+            raise InvalidRequest(f"{self.spec.id!r} has no chat template; it cannot choose between labels")
+        return self.tokenizer.apply_chat_template(classification_messages(text, labels),
+                                                  add_generation_prompt=True, tokenize=False)
+
+    def _tokens(self, text: str) -> list[int]:
+        """A chat prompt's tokens as `generate` makes them (the template wrote the special tokens)."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequest("the input is not valid Unicode (a lone surrogate?)", param="input") from None
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _label_tokens(self, text: str, labels: list[str], *, truncate: bool):
+        """(prompt tokens, tokens shared by the prompt and every prompt+label, each label's tokens after those).
+
+        As in the llama_cpp backend: a label is tokenised together with the prompt and its tokens
+        are the tail, as the model would generate them; with `truncate` a text too long for the
+        model is cut from its end until all fits.
+        """
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        limit = limit if isinstance(limit, int) and limit > 0 else None
+        while True:
+            prompt = self.classification_prompt(text, labels)
+            prompt_tokens = self._tokens(prompt)
+            joined = [self._tokens(prompt + label) for label in labels]
+            shared = min(shared_prefix_length(prompt_tokens, tokens) for tokens in joined)
+            needed = max(len(tokens) for tokens in joined)
+            excess = needed - limit if limit is not None else 0
+            if excess <= 0:
+                label_tokens = [tokens[shared:] for tokens in joined]
+                if not all(label_tokens):
+                    raise InvalidRequest("a label adds no token to the prompt", param="labels")
+                return prompt_tokens, prompt_tokens[:shared], label_tokens
+            text_tokens = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+            if not text_tokens:
+                raise InvalidRequest(f"the labels alone need {needed} tokens; the model holds {limit}",
+                                     param="labels")
+            if not truncate:
+                raise InvalidRequest(f"an input needs {needed} tokens with its prompt and longest label; "
+                                     f"the model holds {limit} (truncate cuts it to fit)", param="input")
+            kept = text_tokens[: max(len(text_tokens) - excess, 0)]
+            shorter = self.tokenizer.decode(kept).rstrip("\ufffd") if kept else ""  # no half character
+            text = shorter if len(shorter) < len(text) else text[:-1]  # always shorter: the loop ends
+
+    def classify_labels(self, texts: list[str], labels: list[str], *,
+                        truncate: bool = False) -> tuple[list[dict[str, float]], int]:
+        """Each label's probability as the answer of the chat in `classification_messages`.
+
+        The same method as the llama_cpp backend's: a label's score is the sum of its tokens'
+        log-probabilities after the prompt (teacher forcing), softmaxed over the labels. The prompt
+        is run once per text; each label continues from its KV cache, cropped back to the prompt
+        after the label (a cache that cannot be cropped is rebuilt from the prompt instead).
+        """
+        torch = self.torch
+        labels = checked_labels(labels)
+        device = self.model.device
+        results: list[dict[str, float]] = []
+        prompt_token_count = 0
+        for text in texts:
+            prompt_tokens, shared, label_token_lists = self._label_tokens(text, labels, truncate=truncate)
+            prompt_token_count += len(prompt_tokens)
+
+            def run_prompt():
+                output = self.model(torch.tensor([shared], device=device), use_cache=True)
+                return output.past_key_values, torch.log_softmax(output.logits[0, -1].float(), dim=-1)
+
+            totals = []
+            try:
+                with torch.inference_mode():
+                    cache, after_prompt = run_prompt()
+                    for tokens in label_token_lists:
+                        total = float(after_prompt[tokens[0]])
+                        if len(tokens) > 1:
+                            if cache is None:
+                                cache, _ = run_prompt()
+                            output = self.model(torch.tensor([tokens[:-1]], device=device),
+                                                past_key_values=cache, use_cache=True)
+                            logprobs = torch.log_softmax(output.logits[0].float(), dim=-1)
+                            following = torch.tensor(tokens[1:], device=device)
+                            total += float(logprobs.gather(1, following[:, None]).sum())
+                            if hasattr(cache, "crop"):
+                                cache.crop(len(shared))
+                            else:
+                                cache = None
+                        totals.append(total)
+            except Exception as exc:
+                raise GenerationFailed(f"transformers failed while scoring labels: {exc}") from exc
+            results.append(label_probabilities(labels, totals))
+        return results, prompt_token_count
 
     def generate(self, prompt, messages, params: GenerationParams, emit: Emit,
                  cancelled: IsCancelled) -> GenerationOutcome:

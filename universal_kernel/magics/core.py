@@ -6,50 +6,13 @@ magic first runs, so `%load_ext universal_kernel` stays fast.
 
 from __future__ import annotations
 
-import functools
-import shlex
-
-from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Enum, Int, Unicode
 
-from ..errors import RuntimeFailure
+from .common import split_args, user_errors
 
 FORMATS = ("markdown", "text", "code", "json")
-
-
-def one_line(message: str) -> str:
-    return " ".join(str(message).split())
-
-
-def user_errors(func):
-    """The runtime's typed errors become a one-line UsageError (shown without a traceback)."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except RuntimeFailure as exc:
-            raise UsageError(one_line(exc.message)) from None
-
-    return wrapper
-
-
-def split_args(parser, line: str):
-    """Parse a magic's line with shell quoting (quotes removed), errors as UsageError."""
-    try:
-        argv = shlex.split(line)
-    except ValueError as exc:
-        raise UsageError(f"cannot parse the options: {exc}") from None
-    return parser.parse_args(argv)
-
-
-def check_name(option: str, name: str | None) -> None:
-    import keyword
-
-    if name is not None and (not name.isidentifier() or keyword.iskeyword(name)):
-        raise UsageError(f"{option} needs a Python variable name, not {name!r}")
 
 
 @magics_class
@@ -89,7 +52,7 @@ class UniversalKernelMagics(Magics):
 
     def remote_runtime(self, url: str | None = None, token: str | None = None, *, reconnect: bool = False):
         if self._remote is None or reconnect or url:
-            from .remote import RemoteRuntime
+            from ..client import RemoteRuntime
 
             kwargs = {}
             if self.generation_model:

@@ -8,7 +8,7 @@ from IPython.core.error import UsageError
 
 from ..backends import GenerationParams
 from ..errors import InvalidRequest, RuntimeFailure
-from .core import check_name, one_line
+from .common import check_name, one_line
 from .interpolate import interpolate
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "0": "\0"}
@@ -86,7 +86,7 @@ def _conversation(ns: dict, name: str, system: str | None) -> Conversation:
 
 def _memory(runtime) -> int | None:
     try:
-        if type(runtime).__name__ == "RemoteRuntime":
+        if runtime.where != "local":
             return runtime.status()["memory"]["process_rss_bytes"]
         from ..devices import process_rss
 
@@ -191,7 +191,7 @@ def _failed(magics, args, stream, display, model_id, runtime, exc: RuntimeFailur
     that arrived, and one line names what happened. Raises the UsageError that carries that line."""
     from universal_kernel.widgets.stream_display import footer_text
 
-    from .remote import ConnectionLost
+    from ..client import ConnectionLost
 
     try:
         stream.close()

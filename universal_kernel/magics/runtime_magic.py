@@ -6,63 +6,28 @@ import html
 
 from IPython.core.error import UsageError
 
-from ..formatting import duration, expiry, mib
+from ..formatting import (
+    MODEL_HEADERS, REQUEST_HEADERS, duration, html_table, memory_line, mib, model_rows, request_rows, text_table,
+)
 
 ACTIONS = ("status", "models", "load", "unload", "alias", "monitor", "use")
-
-
-def _text_table(headers: list[str], rows: list[list]) -> str:
-    rows = [[str(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(headers), *(line(r) for r in rows)])
-
-
-def _html_table(headers: list[str], rows: list[list]) -> str:
-    head = "".join(f"<th style='text-align:left'>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td style='text-align:left'>{html.escape(str(c))}</td>" for c in row)
-                   + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _tokens(request: dict) -> str:
-    """Generated tokens; for embeddings, the input tokens ("12 in")."""
-    if request.get("kind") == "embed":
-        return f"{request.get('prompt_tokens', 0)} in"
-    return str(request.get("completion_tokens", 0))
 
 
 class RuntimeStatus(dict):
     """`%runtime status`: the status dict, shown as a short report."""
 
     def _rows(self):
-        models = [[m.get("id"), m.get("backend"), m.get("device"), mib(m.get("size_bytes")), expiry(m),
-                   m.get("queue_depth", 0), (m.get("figures") or {}).get("requests", 0)]
-                  for m in self.get("models") or []]
-        recent = [[r.get("model"), r.get("kind"), duration(r.get("queue_wait_s")), duration(r.get("ttft_s")),
-                   f"{r['tokens_per_s']:.1f}" if r.get("tokens_per_s") else "-", _tokens(r),
-                   duration(r.get("total_s")), r.get("finish_reason") or "running"]
-                  for r in (self.get("recent") or [])[-5:]]
-        return models, recent
+        return model_rows(self.get("models") or []), request_rows((self.get("recent") or [])[-5:])
 
     def _memory_line(self) -> str:
-        memory = self.get("memory") or {}
-        line = (f"process RSS {mib(memory.get('process_rss_bytes'))}, system "
-                f"{mib(memory.get('system_available_bytes'))} available of {mib(memory.get('system_total_bytes'))}")
-        for gpu in memory.get("gpus") or []:
-            line += (f"; GPU{gpu.get('index')} {mib(gpu.get('allocated_bytes'))} allocated, "
-                     f"{mib(gpu.get('free_bytes'))} free of {mib(gpu.get('total_bytes'))}")
-        return line
-
-    MODEL_HEADERS = ["model", "backend", "device", "size", "expires", "queue", "requests"]
-    RECENT_HEADERS = ["model", "kind", "queue wait", "TTFT", "tokens/s", "tokens", "total", "finish"]
+        return memory_line(self)
 
     def __repr__(self) -> str:
         models, recent = self._rows()
         parts = [f"memory: {self._memory_line()}", f"loaded models ({len(models)}):"]
-        parts.append(_text_table(self.MODEL_HEADERS, models) if models else "  none")
+        parts.append(text_table(MODEL_HEADERS, models) if models else "  none")
         if recent:
-            parts += ["recent requests:", _text_table(self.RECENT_HEADERS, recent)]
+            parts += ["recent requests:", text_table(REQUEST_HEADERS, recent)]
         return "\n".join(parts)
 
     def _repr_pretty_(self, p, cycle):
@@ -71,10 +36,10 @@ class RuntimeStatus(dict):
     def _repr_html_(self) -> str:
         models, recent = self._rows()
         out = f"<div><b>memory</b>: {html.escape(self._memory_line())}</div>"
-        out += f"<div><b>loaded models</b> ({len(models)})</div>" + (_html_table(self.MODEL_HEADERS, models)
+        out += f"<div><b>loaded models</b> ({len(models)})</div>" + (html_table(MODEL_HEADERS, models)
                                                                      if models else "<div>none</div>")
         if recent:
-            out += "<div><b>recent requests</b></div>" + _html_table(self.RECENT_HEADERS, recent)
+            out += "<div><b>recent requests</b></div>" + html_table(REQUEST_HEADERS, recent)
         return out
 
 
@@ -82,24 +47,25 @@ class ModelList(list):
     """`%runtime models`: every servable model, loaded state included."""
 
     def _rows(self):
-        return [[m.get("id"), m.get("task", "-"), m.get("format", "-"), mib(m.get("size_bytes")),
-                 "yes" if m.get("loaded") else "no"] for m in self]
+        return [[m.get("id"), ", ".join(m.get("tasks") or [m.get("task") or "-"]), m.get("format", "-"),
+                 mib(m.get("size_bytes")), "yes" if m.get("loaded") else "no"] for m in self]
 
     def __repr__(self) -> str:
-        return _text_table(["model", "task", "format", "size", "loaded"], self._rows())
+        return text_table(["model", "tasks", "format", "size", "loaded"], self._rows())
 
     def _repr_pretty_(self, p, cycle):
         p.text(repr(self))
 
     def _repr_html_(self) -> str:
-        return _html_table(["model", "task", "format", "size", "loaded"], self._rows())
+        return html_table(["model", "tasks", "format", "size", "loaded"], self._rows())
 
 
 def _remote_models(models: list[dict]) -> list[dict]:
     """OpenAI model objects -> the local shape (the extension may add its own fields)."""
     out = []
     for m in models:
-        out.append({"id": m.get("id"), "task": m.get("task", "-"), "format": m.get("format", "-"),
+        out.append({"id": m.get("id"), "task": m.get("task", "-"), "tasks": m.get("tasks") or [],
+                    "format": m.get("format", "-"),
                     "size_bytes": m.get("size_bytes"), "loaded": m.get("loaded", False)})
     return out
 
@@ -117,7 +83,7 @@ def run_runtime(magics, args):
     if action == "use":
         return _use(magics, args)
     runtime = magics.runtime_for(args.server)
-    remote = type(runtime).__name__ == "RemoteRuntime"
+    remote = runtime.where != "local"
     if action == "status":
         _expect(args, 0, "status")
         return RuntimeStatus(runtime.status())

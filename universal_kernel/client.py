@@ -1,7 +1,6 @@
 """The Jupyter server's runtime, reached over HTTP: what `--server` and `%runtime use server` talk to.
 
-`RemoteRuntime` offers the part of `Runtime`'s API that the magics and the monitor use (`stream`,
-`generate`, `embed`, `status`, `models`, `load`, `unload`) on top of the server extension's OpenAI API
+`RemoteRuntime` implements `InferenceRuntime` (interface.py) on top of the server extension's OpenAI API
 (`{base_url}universal/v1/...`) and its runtime API (`{base_url}universal/api/...`), authenticated with
 the Jupyter token. Only the standard library is used: no `openai` or `requests` in the kernel path.
 """
@@ -14,16 +13,20 @@ import os
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..backends import GenerationParams
-from ..errors import GenerationFailed, InvalidRequest, RuntimeFailure
-from ..stats import RequestStats
-from ..streams import Completion, ReadToEnd
-from ..wire import error_from_wire
+from .backends import GenerationParams
+from .errors import GenerationFailed, InvalidRequest, RuntimeFailure
+from .interface import ClassifyResult, EmbeddingResult, NerResult, RerankResult
+from .stats import RequestStats
+from .streams import Completion, ReadToEnd
+from .tasks import TaskCall
+from .tasks import classify as classify_task
+from .tasks import ner as ner_task
+from .tasks import rerank as rerank_task
+from .wire import error_from_wire, params_to_wire
 
 
 class ServerUnavailable(RuntimeFailure):
@@ -114,37 +117,6 @@ def find_server(url: str | None = None, token: str | None = None) -> tuple[str, 
     if base_url and not base.rstrip("/").endswith(base_url):
         base = base + base_url + "/"
     return base, token if token is not None else chosen.get("token", "")
-
-
-@dataclass
-class RemoteEmbedding:
-    model: str
-    vectors: np.ndarray
-    prompt_tokens: int
-    stats: RequestStats
-
-
-def _params_body(params: GenerationParams) -> dict:
-    body = {
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "top_k": params.top_k,
-        "min_p": params.min_p,
-        "repeat_penalty": params.repeat_penalty,
-    }
-    if params.max_tokens is not None:
-        body["max_tokens"] = params.max_tokens
-    if params.seed is not None:
-        body["seed"] = params.seed
-    if params.stop:
-        body["stop"] = list(params.stop)
-    if params.presence_penalty:
-        body["presence_penalty"] = params.presence_penalty
-    if params.frequency_penalty:
-        body["frequency_penalty"] = params.frequency_penalty
-    if params.response_format:
-        body["response_format"] = params.response_format
-    return body
 
 
 class RemoteStream(ReadToEnd):
@@ -265,7 +237,9 @@ class RemoteStream(ReadToEnd):
 
 
 class RemoteRuntime:
-    """The server's runtime. `base` is the server's URL with its base_url, ending in '/'."""
+    """The server's runtime (`InferenceRuntime`). `base` is the server's URL with its base_url, ending in '/'."""
+
+    where = "server"
 
     def __init__(self, base: str, token: str = "", *, timeout: float = 600.0,
                  default_generation_model: str = "smollm2-135m-instruct",
@@ -330,10 +304,9 @@ class RemoteRuntime:
         if prompt is not None and not isinstance(prompt, str):
             raise InvalidRequest("prompt must be a string", param="prompt")
         params = params if isinstance(params, GenerationParams) else GenerationParams(**(params or {}))
+        # max_tokens is always sent: no limit stays no limit (/v1/completions would apply OpenAI's 16)
         body = {"model": model or self.default_generation_model, "stream": True,
-                "stream_options": {"include_usage": True}, **_params_body(params)}
-        # no limit stays no limit: /v1/completions would otherwise apply OpenAI's default of 16 tokens
-        body["max_tokens"] = params.max_tokens
+                "stream_options": {"include_usage": True}, **params_to_wire(params)}
         if backend != "auto":
             body["backend"] = backend
         if keep_alive is not None:
@@ -347,7 +320,7 @@ class RemoteRuntime:
             return stream.result()
 
     def embed(self, texts, model: str | None = None, *, normalize: bool = True, backend: str = "auto",
-              keep_alive: float | None = None) -> RemoteEmbedding:
+              keep_alive: float | None = None) -> EmbeddingResult:
         texts = [texts] if isinstance(texts, str) else list(texts)
         model = model or self.default_embedding_model
         stats = RequestStats(model=model, backend="server", kind="embed", created_at=time.time())
@@ -365,7 +338,38 @@ class RemoteRuntime:
         stats.total_s = time.perf_counter() - started
         stats.prompt_tokens = int((payload.get("usage") or {}).get("prompt_tokens", 0))
         stats.rows_computed = len(texts)
-        return RemoteEmbedding(payload.get("model", model), vectors, stats.prompt_tokens, stats)
+        return EmbeddingResult(payload.get("model", model), vectors, stats.prompt_tokens, stats)
+
+    # The other tasks: one path for all, the task's module maps its call and result to the wire ------
+    def run(self, call: TaskCall):
+        part = call.part  # no model: the server's default for the task
+        body = {key: value for key, value in part.to_wire(call).items() if value is not None}
+        if call.backend != "auto":
+            body["backend"] = call.backend
+        if call.keep_alive is not None:
+            body["keep_alive"] = call.keep_alive
+        stats = RequestStats(model=call.model or "", backend="server", kind=call.task, created_at=time.time())
+        started = time.perf_counter()
+        payload = self._json("POST", part.PATH, body)
+        stats.total_s = time.perf_counter() - started
+        result = part.from_wire(payload or {}, call, stats)
+        stats.model = result.model
+        stats.prompt_tokens = result.prompt_tokens
+        return result
+
+    def rerank(self, query: str, documents: list[str], model: str | None = None, top_n: int | None = None, *,
+               backend: str = "auto", keep_alive: float | None = None, truncate: bool = False) -> RerankResult:
+        return self.run(rerank_task.call(query, documents, model, top_n, backend=backend, keep_alive=keep_alive,
+                                         truncate=truncate))
+
+    def classify(self, texts, model: str | None = None, labels: list[str] | None = None, *,
+                 backend: str = "auto", keep_alive: float | None = None, truncate: bool = False) -> ClassifyResult:
+        return self.run(classify_task.call(texts, model, labels, backend=backend, keep_alive=keep_alive,
+                                           truncate=truncate))
+
+    def ner(self, texts, model: str | None = None, *, backend: str = "auto", keep_alive: float | None = None,
+            truncate: bool = False) -> NerResult:
+        return self.run(ner_task.call(texts, model, backend=backend, keep_alive=keep_alive, truncate=truncate))
 
     def status(self) -> dict:
         return self._json("GET", "api/status")

@@ -1,0 +1,130 @@
+"""The tasks a runtime serves, found through one registry: `TASKS`.
+
+Each task is one module per layer, named here by import path so that nothing is imported before it
+is used (and so that the runtime never imports the server or the magics):
+- `runtime`: the runtime part (`universal_kernel/tasks/<task>.py`): checks its inputs before anything
+  loads, builds the work a model's worker runs, and maps its request and result to and from the wire;
+- `serving`: the server's wire types, serving and routes (`server_ext/tasks/<task>.py`);
+- `magic`: the notebook magic (`universal_kernel/magics/<task>.py`).
+
+`models` says which models serve the task, as (format, model kind) pairs; "*" is any format. A model's
+kind is what its files say it is (`ModelSpec.task`). Adding a task means adding its modules and one
+line in `TASKS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..errors import InvalidRequest, WrongTask
+
+if TYPE_CHECKING:
+    from ..config import RuntimeConfig
+    from ..references import ModelSpec
+
+
+@dataclass(frozen=True)
+class TaskParts:
+    name: str
+    verb: str  # what a model that cannot do it cannot do: "rerank documents"
+    models: frozenset[tuple[str, str]]
+    runtime: str
+    serving: str | None
+    magic: str | None
+    default_model: Callable[["RuntimeConfig"], str]
+
+    def serves(self, spec: "ModelSpec") -> bool:
+        return (spec.format, spec.task) in self.models or ("*", spec.task) in self.models
+
+    def runtime_part(self) -> ModuleType:
+        return importlib.import_module(self.runtime)
+
+
+def _embedding_default(config) -> str:
+    return config.default_embedding_model
+
+
+TASKS: dict[str, TaskParts] = {parts.name: parts for parts in (
+    TaskParts("generate", "generate text", frozenset({("gguf", "generate"), ("transformers", "generate")}),
+              "universal_kernel.tasks.generate", "universal_kernel.server_ext.serving",
+              "universal_kernel.magics.generate", lambda config: config.default_generation_model),
+    TaskParts("embed", "embed", frozenset({("*", "embed")}),
+              "universal_kernel.tasks.embed", "universal_kernel.server_ext.serving",
+              "universal_kernel.magics.embed", _embedding_default),
+    TaskParts("rerank", "rerank documents", frozenset({("*", "embed"), ("transformers", "rerank")}),
+              "universal_kernel.tasks.rerank", "universal_kernel.server_ext.tasks.rerank",
+              "universal_kernel.magics.rerank", _embedding_default),
+    TaskParts("classify", "classify", frozenset({("*", "embed"), ("*", "generate"), ("transformers", "classify"),
+                                                 ("spacy", "classify")}),
+              "universal_kernel.tasks.classify", "universal_kernel.server_ext.tasks.classify",
+              "universal_kernel.magics.classify", _embedding_default),
+    TaskParts("ner", "find entities", frozenset({("spacy", "ner"), ("transformers", "ner")}),
+              "universal_kernel.tasks.ner", "universal_kernel.server_ext.tasks.ner",
+              "universal_kernel.magics.ner", lambda config: "en-core-web-sm"),
+)}
+
+_KINDS = {"generate": "a generation", "embed": "an embedding", "classify": "a classifier",
+          "rerank": "a cross-encoder", "ner": "an entity-recognition"}
+
+
+def task_parts(task: str) -> TaskParts:
+    try:
+        return TASKS[task]
+    except KeyError:
+        raise InvalidRequest(f"unknown task {task!r}; one of {', '.join(TASKS)}", param="task") from None
+
+
+def tasks_of(spec: "ModelSpec") -> list[str]:
+    """Every task this model serves, its own first."""
+    found = [name for name, parts in TASKS.items() if parts.serves(spec)]
+    return sorted(found, key=lambda name: name != spec.task)
+
+
+def require(task: str, spec: "ModelSpec") -> None:
+    """WrongTask unless the model serves the task (checked before anything loads)."""
+    parts = task_parts(task)
+    if not parts.serves(spec):
+        raise WrongTask(f"{spec.id!r} is {_KINDS.get(spec.task, 'a ' + spec.task)} model "
+                        f"({', '.join(tasks_of(spec)) or 'no task'}); it cannot {parts.verb}")
+
+
+@dataclass
+class TaskCall:
+    """One request of a task, its inputs checked, not yet sent: any runtime can run it (`runtime.run`)."""
+
+    task: str
+    model: str | None
+    inputs: dict[str, Any] = field(default_factory=dict)
+    backend: str = "auto"
+    keep_alive: float | None = None
+
+    @property
+    def part(self) -> ModuleType:
+        return task_parts(self.task).runtime_part()
+
+
+def texts_input(texts, param: str = "input") -> list[str]:
+    """One string or a list of strings, as a list; InvalidRequest naming `param` otherwise."""
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, tuple):
+        texts = list(texts)
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise InvalidRequest(f"{param} must be a string or a list of strings", param=param)
+    return texts
+
+
+def check_lengths(instance, texts: list[str], truncate: bool, param: str = "input") -> int:
+    """The texts' token count; InvalidRequest naming the first text over the model's limit, unless truncating."""
+    limit = getattr(instance, "max_input_tokens", None)
+    total = 0
+    for i, text in enumerate(texts):
+        n = instance.count_tokens(text)
+        if limit and n > limit and not truncate:
+            raise InvalidRequest(f"{param}[{i}] has {n} tokens; {instance.spec.id!r} takes at most {limit} "
+                                 f"(ask for truncation: truncate=true, --truncate)", param=param)
+        total += min(n, limit) if limit else n
+    return total

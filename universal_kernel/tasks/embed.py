@@ -1,0 +1,83 @@
+"""Embeddings: the runtime part. Identical texts are embedded once; a cache keeps rows already computed.
+
+Other tasks built on an embedding model (rerank, zero-shot classify) take their rows from `embed_rows`,
+so they share the cache and its counts.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import TaskCall, check_lengths, texts_input
+
+if TYPE_CHECKING:
+    from ..interface import EmbeddingResult
+
+
+class EmbeddingCache:
+    """Vectors of texts already embedded, per model and normalisation, least recently used out first."""
+
+    def __init__(self, max_rows: int = 200_000):
+        self.max_rows = max_rows
+        self._rows: OrderedDict[tuple, tuple[np.ndarray, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, scope: tuple, text: str):
+        with self._lock:
+            hit = self._rows.get((scope, text))
+            if hit is not None:
+                self._rows.move_to_end((scope, text))
+            return hit
+
+    def put(self, scope: tuple, text: str, vector: np.ndarray, tokens: int) -> None:
+        with self._lock:
+            self._rows[(scope, text)] = (vector, tokens)
+            while len(self._rows) > self.max_rows:
+                self._rows.popitem(last=False)
+
+
+def call(texts, model: str | None = None, *, normalize: bool = True, backend: str = "auto",
+         keep_alive: float | None = None) -> TaskCall:
+    return TaskCall("embed", model, {"texts": texts_input(texts), "normalize": bool(normalize)}, backend, keep_alive)
+
+
+def embed_rows(ctx, instance, texts: list[str], normalize: bool = True, *, truncate: bool | None = None,
+               param: str = "input") -> tuple[np.ndarray, int]:
+    """(float32 matrix, one row per text; prompt tokens), through the runtime's embedding cache.
+
+    `truncate=False` refuses a text over the model's length (the other tasks); None keeps what the
+    embedding model does itself (it truncates, as sentence-transformers does).
+    """
+    if truncate is False:
+        check_lengths(instance, list(dict.fromkeys(texts)), False, param)
+    cache, scope = ctx.runtime.embedding_cache, (ctx.entry.key, bool(normalize))
+    rows: list = [cache.get(scope, t) for t in texts]
+    missing = list(dict.fromkeys(t for t, row in zip(texts, rows) if row is None))
+    if missing:
+        vectors, _ = instance.embed(missing, normalize)
+        for text, vector in zip(missing, vectors):
+            cache.put(scope, text, vector, instance.count_tokens(text))
+        rows = [cache.get(scope, t) for t in texts]
+    ctx.stats.rows_computed += len(missing)
+    ctx.stats.rows_cached += len(texts) - len(missing)
+    if not rows:
+        return np.zeros((0, 0), dtype=np.float32), 0
+    matrix = np.vstack([r[0] for r in rows]).astype(np.float32, copy=False)
+    return matrix, sum(r[1] for r in rows)
+
+
+def work(ctx):
+    from ..interface import EmbeddingResult
+
+    texts, normalize = ctx.inputs["texts"], ctx.inputs["normalize"]
+
+    def run(instance, emit, cancelled) -> "EmbeddingResult":
+        matrix, tokens = embed_rows(ctx, instance, texts, normalize)
+        ctx.stats.prompt_tokens = tokens
+        return EmbeddingResult(ctx.spec.id, matrix, tokens, ctx.stats)
+
+    return run

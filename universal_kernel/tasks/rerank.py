@@ -1,0 +1,94 @@
+"""Rerank: documents ordered by relevance to a query, best first.
+
+A cross-encoder folder (`*ForSequenceClassification` with one logit) scores each (query, document)
+pair, through a sigmoid, in 0..1. Any embedding model serves as a bi-encoder: the cosine of the
+query's and each document's vectors (rows come through the embedding cache).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InvalidRequest
+from . import TaskCall, check_lengths
+
+
+def documents_input(documents) -> list[str]:
+    """Strings or `{"text": ...}` objects (the Cohere/Jina shape), as strings."""
+    if isinstance(documents, str) or not isinstance(documents, (list, tuple)):
+        raise InvalidRequest("documents must be a list of strings", param="documents")
+    if not documents:
+        raise InvalidRequest("documents must not be empty", param="documents")
+    texts = []
+    for i, doc in enumerate(documents):
+        if isinstance(doc, dict):
+            doc = doc.get("text")
+        if not isinstance(doc, str):
+            raise InvalidRequest(f"documents[{i}] must be a string or an object with a text", param="documents")
+        texts.append(doc)
+    return texts
+
+
+def top_n_input(top_n) -> int | None:
+    if top_n is None:
+        return None
+    if isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n < 1:
+        raise InvalidRequest(f"top_n must be a whole number of at least 1, not {top_n!r}", param="top_n")
+    return int(top_n)
+
+
+def call(query: str, documents, model: str | None = None, top_n: int | None = None, *, backend: str = "auto",
+         keep_alive: float | None = None, truncate: bool = False) -> TaskCall:
+    if not isinstance(query, str) or not query.strip():
+        raise InvalidRequest("query must be a non-empty string", param="query")
+    inputs = {"query": query, "documents": documents_input(documents), "top_n": top_n_input(top_n),
+              "truncate": bool(truncate)}
+    return TaskCall("rerank", model, inputs, backend, keep_alive)
+
+
+def ranked(scores, documents: list[str], top_n: int | None):
+    """Hits best first; equal scores keep the documents' order."""
+    from ..interface import RerankHit
+
+    order = sorted(range(len(documents)), key=lambda i: (-float(scores[i]), i))
+    return [RerankHit(i, float(scores[i]), documents[i]) for i in order[:top_n]]
+
+
+def work(ctx):
+    from ..interface import RerankResult
+    from .embed import embed_rows
+
+    query, documents, top_n, truncate = (ctx.inputs[k] for k in ("query", "documents", "top_n", "truncate"))
+
+    def run(instance, emit, cancelled):
+        if ctx.spec.task == "embed":  # a bi-encoder: cosine of normalised vectors
+            check_lengths(instance, [query], truncate, "query")
+            check_lengths(instance, list(dict.fromkeys(documents)), truncate, "documents")
+            matrix, tokens = embed_rows(ctx, instance, [query, *documents], True)
+            scores = matrix[1:] @ matrix[0]
+        else:
+            scores, tokens = instance.score_pairs(query, documents, truncate=truncate)
+        ctx.stats.prompt_tokens = tokens
+        return RerankResult(ctx.spec.id, ranked(scores, documents, top_n), tokens, ctx.stats)
+
+    return run
+
+
+# The wire (the HTTP client runtime) ----------------------------------------------------------------
+PATH = "v1/rerank"
+
+
+def to_wire(call: TaskCall) -> dict:
+    inputs = call.inputs
+    return {"model": call.model, "query": inputs["query"], "documents": inputs["documents"],
+            "top_n": inputs["top_n"], "truncate": inputs["truncate"], "return_documents": False}
+
+
+def from_wire(payload: dict, call: TaskCall, stats):
+    from ..interface import RerankHit, RerankResult
+
+    documents = call.inputs["documents"]
+    hits = [RerankHit(int(r["index"]), float(r["relevance_score"]), documents[int(r["index"])])
+            for r in payload.get("results") or []]
+    tokens = int((payload.get("usage") or {}).get("prompt_tokens", 0))
+    return RerankResult(payload.get("model") or call.model, hits, tokens, stats)
