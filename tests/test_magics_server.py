@@ -12,7 +12,7 @@ from IPython.core.error import UsageError
 from jupyter_client import BlockingKernelClient
 
 from universal_kernel.magics import get_magics
-from universal_kernel.magics.remote import RemoteRuntime
+from universal_kernel.client import RemoteRuntime
 
 from .conftest import FRANCE, MINILM, SMOLLM
 from .magics_support import JupyterServer, ip, run  # noqa: F401

@@ -20,7 +20,7 @@ import requests
 from universal_kernel import (
     Busy, GenerationFailed, InvalidRequest, ModelNotFound, ReferenceRefused, Runtime, RuntimeConfig, WrongTask,
 )
-from universal_kernel.magics.remote import RemoteError, RemoteRuntime, ServerUnavailable
+from universal_kernel.client import RemoteError, RemoteRuntime, ServerUnavailable
 from universal_kernel.wire import ERRORS, error_from_wire, retry_after_seconds
 
 from .conftest import FRANCE, MINILM, QUEUE_LENGTH, SMOLLM, TOKEN, stop_process, wait_for
