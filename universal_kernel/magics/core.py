@@ -92,7 +92,17 @@ class UniversalKernelMagics(Magics):
         from .generate import run_generate
 
         args = split_args(UniversalKernelMagics.generate.parser, line)
-        return user_errors(run_generate)(self, args, cell)
+
+        def record(generation):
+            self.last_generation = generation
+
+        @user_errors
+        def generate():
+            return run_generate(self.runtime_for(args.server), self.shell, args, cell,
+                                model=args.model or self.generation_model or None,
+                                default_format=self.default_format, record=record)
+
+        return generate()
 
     @no_var_expand
     @magic_arguments()
@@ -105,9 +115,18 @@ class UniversalKernelMagics(Magics):
     @line_magic
     def embed(self, line):
         """Embed texts: one float32 row per input, in input order; NaN rows for missing values."""
-        from .embed import run_embed
+        from .embed import parse_line, run_embed
 
-        return user_errors(run_embed)(self, line, UniversalKernelMagics.embed.parser)
+        @user_errors
+        def embed():
+            expr, args = parse_line(line, UniversalKernelMagics.embed.parser)
+            value, self.last_embedding = run_embed(
+                self.runtime_for(args.server), self.shell, expr, args,
+                model=args.model or self.embedding_model or None, chunk_rows=self.embed_chunk_rows,
+                progress_min_rows=self.progress_min_rows)
+            return value
+
+        return embed()
 
     @magic_arguments()
     @argument("action", help="status | models | load | unload | alias | monitor | use")

@@ -24,7 +24,8 @@ def split_line(line: str) -> tuple[str, list[str]]:
     return rows.split_line(line, _OPTIONS_WITH_VALUE, _FLAGS)
 
 
-def run_embed(magics, line: str, parser):
+def parse_line(line: str, parser):
+    """(EXPR, options) of a %embed line."""
     expr, argv = split_line(line)
     args = parser.parse_args(argv)
     if args.expr:
@@ -32,7 +33,12 @@ def run_embed(magics, line: str, parser):
     if not expr:
         raise UsageError("%embed needs an expression: a Series (df.text), a list of strings or a string")
     check_name("--out", args.out)
-    shell = magics.shell
+    return expr, args
+
+
+def run_embed(runtime, shell, expr: str, args, *, model: str | None, chunk_rows: int = 256,
+              progress_min_rows: int = 512) -> tuple[object, dict]:
+    """Embed what `expr` evaluates to in `shell` on `runtime`: (the value the magic returns, its counts)."""
     try:
         value = shell.ev(expr)
     except Exception as exc:
@@ -45,11 +51,9 @@ def run_embed(magics, line: str, parser):
             label = index[i] if index is not None else i
             raise UsageError(f"%embed takes strings; the row at {label!r} is a {type(item).__name__}")
 
-    runtime = magics.runtime_for(args.server)
-    model = args.model or magics.embedding_model or None
     unique = list(dict.fromkeys(item for item in items if isinstance(item, str)))
-    chunk = max(1, magics.embed_chunk_rows)
-    progress = Progress(len(unique), show=len(unique) >= magics.progress_min_rows and len(unique) > chunk)
+    chunk = max(1, chunk_rows)
+    progress = Progress(len(unique), show=len(unique) >= progress_min_rows and len(unique) > chunk)
     vectors: dict[str, np.ndarray] = {}
     computed = cached = tokens = 0
     model_id = model
@@ -71,9 +75,9 @@ def run_embed(magics, line: str, parser):
     for i, item in enumerate(items):
         if isinstance(item, str):
             matrix[i] = vectors[item]
-    magics.last_embedding = {"model": model_id, "rows": len(items), "unique": len(unique), "computed": computed,
-                             "cached": cached, "missing": len(missing), "prompt_tokens": tokens,
-                             "seconds": elapsed, "progress_updates": progress.updates}
+    counts = {"model": model_id, "rows": len(items), "unique": len(unique), "computed": computed,
+              "cached": cached, "missing": len(missing), "prompt_tokens": tokens,
+              "seconds": elapsed, "progress_updates": progress.updates}
     if missing:
         print(f"warning: {len(missing)} of {len(items)} values are missing (None/NaN): their rows are NaN",
               file=sys.stderr)
@@ -85,18 +89,16 @@ def run_embed(magics, line: str, parser):
 
     if frame is not None:
         pd = sys.modules["pandas"]
-        rows = list(matrix)
+        vectors_by_row = list(matrix)
         if index is None or index.equals(frame.index):
-            if len(rows) != len(frame):
-                raise UsageError(f"--column: {len(rows)} rows for a DataFrame of {len(frame)}")
-            frame[args.column] = rows
+            if len(vectors_by_row) != len(frame):
+                raise UsageError(f"--column: {len(vectors_by_row)} rows for a DataFrame of {len(frame)}")
+            frame[args.column] = vectors_by_row
         else:
-            frame[args.column] = pd.Series(rows, index=index)
+            frame[args.column] = pd.Series(vectors_by_row, index=index)
     if args.out:
         shell.user_ns[args.out] = matrix
-    if frame is None and not args.out:
-        return matrix
-    return None
+    return (matrix if frame is None and not args.out else None), counts
 
 
 def _dimension(runtime, model) -> int:

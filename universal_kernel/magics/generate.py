@@ -52,7 +52,7 @@ class Conversation:
         return "\n".join(lines)
 
 
-def _params(magics, args) -> GenerationParams:
+def _params(args, fmt: str) -> GenerationParams:
     values = {}
     if args.max_tokens is not None:
         values["max_tokens"] = args.max_tokens
@@ -64,7 +64,7 @@ def _params(magics, args) -> GenerationParams:
         values["seed"] = args.seed
     if args.stop:
         values["stop"] = [unescape(s) for s in args.stop]
-    if (args.format or magics.default_format) == "json":
+    if fmt == "json":
         values["response_format"] = {"type": "json_object"}
     try:
         return GenerationParams(**values)
@@ -95,10 +95,12 @@ def _memory(runtime) -> int | None:
         return None
 
 
-def run_generate(magics, args, cell: str):
+def run_generate(runtime, shell, args, cell: str, *, model: str | None, default_format: str = "markdown",
+                 record=lambda generation: None):
+    """Generate from `cell` on `runtime`, streaming into `shell`'s output. `record` receives the Completion
+    (or the partial stream of an interrupted or failed generation)."""
     from universal_kernel.widgets.stream_display import StreamDisplay, footer_text, parse_json
 
-    shell = magics.shell
     ns = shell.user_ns
     check_name("--out", args.out)
     check_name("--chat", args.chat)
@@ -109,9 +111,8 @@ def run_generate(magics, args, cell: str):
     if not args.no_interpolate:
         prompt = interpolate(prompt, ns)
         system = interpolate(system, ns) if system else system
-    fmt = args.format or magics.default_format
-    params = _params(magics, args)
-    model = args.model or magics.generation_model or None
+    fmt = args.format or default_format
+    params = _params(args, fmt)
 
     chat = _conversation(ns, args.chat, system) if args.chat else None
     if chat is not None:
@@ -119,7 +120,6 @@ def run_generate(magics, args, cell: str):
     else:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
 
-    runtime = magics.runtime_for(args.server)
     display = StreamDisplay(fmt, live=not args.no_stream, shell=shell)
     stream = runtime.stream(model, messages=messages, params=params)
     model_id = getattr(stream, "model", model)
@@ -128,14 +128,14 @@ def run_generate(magics, args, cell: str):
         for piece in stream:
             display.append(piece)
     except KeyboardInterrupt:
-        _interrupted(magics, args, stream, display, chat, prompt, model_id, runtime)
+        _interrupted(shell, record, args, stream, display, chat, prompt, model_id, runtime)
         raise
     except RuntimeFailure as exc:  # failed mid-stream (the server died, the connection dropped, the backend
         # failed): keep and show what came, count it in the footer, then say so in one line
-        _failed(magics, args, stream, display, model_id, runtime, exc)
+        _failed(shell, record, args, stream, display, model_id, runtime, exc)
 
     completion = stream.completion
-    magics.last_generation = completion
+    record(completion)
     text = completion.text
     value = text
     note = None
@@ -160,7 +160,7 @@ def run_generate(magics, args, cell: str):
     return None
 
 
-def _interrupted(magics, args, stream, display, chat, prompt, model_id, runtime) -> None:
+def _interrupted(shell, record, args, stream, display, chat, prompt, model_id, runtime) -> None:
     """Stop the generation now, keep the partial text (in --out and the chat), show it with a footer."""
     try:
         stream.close()
@@ -169,8 +169,8 @@ def _interrupted(magics, args, stream, display, chat, prompt, model_id, runtime)
     from universal_kernel.widgets.stream_display import footer_text
 
     text = stream.text
-    magics.last_generation = stream
-    ns = magics.shell.user_ns
+    record(stream)
+    ns = shell.user_ns
     if args.out:
         ns[args.out] = text
     if chat is not None:
@@ -186,7 +186,7 @@ def _interrupted(magics, args, stream, display, chat, prompt, model_id, runtime)
         pass
 
 
-def _failed(magics, args, stream, display, model_id, runtime, exc: RuntimeFailure) -> None:
+def _failed(shell, record, args, stream, display, model_id, runtime, exc: RuntimeFailure) -> None:
     """A stream cut by a fault: the partial text stays (shown, and in --out), the footer counts the tokens
     that arrived, and one line names what happened. Raises the UsageError that carries that line."""
     from universal_kernel.widgets.stream_display import footer_text
@@ -199,8 +199,9 @@ def _failed(magics, args, stream, display, model_id, runtime, exc: RuntimeFailur
         pass
     text = stream.text
     received = len(stream.parts)
+    record(stream)
     if args.out:
-        magics.shell.user_ns[args.out] = text
+        shell.user_ns[args.out] = text
     lost = isinstance(exc, ConnectionLost)
     line = exc.message
     if lost and received:
