@@ -52,6 +52,8 @@ def _import_backend_library(backend: str, device: str = "auto") -> None:
     try:
         if backend == "llama_cpp":
             import llama_cpp  # noqa: F401
+        elif backend == "spacy":
+            import spacy  # noqa: F401
         else:
             import torch
             import transformers  # noqa: F401

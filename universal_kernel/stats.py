@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 class RequestStats:
     model: str
     backend: str
-    kind: str  # "generate" or "embed"
+    kind: str  # the task: "generate", "embed", "rerank", "classify", "ner"
     created_at: float  # wall clock, for display
     queue_wait_s: float = 0.0
     load_s: float = 0.0
