@@ -6,6 +6,7 @@ OpenAI error body by `write_error`.
 
 from __future__ import annotations
 
+import importlib
 import json
 from http.client import responses
 from typing import Any
@@ -15,6 +16,8 @@ from jupyter_server.base.handlers import APIHandler
 from pydantic import BaseModel
 from tornado import web
 from tornado.iostream import StreamClosedError
+
+from universal_kernel.tasks import TASKS
 
 from . import protocol as p
 from .errors import Failure, failure, failure_from
@@ -226,6 +229,22 @@ class NotFoundHandler(BaseHandler):
     post = put = delete = patch = get
 
 
+#: the module that serves generate and embed itself (the routes above); other tasks have their own
+SERVING_MODULE = f"{__package__}.serving"
+
+
+def task_routes() -> list[tuple[str, type]]:
+    """The routes of every task with its own serving module (`server_ext/tasks/`), found through the
+    registry: adding a task adds its routes without an edit here. Imported here, not at the top:
+    those modules import this one for `BaseHandler`."""
+    found: list[tuple[str, type]] = []
+    modules = dict.fromkeys(parts.serving for parts in TASKS.values())  # once each, in the registry's order
+    for module in modules:
+        if module and module != SERVING_MODULE:
+            found.extend(importlib.import_module(module).routes())
+    return found
+
+
 def routes() -> list[tuple[str, type]]:
     """URL patterns, relative to the server's base_url."""
     return [
@@ -237,5 +256,6 @@ def routes() -> list[tuple[str, type]]:
         (r"universal/api/status/?", StatusHandler),
         (r"universal/api/load/?", LoadHandler),
         (r"universal/api/unload/?", UnloadHandler),
-        (r"universal/(.*)", NotFoundHandler),
+        *task_routes(),
+        (r"universal/(.*)", NotFoundHandler),  # last: after every task's routes
     ]

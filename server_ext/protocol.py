@@ -243,7 +243,8 @@ class ModelCard(_Response):
     created: int
     owned_by: str = "universal-kernel"
     loaded: bool = False
-    task: str | None = None
+    task: str | None = None  # what its files say it is
+    tasks: list[str] = Field(default_factory=list)  # every task it serves, its own first
     format: str | None = None
     architecture: str | None = None
     size_bytes: int | None = None

@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from universal_kernel.backends import GenerationParams
+from universal_kernel.tasks import tasks_of
 from universal_kernel.wire import keep_alive_seconds, params_from_wire
 
 from . import protocol as p
@@ -122,8 +123,9 @@ class Serving:
     @staticmethod
     def _card(info: dict) -> p.ModelCard:
         return p.ModelCard(id=info["id"], created=p.now(), loaded=info.get("loaded", False), task=info.get("task"),
-                           format=info.get("format"), architecture=info.get("architecture"),
-                           size_bytes=info.get("size_bytes"), backends=info.get("backends", []))
+                           tasks=info.get("tasks", []), format=info.get("format"),
+                           architecture=info.get("architecture"), size_bytes=info.get("size_bytes"),
+                           backends=info.get("backends", []))
 
     async def models(self) -> p.ModelList | Failure:
         try:
@@ -139,8 +141,8 @@ class Serving:
                     return info
             spec = self.runtime.resolve(model_id)  # a path or hub id that is servable but not listed
             loaded = [e for e in self.runtime.cache.entries() if e.spec.key == spec.key]
-            return {"id": model_id, "task": spec.task, "format": spec.format, "architecture": spec.architecture,
-                    "size_bytes": spec.size_bytes, "loaded": bool(loaded),
+            return {"id": model_id, "task": spec.task, "tasks": tasks_of(spec), "format": spec.format,
+                    "architecture": spec.architecture, "size_bytes": spec.size_bytes, "loaded": bool(loaded),
                     "backends": [e.backend_name for e in loaded]}
 
         try:
