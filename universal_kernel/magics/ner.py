@@ -10,10 +10,11 @@ import time
 
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from .classify import (CHUNK_ROWS, chunked, deliver, evaluate, parse, read_texts, require_pandas, store_column,
-                       summary, warn_missing)
 from .common import check_name, user_errors
-from .rows import column_target
+from .rows import (
+    CHUNK_ROWS, chunked, column_target, deliver, evaluate, parse, read_texts, require_pandas, store_column, summary,
+    warn_missing,
+)
 
 COLUMNS = ["row", "text", "label", "start", "end", "score"]
 

@@ -12,8 +12,8 @@ import time
 from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from .classify import CHUNK_ROWS, chunked, deliver, evaluate, parse, read_texts, require_pandas, summary, warn_missing
 from .common import check_name, user_errors
+from .rows import CHUNK_ROWS, chunked, deliver, evaluate, parse, read_texts, require_pandas, summary, warn_missing
 
 COLUMNS = ["index", "document", "score"]
 

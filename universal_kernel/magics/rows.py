@@ -133,3 +133,95 @@ def column_target(shell, expr: str):
         raise UsageError(f"--column needs EXPR to be a DataFrame column; {match.group('frame')} is a "
                          f"{type(frame).__name__}")
     return frame
+
+
+#: rows per runtime call: large enough to batch well, small enough for the progress bar to move
+CHUNK_ROWS = 256
+
+
+# The task magics' rows (%classify, %ner, %rerank) ---------------------------------------------
+def parse(parser, line: str, options_with_value: set[str], flags: set[str], name: str):
+    """(EXPR, parsed options): options anywhere on the line, everything else is the expression."""
+    expr, argv = split_line(line, options_with_value, flags)
+    args = parser.parse_args(argv)
+    if args.expr:
+        expr = " ".join([expr, *args.expr]).strip()
+    if not expr:
+        raise UsageError(f"{name} needs an expression: a Series (df.text), a list of strings or a string")
+    return expr, args
+
+
+def evaluate(shell, expr: str, name: str):
+    try:
+        return shell.ev(expr)
+    except Exception as exc:
+        raise UsageError(f"{name}: cannot evaluate {expr!r}: {type(exc).__name__}: {exc}") from None
+
+
+def read_texts(value, name: str) -> tuple[list, object, list[int]]:
+    """(items, pandas index or None, positions of the rows with text): None, NaN and blank strings
+    have nothing to classify, find or rank, so they are left out (and counted by the caller)."""
+    items, index = texts_of(value, name)
+    present = []
+    for i, item in enumerate(items):
+        if is_missing(item) or (isinstance(item, str) and not item.strip()):
+            continue
+        if not isinstance(item, str):
+            label = index[i] if index is not None else i
+            raise UsageError(f"{name} takes strings; the row at {label!r} is a {type(item).__name__}")
+        present.append(i)
+    return items, index, present
+
+
+def chunked(texts: list[str], chunk_rows: int, progress_min_rows: int):
+    """The texts in chunks of `chunk_rows`; a progress bar with rows/s when there are many."""
+    chunk_rows = max(1, chunk_rows)
+    progress = Progress(len(texts), show=len(texts) >= progress_min_rows and len(texts) > chunk_rows)
+    for start in range(0, len(texts), chunk_rows):
+        part = texts[start:start + chunk_rows]
+        yield part
+        progress.update(start + len(part))
+
+
+def warn_missing(missing: int, total: int, consequence: str) -> None:
+    if missing:
+        print(f"warning: {missing} of {total} values are missing or empty (None/NaN/''): {consequence}",
+              file=sys.stderr)
+
+
+def summary(model_id: str | None, n_rows: int, seconds: float, runtime) -> str:
+    where = f" ({runtime.where})" if runtime.where != "local" else ""
+    rows_text = f"{n_rows} row" + ("" if n_rows == 1 else "s")
+    return f"{model_id or 'default model'} \u00b7 {rows_text} \u00b7 {seconds:.2f} s{where}"
+
+
+def store_column(frame, name: str, values: list, index) -> None:
+    """Write one value per input row into `frame[name]`, aligned on the input's index."""
+    pd = require_pandas()
+    if index is None or index.equals(frame.index):
+        if len(values) != len(frame):
+            raise UsageError(f"--column: {len(values)} rows for a DataFrame of {len(frame)}")
+        frame[name] = pd.Series(values, index=frame.index, dtype=object if _has_lists(values) else None)
+    else:
+        frame[name] = pd.Series(values, index=index, dtype=object if _has_lists(values) else None)
+
+
+def _has_lists(values: list) -> bool:
+    return any(isinstance(v, (list, dict)) for v in values)
+
+
+def deliver(shell, table, out: str | None, stored_in_column: bool):
+    """--out stores the table; with --out or --column nothing is echoed (as %embed)."""
+    if out:
+        shell.user_ns[out] = table
+    if out or stored_in_column:
+        return None
+    return table
+
+
+def require_pandas():
+    try:
+        import pandas as pd
+    except ImportError:
+        raise UsageError("the task magics return DataFrames: pip install pandas") from None
+    return pd
