@@ -14,6 +14,7 @@ import pytest
 
 from universal_kernel.server_ext import handlers
 from universal_kernel.server_ext import protocol as p
+from universal_kernel.server_ext.tasks import classify, ner, rerank
 
 from .conftest import MINILM, SMOLLM
 
@@ -24,6 +25,9 @@ REQUEST_TYPES = {
     handlers.EmbeddingsHandler: p.EmbeddingRequest,
     handlers.LoadHandler: p.LoadRequest,
     handlers.UnloadHandler: p.UnloadRequest,
+    rerank.RerankHandler: rerank.RerankRequest,
+    classify.ClassifyHandler: classify.ClassifyRequest,
+    ner.NerHandler: ner.NerRequest,
 }
 GENERATION = (handlers.ChatCompletionsHandler, handlers.CompletionsHandler)
 
@@ -35,6 +39,9 @@ BASE = {
     handlers.EmbeddingsHandler: {"model": MINILM, "input": ["a", "b"]},
     handlers.LoadHandler: {"model": MINILM},
     handlers.UnloadHandler: {"model": "no-such-model"},
+    rerank.RerankHandler: {"model": MINILM, "query": "q", "documents": ["a", "b"]},
+    classify.ClassifyHandler: {"model": MINILM, "input": ["a"], "labels": ["x", "y"]},
+    ner.NerHandler: {"model": "en-core-web-sm", "input": "Tim Cook works at Apple."},
 }
 
 #: plausible values per field, valid ones among them, so that random requests also reach deep code
@@ -71,6 +78,12 @@ PLAUSIBLE = {
     "frequency_penalty": [-2.5, 0, 2],
     "logprobs": [True, False, 0, 5],
     "echo": [True, False],
+    "query": ["", " ", "q", ["q"], None],
+    "documents": [[], ["a"], [{"text": "a"}, "b"], [{"text": 1}], [{}], "a", [None], ["a"] * 50],
+    "labels": [[], ["x"], ["x", "x"], [""], ["x", 1], "x,y", None, ["a"] * 30],
+    "top_n": [0, 1, 2, 100, -1, 2.0, True],
+    "return_documents": [True, False],
+    "truncate": [True, False],
     "stream": [True, False],
 }
 UNKNOWN_FIELDS = ["user", "metadata", "store", "", "\x00", "a" * 300, "__proto__", "constructor"]
@@ -290,7 +303,7 @@ def fuzzed_server(server):
 def test_every_post_route_is_fuzzed():
     routes = post_routes()
     assert {handler for _, handler in routes} == set(REQUEST_TYPES) == set(BASE)
-    assert len(routes) == 5
+    assert len(routes) == 8
 
 
 def test_hostile_bodies_on_every_post_route(fuzzed_server):
