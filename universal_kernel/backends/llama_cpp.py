@@ -217,6 +217,20 @@ class LlamaCppBackend(Backend):
             shorter = self.llm.detokenize(kept).decode("utf-8", errors="ignore") if kept else ""
             text = shorter if len(shorter) < len(text) else text[:-1]  # always shorter: the loop ends
 
+    def _decode_with_logits(self, tokens: list[int], n_past: int) -> None:
+        """Decode `tokens` from position `n_past` in `n_batch` chunks, as `Llama.eval` does, every row an output.
+
+        Every row is an output, as with llama-cpp-python's `logits_all`: llama.cpp computes the last
+        layer only for output rows, and a single output row takes other kernels than many, which
+        moved label probabilities by up to 1e-2. The KV cells are the same either way (they are
+        written before the output rows are picked), so a later `generate` is not affected.
+        """
+        llm = self.llm
+        for start in range(0, len(tokens), llm.n_batch):
+            batch = tokens[start:start + llm.n_batch]
+            llm._batch.set_batch(batch=batch, n_past=n_past + start, logits_all=True)
+            llm._ctx.decode(llm._batch)
+
     def _next_token_logprobs(self, index: int) -> np.ndarray:
         """Log-probabilities of the next token after the `index`-th token of the last decoded batch."""
         logits = self._llama_cpp.llama_get_logits_ith(self.llm._ctx.ctx, index)
@@ -228,9 +242,10 @@ class LlamaCppBackend(Backend):
 
         A label's score is the sum of its tokens' log-probabilities after the prompt (teacher
         forcing); the softmax over the labels is the exact distribution of a decode constrained to
-        the labels. The prompt is decoded once per text, as `generate` decodes a prompt (so that the
-        context's whole chunks stay reusable by the next `generate`); each label is then decoded
-        from the prompt's end and its KV cells removed again, so every label sees only the prompt.
+        the labels. The prompt is decoded once per text, in the chunks in which `generate` decodes a
+        prompt (so that the context's whole chunks stay reusable by the next `generate`); each label
+        is then decoded from the prompt's end and its KV cells removed again, so every label sees
+        only the prompt. The context is left holding the prompt, never a label.
         """
         labels = checked_labels(labels)
         llm = self.llm
@@ -242,18 +257,22 @@ class LlamaCppBackend(Backend):
             prompt_token_count += len(prompt_tokens)
             self._prepare_context(shared)
             try:
-                llm.eval(shared[llm.n_tokens:])
+                kept = llm.n_tokens
+                llm._ctx.kv_cache_seq_rm(-1, kept, -1)
+                self._decode_with_logits(shared[kept:], kept)
+                llm.input_ids[kept:len(shared)] = shared[kept:]
+                llm.n_tokens = len(shared)
                 self._whole_chunks = len(shared) // chunk * chunk  # decoded as a fresh context decodes it
                 after_prompt = self._next_token_logprobs(-1)
                 totals = []
                 for tokens in continuations:
+                    # The whole label is decoded (its last row unused), as a teacher-forced pass over
+                    # prompt+label decodes it: the same batch shapes give the same numbers.
                     total = float(after_prompt[tokens[0]])
-                    # The label's own tokens, all but the last, give the log-probabilities of the rest.
-                    for start in range(0, len(tokens) - 1, chunk):
-                        batch = tokens[start:min(start + chunk, len(tokens) - 1)]
-                        llm._batch.set_batch(batch=batch, n_past=len(shared) + start, logits_all=True)
-                        llm._ctx.decode(llm._batch)
-                        for i in range(len(batch)):
+                    for start in range(0, len(tokens), chunk):
+                        batch = tokens[start:start + chunk]
+                        self._decode_with_logits(batch, len(shared) + start)
+                        for i in range(min(len(batch), len(tokens) - 1 - start)):
                             total += float(self._next_token_logprobs(i)[tokens[start + i + 1]])
                     llm._ctx.kv_cache_seq_rm(-1, len(shared), -1)
                     totals.append(total)

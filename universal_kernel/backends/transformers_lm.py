@@ -187,6 +187,18 @@ class TransformersLMBackend(Backend):
             shorter = self.tokenizer.decode(kept).rstrip("\ufffd") if kept else ""  # no half character
             text = shorter if len(shorter) < len(text) else text[:-1]  # always shorter: the loop ends
 
+    @property
+    def _cache_argument(self) -> str:
+        """The forward() argument that takes a KV cache: `cache` in newer transformers, `past_key_values` before."""
+        import inspect
+
+        return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+
+    @staticmethod
+    def _cache_of(output):
+        cache = getattr(output, "cache", None)
+        return cache if cache is not None else getattr(output, "past_key_values", None)
+
     def classify_labels(self, texts: list[str], labels: list[str], *,
                         truncate: bool = False) -> tuple[list[dict[str, float]], int]:
         """Each label's probability as the answer of the chat in `classification_messages`.
@@ -207,7 +219,7 @@ class TransformersLMBackend(Backend):
 
             def run_prompt():
                 output = self.model(torch.tensor([shared], device=device), use_cache=True)
-                return output.past_key_values, torch.log_softmax(output.logits[0, -1].float(), dim=-1)
+                return self._cache_of(output), torch.log_softmax(output.logits[0, -1].float(), dim=-1)
 
             totals = []
             try:
@@ -219,12 +231,13 @@ class TransformersLMBackend(Backend):
                             if cache is None:
                                 cache, _ = run_prompt()
                             output = self.model(torch.tensor([tokens[:-1]], device=device),
-                                                past_key_values=cache, use_cache=True)
+                                                **{self._cache_argument: cache}, use_cache=True)
                             logprobs = torch.log_softmax(output.logits[0].float(), dim=-1)
                             following = torch.tensor(tokens[1:], device=device)
                             total += float(logprobs.gather(1, following[:, None]).sum())
-                            if hasattr(cache, "crop"):
-                                cache.crop(len(shared))
+                            # A negative crop removes that many tokens, in transformers 4 and 5 alike.
+                            if hasattr(cache, "crop") and getattr(cache, "is_croppable", True):
+                                cache.crop(-(len(tokens) - 1))
                             else:
                                 cache = None
                         totals.append(total)
