@@ -12,7 +12,6 @@ import pytest
 from universal_kernel.backends import GenerationParams, create_backend
 from universal_kernel.backends.llama_cpp import classification_messages, log_softmax, shared_prefix_length
 from universal_kernel.config import RuntimeConfig
-from universal_kernel.devices import cpu_threads
 from universal_kernel.errors import InvalidRequest
 from universal_kernel.references import Resolver
 
@@ -23,12 +22,15 @@ TEXTS = ["I loved every minute of this film.", "The match ended two to one after
 # Several tokens each, one the prefix of another: the label tokens after the first are scored too.
 LABELS = ["movie review", "sports news", "cooking recipe", "sports"]
 CHAT = [{"role": "user", "content": FRANCE}]
+# One thread: llama.cpp's threads spin at their barriers, and on two cores shared with other work
+# that took a run from 40 s to over 5 minutes. The references use the same count.
+THREADS = 1
 LONG_TEXT = " ".join(TEXTS * 16)  # its prompt is longer than one n_batch (512 tokens)
 
 
 @pytest.fixture(scope="module")
 def backend():
-    llama_backend = create_backend(Resolver([]).resolve(SMOLLM), "llama_cpp", RuntimeConfig(), {})
+    llama_backend = create_backend(Resolver([]).resolve(SMOLLM), "llama_cpp", RuntimeConfig(threads=THREADS), {})
     yield llama_backend
     llama_backend.close()
 
@@ -39,7 +41,7 @@ def raw_scorer(backend):
     import llama_cpp
 
     llm = llama_cpp.Llama(model_path=str(backend.spec.path), logits_all=True, n_ctx=1024, seed=0,
-                          n_threads=cpu_threads(), n_threads_batch=cpu_threads(), n_gpu_layers=0,
+                          n_threads=THREADS, n_threads_batch=THREADS, n_gpu_layers=0,
                           verbose=False)
     yield llm
     llm.close()
@@ -108,8 +110,8 @@ def test_generate_after_classify_equals_raw_llama_cpp(backend):
 
     # A chat whose prompt is the classification prompt: its first n_batch chunk is kept between calls.
     long_chat = classification_messages(LONG_TEXT, LABELS)
-    raw = llama_cpp.Llama(model_path=str(backend.spec.path), n_ctx=backend.n_ctx, n_threads=cpu_threads(),
-                          n_threads_batch=cpu_threads(), n_gpu_layers=0, verbose=False)
+    raw = llama_cpp.Llama(model_path=str(backend.spec.path), n_ctx=backend.n_ctx, n_threads=THREADS,
+                          n_threads_batch=THREADS, n_gpu_layers=0, verbose=False)
     try:
         expected = {}
         for name, messages in (("short", CHAT), ("long", long_chat)):
@@ -128,7 +130,7 @@ def test_generate_after_classify_equals_raw_llama_cpp(backend):
 
 
 def test_too_long_a_text_is_refused_unless_truncated(backend):
-    small = create_backend(backend.spec, "llama_cpp", RuntimeConfig(), {"n_ctx": 128})
+    small = create_backend(backend.spec, "llama_cpp", RuntimeConfig(threads=THREADS), {"n_ctx": 128})
     try:
         long_text = " ".join(TEXTS * 20)
         with pytest.raises(InvalidRequest) as refused:
@@ -174,7 +176,7 @@ def tiny_chat_backend(tmp_path_factory):
                          initializer_range=0.5, eos_token_id=fast.eos_token_id)
     LlamaForCausalLM(config).save_pretrained(folder)
     tiny = create_backend(Resolver([folder.parent]).resolve("tiny-chat"), "transformers",
-                          RuntimeConfig(device="cpu"), {})
+                          RuntimeConfig(device="cpu", threads=THREADS), {})
     yield tiny
     tiny.close()
 
