@@ -8,7 +8,7 @@ from ..errors import InvalidRequest
 from ..references import ModelSpec
 from .base import Backend, GenerationOutcome, GenerationParams, StopMatcher
 
-BACKENDS = ("auto", "llama_cpp", "transformers", "spacy")
+BACKENDS = ("auto", "llama_cpp", "transformers", "spacy", "rapidocr")
 
 __all__ = ["BACKENDS", "Backend", "GenerationOutcome", "GenerationParams", "StopMatcher",
            "choose_backend", "create_backend"]
@@ -22,6 +22,14 @@ def choose_backend(spec: ModelSpec, backend: str = "auto") -> str:
             raise InvalidRequest(f"{spec.id!r} is a spaCy pipeline; only the spacy backend serves it",
                                  param="backend")
         return "spacy"
+    if spec.format == "rapidocr":
+        if backend not in ("auto", "rapidocr"):
+            raise InvalidRequest(f"{spec.id!r} is a RapidOCR model; only the rapidocr backend serves it",
+                                 param="backend")
+        return "rapidocr"
+    if backend == "rapidocr":
+        raise InvalidRequest(f"{spec.id!r} is no RapidOCR model; the rapidocr backend serves rapidocr only",
+                             param="backend")
     if backend == "spacy":
         raise InvalidRequest(f"{spec.id!r} is no spaCy pipeline; the spacy backend serves spaCy folders",
                              param="backend")
@@ -45,6 +53,10 @@ def create_backend(spec: ModelSpec, backend: str, config: RuntimeConfig, options
         from .spacy_pipeline import SpacyBackend
 
         return SpacyBackend(spec)
+    if backend == "rapidocr":
+        from .rapidocr_engine import RapidOcrBackend
+
+        return RapidOcrBackend(spec, threads=threads)
     device = pick_device(config.device)
     # Classifier heads load from their folders; a GGUF keeps the paths below.
     if spec.format == "transformers" and spec.task in ("classify", "rerank"):

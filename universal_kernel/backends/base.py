@@ -99,6 +99,12 @@ class Backend(ABC):
         and the prompt token count."""
         raise WrongTask(f"{self.spec.id!r} finds no entities")
 
+    def read_images(self, images: list, *, boxes: bool = False) -> list[dict]:
+        """OCR: per image (RGB uint8 array), `{text, confidence, boxes}`: its lines top to bottom joined by
+        newlines, their mean confidence (0 when nothing was read) and, if asked, `[{x1, y1, x2, y2, text,
+        confidence}]` in the image's pixels (else None)."""
+        raise WrongTask(f"{self.spec.id!r} reads no text from images")
+
     @abstractmethod
     def close(self) -> None:
         """Free everything the model holds."""
