@@ -404,3 +404,44 @@ class RemoteRuntime:
 
     def subscribe(self, listener) -> None:  # the monitor polls the server instead
         pass
+
+    # Anomaly detection: the server's detectors (its anomaly folder, shared with the local kernels) --------
+    def anomaly_fit(self, name: str, data, *, backend: str = "isolation_forest", contamination: float = 0.1,
+                    model: str | None = None):
+        from .tasks import anomaly as anomaly_task
+
+        body = {"model": name, "data": anomaly_task.data_to_wire(data), "backend": backend,
+                "contamination": contamination}
+        if model is not None:
+            body["embedding_model"] = model
+        return anomaly_task.detector_from_wire(self._json("POST", anomaly_task.PATHS["fit"], body))
+
+    def anomaly_score(self, name: str, data):
+        from .interface import AnomalyScores
+        from .tasks import anomaly as anomaly_task
+
+        body = self._json("POST", anomaly_task.PATHS["score"], {"model": name, "data": anomaly_task.data_to_wire(data)})
+        rows = sorted(body["data"], key=lambda row: row["index"])
+        return AnomalyScores(name=body["model"], scores=np.array([row["score"] for row in rows], dtype=np.float64),
+                             is_anomaly=np.array([row["is_anomaly"] for row in rows], dtype=bool),
+                             threshold=body["threshold"])
+
+    def anomaly_models(self) -> list:
+        from .tasks import anomaly as anomaly_task
+
+        body = self._json("GET", anomaly_task.PATHS["models"])
+        return [anomaly_task.detector_from_wire(entry) for entry in body["data"]]
+
+    def anomaly_delete(self, name: str) -> bool:
+        from urllib.parse import quote
+
+        from .errors import ModelNotFound
+        from .tasks import anomaly as anomaly_task
+        from .tasks.anomaly_store import check_name
+
+        check_name(name)  # refused here, as in the local runtime, before a path is built from it
+        try:
+            self._json("DELETE", f"{anomaly_task.PATHS['models']}/{quote(name, safe='')}")
+        except ModelNotFound:
+            return False
+        return True

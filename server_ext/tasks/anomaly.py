@@ -1,0 +1,145 @@
+"""Anomaly detection over HTTP (`universal/v1/anomaly/...`), detectors kept in the runtime's anomaly folder
+(the one the kernels use: a detector fitted in one is scored by the other).
+
+- `POST anomaly/fit` `{model: NAME, data: [[x..]] or [{col: x}] or [str], backend?, contamination?: 0.1,
+  embedding_model?}` -> `{model, n_samples, n_features, threshold, backend, contamination, columns,
+  embedding_model, created_at}`
+- `POST anomaly/score` `{model, data}` -> `{model, threshold, data: [{index, score, is_anomaly}]}`
+- `GET anomaly/models` -> `{object: "list", data: [detector]}`; `DELETE anomaly/models/NAME` -> `{model, deleted}`
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable, Literal, Optional
+
+from jupyter_server.auth.decorator import authorized
+from pydantic import BaseModel
+from tornado import web
+
+from universal_kernel.errors import ModelNotFound
+from universal_kernel.tasks import anomaly as anomaly_task
+
+from .. import protocol as p
+from ..errors import Failure, failure_from
+from ..handlers import BaseHandler
+from ..serving import Serving, parse
+
+
+class AnomalyFitRequest(p._Request):
+    model: str  # the detector's name
+    data: list[Any]  # checked by the runtime, which names what is wrong (param "data")
+    backend: str = "isolation_forest"
+    contamination: float = 0.1
+    embedding_model: Optional[str] = None  # texts: their vectors' model (default: the server's)
+
+
+class AnomalyScoreRequest(p._Request):
+    model: str
+    data: list[Any]
+
+
+class AnomalyRow(BaseModel):
+    index: int  # the row's position in the request
+    score: float  # 0..1, higher = more anomalous
+    is_anomaly: bool
+
+
+class AnomalyScoreResponse(BaseModel):
+    model: str
+    threshold: float
+    data: list[AnomalyRow]
+
+
+class AnomalyDetectorBody(BaseModel):
+    model: str
+    backend: str
+    n_samples: int
+    n_features: int
+    threshold: float
+    contamination: float
+    columns: Optional[list[str]] = None
+    embedding_model: Optional[str] = None
+    created_at: float = 0.0
+
+
+class AnomalyModelsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[AnomalyDetectorBody]
+
+
+async def _off_loop(work: Callable[[], Any]) -> Any:
+    """scikit-learn's work and the detector files, run off the event loop; typed errors become failures."""
+    try:
+        return await asyncio.get_running_loop().run_in_executor(None, work)
+    except Exception as exc:  # noqa: BLE001 - failures are values here, as in serving.py
+        return failure_from(exc)
+
+
+async def fit(serving: Serving, req: AnomalyFitRequest) -> AnomalyDetectorBody | Failure:
+    found = await _off_loop(lambda: serving.runtime.anomaly_fit(
+        req.model, req.data, backend=req.backend, contamination=req.contamination, model=req.embedding_model))
+    return found if isinstance(found, Failure) else AnomalyDetectorBody(**anomaly_task.detector_to_wire(found))
+
+
+async def score(serving: Serving, req: AnomalyScoreRequest) -> AnomalyScoreResponse | Failure:
+    found = await _off_loop(lambda: serving.runtime.anomaly_score(req.model, req.data))
+    if isinstance(found, Failure):
+        return found
+    rows = [AnomalyRow(index=i, score=float(s), is_anomaly=bool(flag))
+            for i, (s, flag) in enumerate(zip(found.scores, found.is_anomaly))]
+    return AnomalyScoreResponse(model=found.name, threshold=found.threshold, data=rows)
+
+
+async def models(serving: Serving) -> AnomalyModelsResponse | Failure:
+    found = await _off_loop(serving.runtime.anomaly_models)
+    if isinstance(found, Failure):
+        return found
+    return AnomalyModelsResponse(data=[AnomalyDetectorBody(**anomaly_task.detector_to_wire(d)) for d in found])
+
+
+async def delete(serving: Serving, name: str) -> dict | Failure:
+    def work():
+        if not serving.runtime.anomaly_delete(name):
+            raise ModelNotFound(f"no anomaly detector named {name!r}")
+        return {"model": name, "deleted": True}
+
+    return await _off_loop(work)
+
+
+class AnomalyFitHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def post(self):
+        req = parse(AnomalyFitRequest, self.request.body)
+        self.send(req if isinstance(req, Failure) else await fit(self.serving, req))
+
+
+class AnomalyScoreHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def post(self):
+        req = parse(AnomalyScoreRequest, self.request.body)
+        self.send(req if isinstance(req, Failure) else await score(self.serving, req))
+
+
+class AnomalyModelsHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def get(self):
+        self.send(await models(self.serving))
+
+
+class AnomalyModelHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def delete(self, name: str):
+        self.send(await delete(self.serving, name))
+
+
+def routes() -> list[tuple[str, type]]:
+    paths = anomaly_task.PATHS  # the paths the client runtime uses
+    return [(rf"universal/{paths['fit']}/?", AnomalyFitHandler),
+            (rf"universal/{paths['score']}/?", AnomalyScoreHandler),
+            (rf"universal/{paths['models']}/?", AnomalyModelsHandler),
+            (rf"universal/{paths['models']}/([^/]+)/?", AnomalyModelHandler)]

@@ -1,0 +1,304 @@
+"""Anomaly detection: detectors fitted on numeric rows (or texts, over their embeddings), kept by name.
+
+Backends are scikit-learn's `IsolationForest` (default) and `LocalOutlierFactor(novelty=True)`, each
+the last step of a `Pipeline` whose first step standardises numeric columns. Scores are in 0..1,
+higher = more anomalous: the detector's raw outlyingness (-score_samples) mapped through the
+empirical CDF of the training rows' own outlyingness, so the threshold, the (1 - contamination)
+quantile of the training scores, flags about `contamination` of the training rows.
+
+`data` is a numpy array, a DataFrame of numeric columns (their names are kept and checked when
+scoring), a list of rows ([x, ..] or {column: x}, the wire's shapes), or texts (a list or Series of
+str). The module functions are what `Runtime.anomaly_*` call; persistence is `anomaly_store.py`.
+scikit-learn is imported only when a detector is fitted or loaded.
+"""
+
+from __future__ import annotations
+
+import numbers
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..errors import InvalidRequest
+from ..interface import AnomalyDetector, AnomalyScores
+from .anomaly_store import DetectorStore, check_name
+
+BACKENDS = ("isolation_forest", "local_outlier_factor")
+LOF_NEIGHBORS = 20
+EMBED_CHUNK = 256  # texts per embedding call: bounded requests, the same vectors
+
+#: the wire paths, relative to `{base_url}universal/`
+PATHS = {"fit": "v1/anomaly/fit", "score": "v1/anomaly/score", "models": "v1/anomaly/models"}
+
+
+@dataclass
+class _Rows:
+    """`data` read: a float matrix with its column names, or texts."""
+
+    matrix: np.ndarray | None = None
+    columns: list[str] | None = None
+    texts: list[str] | None = None
+
+
+# Reading data --------------------------------------------------------------------------------------
+def _is_text(value) -> bool:
+    return isinstance(value, str)
+
+
+def read_data(data, param: str = "data") -> _Rows:
+    """The rows of `data`, checked: InvalidRequest naming `param` for anything that is not numeric rows or texts."""
+    pd = sys.modules.get("pandas")
+    if pd is not None and isinstance(data, pd.DataFrame):
+        numeric = [c for c in data.columns if pd.api.types.is_numeric_dtype(data[c])]
+        other = [str(c) for c in data.columns if c not in numeric]
+        if other:
+            raise InvalidRequest(f"{param} has non-numeric columns {', '.join(other)}: select numeric ones "
+                                 f"(df.select_dtypes('number')), or pass one text column for text mode", param=param)
+        return _finite(_Rows(data.to_numpy(dtype=np.float64), [str(c) for c in data.columns]), param)
+    if pd is not None and isinstance(data, (pd.Series, pd.Index)):
+        if pd.api.types.is_numeric_dtype(data.dtype):
+            name = getattr(data, "name", None)
+            return _finite(_Rows(data.to_numpy(dtype=np.float64).reshape(-1, 1),
+                                 [str(name)] if name is not None else None), param)
+        data = data.tolist()
+    if isinstance(data, np.ndarray):
+        if data.dtype.kind in "USO" and data.ndim == 1:
+            data = data.tolist()
+        elif data.dtype.kind in "biuf" and data.ndim in (1, 2):
+            matrix = data.astype(np.float64)
+            return _finite(_Rows(matrix.reshape(-1, 1) if matrix.ndim == 1 else matrix), param)
+        else:
+            raise InvalidRequest(f"{param} must be a 1-D or 2-D numeric array (or texts), not {data.ndim}-D "
+                                 f"{data.dtype}", param=param)
+    if isinstance(data, tuple):
+        data = list(data)
+    if not isinstance(data, list) or not data:
+        raise InvalidRequest(f"{param} must be a non-empty list of rows, a numpy array, a DataFrame or texts",
+                             param=param)
+    if all(_is_text(item) for item in data):
+        return _Rows(texts=data)
+    if any(_is_text(item) for item in data):
+        raise InvalidRequest(f"{param} mixes texts and other values: give texts only (text mode) or numeric rows",
+                             param=param)
+    if all(isinstance(row, dict) for row in data):
+        return _finite(_dict_rows(data, param), param)
+    return _finite(_list_rows(data, param), param)
+
+
+def _number(value, where: str, param: str) -> float:
+    if value is None:
+        return float("nan")  # counted with the NaNs below
+    if isinstance(value, numbers.Real):
+        return float(value)
+    raise InvalidRequest(f"{param}{where} is a {type(value).__name__}, not a number (texts need text mode: "
+                         f"a list of strings only)", param=param)
+
+
+def _list_rows(rows: list, param: str) -> _Rows:
+    width = None
+    matrix = []
+    for i, row in enumerate(rows):
+        row = [row] if isinstance(row, numbers.Real) or row is None else row
+        if not isinstance(row, (list, tuple)):
+            raise InvalidRequest(f"{param}[{i}] is a {type(row).__name__}; rows are lists of numbers", param=param)
+        if width is None:
+            width = len(row)
+        if len(row) != width or not width:
+            raise InvalidRequest(f"{param}[{i}] has {len(row)} values; every row needs the same number (first row: "
+                                 f"{width})", param=param)
+        matrix.append([_number(v, f"[{i}][{j}]", param) for j, v in enumerate(row)])
+    return _Rows(np.asarray(matrix, dtype=np.float64))
+
+
+def _dict_rows(rows: list[dict], param: str) -> _Rows:
+    columns = [str(c) for c in rows[0]]
+    matrix = []
+    for i, row in enumerate(rows):
+        if [str(c) for c in row] != columns:
+            raise InvalidRequest(f"{param}[{i}] has columns {list(row)}; every row needs {columns}", param=param)
+        matrix.append([_number(v, f"[{i}].{c}", param) for c, v in row.items()])
+    if not columns:
+        raise InvalidRequest(f"{param} rows have no columns", param=param)
+    return _Rows(np.asarray(matrix, dtype=np.float64), columns)
+
+
+def _finite(rows: _Rows, param: str) -> _Rows:
+    if 0 in rows.matrix.shape:
+        raise InvalidRequest(f"{param} has {rows.matrix.shape[0]} rows of {rows.matrix.shape[1]} columns: "
+                             f"nothing to fit or score", param=param)
+    bad = ~np.isfinite(rows.matrix)
+    if bad.any():
+        where = np.flatnonzero(bad.any(axis=0))
+        names = [rows.columns[j] if rows.columns else f"column {j}" for j in where]
+        raise InvalidRequest(f"{param} has {int(bad.sum())} missing (NaN/None) or infinite values in "
+                             f"{', '.join(map(str, names))}: drop or fill those rows first", param=param)
+    return rows
+
+
+def _vectors(runtime, texts: list[str], model: str) -> np.ndarray:
+    parts = [runtime.embed(texts[i:i + EMBED_CHUNK], model).vectors for i in range(0, len(texts), EMBED_CHUNK)]
+    return np.concatenate(parts).astype(np.float64)
+
+
+# Fitting --------------------------------------------------------------------------------------------
+def _check_options(backend: str, contamination) -> float:
+    if backend not in BACKENDS:
+        raise InvalidRequest(f"unknown anomaly backend {backend!r}; one of {', '.join(BACKENDS)}", param="backend")
+    if isinstance(contamination, bool) or not isinstance(contamination, numbers.Real) \
+            or not 0 < contamination <= 0.5:
+        raise InvalidRequest(f"contamination must be in (0, 0.5], the share of rows expected to be anomalies; "
+                             f"got {contamination!r}", param="contamination")
+    return float(contamination)
+
+
+def _pipeline(backend: str, texts: bool):
+    from sklearn.ensemble import IsolationForest
+    from sklearn.neighbors import LocalOutlierFactor
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    # embeddings are unit vectors already compared by angle; standardising would weigh noise dimensions
+    # as much as the meaningful ones. Numeric columns come in any units, so they are standardised.
+    scale = "passthrough" if texts else StandardScaler()
+    if backend == "isolation_forest":
+        detector = IsolationForest(n_estimators=200, random_state=0)
+    else:
+        detector = LocalOutlierFactor(n_neighbors=LOF_NEIGHBORS, novelty=True)
+    return Pipeline([("scale", scale), ("detect", detector)])
+
+
+def _outlyingness(pipeline, matrix: np.ndarray) -> np.ndarray:
+    return -pipeline.score_samples(matrix)  # sklearn: lower = more abnormal; here higher is
+
+
+class _Calibration:
+    """A monotone map of raw outlyingness to 0..1: the training rows' empirical CDF, interpolated, with
+    exponential tails beyond the training range so rows past anything seen keep their order."""
+
+    def __init__(self, training: np.ndarray):
+        self.sorted = np.sort(training)
+        n = len(self.sorted)
+        self.levels = np.arange(1, n + 1) / (n + 1)
+        spread = np.subtract(*np.percentile(self.sorted, [75, 25]))
+        self.scale = float(spread) if spread > 0 else float(np.std(self.sorted)) or 1.0
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        low, high = self.sorted[0], self.sorted[-1]
+        scores = np.interp(raw, self.sorted, self.levels)
+        below, above = raw < low, raw > high
+        scores[below] = self.levels[0] * np.exp((raw[below] - low) / self.scale)
+        scores[above] = 1 - (1 - self.levels[-1]) * np.exp(-(raw[above] - high) / self.scale)
+        return np.clip(scores, 0.0, 1.0)
+
+
+def fit(runtime, name: str, data, *, backend: str = "isolation_forest", contamination: float = 0.1,
+        model: str | None = None) -> AnomalyDetector:
+    """Fit a detector on `data` and keep it under `name` in `runtime.config.anomaly_folder`."""
+    check_name(name)
+    contamination = _check_options(backend, contamination)
+    rows = read_data(data)
+    n_rows = len(rows.texts) if rows.texts is not None else len(rows.matrix)
+    needed = 2 if backend == "isolation_forest" else LOF_NEIGHBORS + 1
+    if n_rows < needed:
+        extra = f" (n_neighbors={LOF_NEIGHBORS}, plus one)" if backend == "local_outlier_factor" else ""
+        raise InvalidRequest(f"{backend} needs at least {needed} rows{extra}; data has {n_rows}", param="data")
+    text_model = None
+    if rows.texts is not None:
+        text_model = model or runtime.default_embedding_model
+        matrix = _vectors(runtime, rows.texts, text_model)
+    else:
+        matrix = rows.matrix
+
+    pipeline = _pipeline(backend, texts=text_model is not None).fit(matrix)
+    if backend == "local_outlier_factor":
+        # each training row's own LOF, itself left out of its neighbours (score_samples would count it)
+        training = -pipeline[-1].negative_outlier_factor_
+    else:
+        training = _outlyingness(pipeline, matrix)
+    calibration = _Calibration(training)
+    threshold = float(np.quantile(calibration(training), 1 - contamination))
+    detector = AnomalyDetector(name=name, backend=backend, n_samples=n_rows, n_features=int(matrix.shape[1]),
+                               threshold=threshold, contamination=contamination, columns=rows.columns,
+                               text_model=text_model, created_at=time.time())
+    DetectorStore(runtime.config.anomaly_folder).save(
+        name, {"pipeline": pipeline, "calibration": calibration, "detector": asdict(detector)}, asdict(detector))
+    return detector
+
+
+# Scoring -------------------------------------------------------------------------------------------
+def _aligned(rows: _Rows, detector: AnomalyDetector) -> np.ndarray:
+    """The rows as the detector was fitted on them: the same columns, in the same order."""
+    if rows.texts is not None:
+        raise InvalidRequest(f"detector {detector.name!r} was fitted on numeric columns; data has texts",
+                             param="data")
+    matrix = rows.matrix
+    if detector.columns is not None and rows.columns is not None:
+        if set(rows.columns) != set(detector.columns) or len(rows.columns) != len(detector.columns):
+            missing = [c for c in detector.columns if c not in rows.columns]
+            extra = [c for c in rows.columns if c not in detector.columns]
+            raise InvalidRequest(f"data's columns do not match detector {detector.name!r}: it was fitted on "
+                                 f"{detector.columns}; missing {missing}, unexpected {extra}", param="data")
+        matrix = matrix[:, [rows.columns.index(c) for c in detector.columns]]
+    if matrix.shape[1] != detector.n_features:
+        raise InvalidRequest(f"data has {matrix.shape[1]} columns; detector {detector.name!r} was fitted on "
+                             f"{detector.n_features}", param="data")
+    return matrix
+
+
+def score(runtime, name: str, data) -> AnomalyScores:
+    """Scores in 0..1 (higher = more anomalous) of `data` under the detector kept as `name`."""
+    rows = read_data(data)
+    fitted = DetectorStore(runtime.config.anomaly_folder).load(name)
+    detector = AnomalyDetector(**fitted["detector"])
+    if detector.text_model is not None:
+        if rows.texts is None:
+            raise InvalidRequest(f"detector {name!r} was fitted on texts (over {detector.text_model}); data has "
+                                 f"numeric rows", param="data")
+        matrix = _vectors(runtime, rows.texts, detector.text_model)
+    else:
+        matrix = _aligned(rows, detector)
+    scores = fitted["calibration"](_outlyingness(fitted["pipeline"], matrix))
+    return AnomalyScores(name=name, scores=scores, is_anomaly=scores >= detector.threshold,
+                         threshold=detector.threshold)
+
+
+def models(runtime) -> list[AnomalyDetector]:
+    return [AnomalyDetector(**description)
+            for description in DetectorStore(runtime.config.anomaly_folder).describe_all().values()]
+
+
+def delete(runtime, name: str) -> bool:
+    return DetectorStore(runtime.config.anomaly_folder).delete(name)
+
+
+# The wire (the client sends, the server answers) ------------------------------------------------------
+def data_to_wire(data) -> list:
+    """`data` as JSON rows: a DataFrame as [{column: x}] (its names kept), arrays as lists, NaN as null."""
+    pd = sys.modules.get("pandas")
+    if pd is not None and isinstance(data, pd.DataFrame):
+        records = data.astype(object).where(data.notna(), None).to_dict(orient="records")
+        return [{str(k): v for k, v in row.items()} for row in records]
+    if pd is not None and isinstance(data, (pd.Series, pd.Index)):
+        data = data.astype(object).where(data.notna(), None).tolist() if isinstance(data, pd.Series) \
+            else data.tolist()
+    if isinstance(data, np.ndarray):
+        data = np.where(np.isnan(data), None, data).tolist() if data.dtype.kind == "f" else data.tolist()
+    return [list(row) if isinstance(row, tuple) else row for row in data] if isinstance(data, (list, tuple)) \
+        else data
+
+
+def detector_to_wire(detector: AnomalyDetector) -> dict:
+    """A detector as the server sends it: `model` is its name, `embedding_model` the texts' model."""
+    body = asdict(detector)
+    body["model"] = body.pop("name")
+    body["embedding_model"] = body.pop("text_model")
+    return body
+
+
+def detector_from_wire(body: dict) -> AnomalyDetector:
+    return AnomalyDetector(name=body["model"], backend=body["backend"], n_samples=body["n_samples"],
+                           n_features=body["n_features"], threshold=body["threshold"],
+                           contamination=body["contamination"], columns=body.get("columns"),
+                           text_model=body.get("embedding_model"), created_at=body.get("created_at") or 0.0)
