@@ -19,7 +19,7 @@ import numpy as np
 
 from .backends import GenerationParams
 from .errors import GenerationFailed, InvalidRequest, RuntimeFailure
-from .interface import ClassifyResult, EmbeddingResult, NerResult, RerankResult
+from .interface import ClassifyResult, EmbeddingResult, NerResult, OcrResult, RerankResult
 from .stats import RequestStats
 from .streams import Completion, ReadToEnd
 from .tasks import TaskCall
@@ -370,6 +370,18 @@ class RemoteRuntime:
     def ner(self, texts, model: str | None = None, *, backend: str = "auto", keep_alive: float | None = None,
             truncate: bool = False) -> NerResult:
         return self.run(ner_task.call(texts, model, backend=backend, keep_alive=keep_alive, truncate=truncate))
+
+    def ocr(self, images, model: str | None = None, *, boxes: bool = False, backend: str = "auto",
+            keep_alive: float | None = None) -> OcrResult:
+        from .tasks import ocr as ocr_task  # Pillow and pypdfium2 load with the first image
+
+        """Images are read here (paths in this kernel's folders) and sent as base64; the server's limits apply."""
+        from .config import default_model_folders
+        from .references import Resolver
+
+        folders = Resolver(default_model_folders())  # the kernel's own folders, as in the local runtime
+        return self.run(ocr_task.call(images, model, boxes=boxes, backend=backend, keep_alive=keep_alive,
+                                      path_check=folders.check_path))
 
     def status(self) -> dict:
         return self._json("GET", "api/status")

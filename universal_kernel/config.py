@@ -55,6 +55,15 @@ class RuntimeConfig:
             os.environ.get("UNIVERSAL_KERNEL_CONVERT_CACHE", Path.home() / ".cache" / "universal-kernel" / "converted")
         )
     )
+    #: where fitted anomaly detectors are kept: one folder for the kernels and the server alike
+    anomaly_folder: Path = field(
+        default_factory=lambda: Path(
+            os.environ.get("UNIVERSAL_KERNEL_ANOMALY_FOLDER", Path.home() / ".cache" / "universal-kernel" / "anomaly")
+        )
+    )
+    #: OCR limits, checked before an image is decoded: pixels per image (or rendered page), pages per PDF
+    ocr_max_pixels: int = 40_000_000
+    ocr_max_pages: int = 50
     default_generation_model: str = "smollm2-135m-instruct"
     default_embedding_model: str = "all-minilm-l6-v2"
     #: seconds a reader waits for the generating thread before checking that it is alive

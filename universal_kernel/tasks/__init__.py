@@ -64,10 +64,17 @@ TASKS: dict[str, TaskParts] = {parts.name: parts for parts in (
     TaskParts("ner", "find entities", frozenset({("spacy", "ner"), ("transformers", "ner")}),
               "universal_kernel.tasks.ner", "universal_kernel.server_ext.tasks.ner",
               "universal_kernel.magics.ner", lambda config: "en-core-web-sm"),
+    TaskParts("ocr", "read text from images", frozenset({("rapidocr", "ocr")}),
+              "universal_kernel.tasks.ocr", "universal_kernel.server_ext.tasks.ocr",
+              "universal_kernel.magics.ocr", lambda config: "rapidocr"),
+    # numeric data needs no model; texts are scored over the vectors of an embedding model
+    TaskParts("anomaly", "score anomalies of texts", frozenset({("*", "embed")}),
+              "universal_kernel.tasks.anomaly", "universal_kernel.server_ext.tasks.anomaly",
+              "universal_kernel.magics.anomaly", _embedding_default),
 )}
 
 _KINDS = {"generate": "a generation", "embed": "an embedding", "classify": "a classifier",
-          "rerank": "a cross-encoder", "ner": "an entity-recognition"}
+          "rerank": "a cross-encoder", "ner": "an entity-recognition", "ocr": "an OCR"}
 
 
 def task_parts(task: str) -> TaskParts:
