@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -12,6 +13,8 @@ import pytest
 # Never reach a hub from a test: the models come from PyPI packages.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Fitted anomaly detectors of this session (kernel runtimes and the server alike) stay out of ~/.cache.
+os.environ.setdefault("UNIVERSAL_KERNEL_ANOMALY_FOLDER", tempfile.mkdtemp(prefix="uk-anomaly-"))
 
 from universal_kernel import Runtime, RuntimeConfig  # noqa: E402
 from universal_kernel.references import BUILTIN_ALIASES  # noqa: E402
