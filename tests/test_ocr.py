@@ -61,6 +61,16 @@ def _png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
 
 
+def _pdf_page(width: float, height: float) -> bytes:
+    import pypdfium2 as pdfium
+
+    document = pdfium.PdfDocument.new()
+    document.new_page(width, height)
+    buffer = io.BytesIO()
+    document.save(buffer)
+    return buffer.getvalue()
+
+
 @pytest.fixture(scope="module", autouse=True)
 def unload_ocr_afterwards(runtime):
     """The session runtime is shared: later tests count its loaded models (the two defaults)."""
@@ -207,9 +217,11 @@ def test_remote_runtime_reads_what_the_local_runtime_reads(server, runtime, file
     assert [(p.index, p.page, p.text) for p in far.pages] == [(p.index, p.page, p.text) for p in near.pages]
     for a, b in zip(far.pages, near.pages):
         assert a.confidence == pytest.approx(b.confidence, abs=1e-4)
-        assert [(x.x1, x.y1, x.x2, x.y2, x.text) for x in a.boxes] == [(x.x1, x.y1, x.x2, x.y2, x.text) for x in b.boxes]
-    with pytest.raises(InvalidRequest, match=r"images\[0\]"):  # the typed error survives the trip
-        remote.ocr([b"GIF89a"])
+        assert [(x.x1, x.y1, x.x2, x.y2) for x in a.boxes] == [(x.x1, x.y1, x.x2, x.y2) for x in b.boxes]
+    # a page of 5000 x 5000 points: the client takes it (it has no limits), the server refuses it without
+    # rendering it (100 M pixels at 144 dpi), and the typed error survives the trip
+    with pytest.raises(InvalidRequest, match=r"images\[1\] page 1 .*ocr_max_pixels"):
+        remote.ocr([jpeg, _pdf_page(5000, 5000)])
     server.post("universal/api/unload", {"model": OCR})
 
 
