@@ -354,7 +354,7 @@ class RemoteRuntime:
         stats.total_s = time.perf_counter() - started
         result = part.from_wire(payload or {}, call, stats)
         stats.model = result.model
-        stats.prompt_tokens = result.prompt_tokens
+        stats.prompt_tokens = getattr(result, "prompt_tokens", 0)  # OCR counts no tokens
         return result
 
     def rerank(self, query: str, documents: list[str], model: str | None = None, top_n: int | None = None, *,

@@ -56,6 +56,8 @@ def _import_backend_library(backend: str, device: str = "auto") -> None:
             import llama_cpp  # noqa: F401
         elif backend == "spacy":
             import spacy  # noqa: F401
+        elif backend == "rapidocr":
+            import onnxruntime  # noqa: F401
         else:
             import torch
             import transformers  # noqa: F401
