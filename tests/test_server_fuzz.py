@@ -14,7 +14,7 @@ import pytest
 
 from universal_kernel.server_ext import handlers
 from universal_kernel.server_ext import protocol as p
-from universal_kernel.server_ext.tasks import classify, ner, rerank
+from universal_kernel.server_ext.tasks import anomaly, classify, ner, ocr, rerank
 
 from .conftest import MINILM, SMOLLM
 
@@ -28,8 +28,15 @@ REQUEST_TYPES = {
     rerank.RerankHandler: rerank.RerankRequest,
     classify.ClassifyHandler: classify.ClassifyRequest,
     ner.NerHandler: ner.NerRequest,
+    ocr.OcrHandler: ocr.OcrRequest,
+    anomaly.AnomalyFitHandler: anomaly.AnomalyFitRequest,
+    anomaly.AnomalyScoreHandler: anomaly.AnomalyScoreRequest,
 }
 GENERATION = (handlers.ChatCompletionsHandler, handlers.CompletionsHandler)
+
+#: a 40x16 white PNG with a black bar: OCR reads it in a blink, whatever it finds
+TINY_PNG = ("iVBORw0KGgoAAAANSUhEUgAAACgAAAAQCAAAAABBvGJxAAAAJUlEQVR4nGP8z0AcYCJS3ZBQyMLAwMDAwIhTHh4oA+hGxhEZ"
+            "MwAorwMfAnVGMgAAAABJRU5ErkJggg==")
 
 #: a valid request for each route: the fuzz replaces some of its fields
 BASE = {
@@ -42,6 +49,9 @@ BASE = {
     rerank.RerankHandler: {"model": MINILM, "query": "q", "documents": ["a", "b"]},
     classify.ClassifyHandler: {"model": MINILM, "input": ["a"], "labels": ["x", "y"]},
     ner.NerHandler: {"model": "en-core-web-sm", "input": "Tim Cook works at Apple."},
+    ocr.OcrHandler: {"images": [TINY_PNG]},
+    anomaly.AnomalyFitHandler: {"model": "fuzz-detector", "data": [[0.0, 1.0], [1.0, 0.5], [0.2, 0.3], [2.0, 1.0]]},
+    anomaly.AnomalyScoreHandler: {"model": "fuzz-detector", "data": [[0.1, 0.2]]},
 }
 
 #: plausible values per field, valid ones among them, so that random requests also reach deep code
@@ -84,6 +94,10 @@ PLAUSIBLE = {
     "top_n": [0, 1, 2, 100, -1, 2.0, True],
     "return_documents": [True, False],
     "truncate": [True, False],
+    "images": [[], [""], ["bm90IGFuIGltYWdl"], ["data:image/png;base64,!!"], [1], "x", [None]],
+    "return_boxes": [True, False],
+    "data": [[], [[1, 2]], [[1, "a"]], [{"a": 1}], ["text"], [[float("nan")]], [[1], [1, 2]], "x"],
+    "contamination": [0, 0.1, 0.5, 0.6, -1],
     "stream": [True, False],
 }
 UNKNOWN_FIELDS = ["user", "metadata", "store", "", "\x00", "a" * 300, "__proto__", "constructor"]
@@ -303,7 +317,7 @@ def fuzzed_server(server):
 def test_every_post_route_is_fuzzed():
     routes = post_routes()
     assert {handler for _, handler in routes} == set(REQUEST_TYPES) == set(BASE)
-    assert len(routes) == 8
+    assert len(routes) == 11
 
 
 def test_hostile_bodies_on_every_post_route(fuzzed_server):
@@ -323,7 +337,7 @@ def test_random_requests_on_every_post_route(fuzzed_server):
     statuses: dict[str, list[int]] = {path: [] for path, _ in routes}
     for seed in (0, 1, 2):
         rng = random.Random(seed)
-        for i in range(70):
+        for i in range(14 * len(routes)):  # fourteen requests per route and seed
             path, handler = routes[i % len(routes)]
             body = random_request(rng, handler)
             response = fuzzed_server.post(path, body, headers={"Content-Type": "application/json"}, timeout=60)

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 from typing import Any, Callable, TypeVar
 
+from jupyter_server.auth.decorator import authorized
 from pydantic import BaseModel
+from tornado import web
 
 from universal_kernel.tasks import TaskCall
 
 from .. import protocol as p
 from ..errors import Failure, failure_from
+from ..handlers import BaseHandler
+from ..serving import Serving, parse
 
 Response = TypeVar("Response", bound=BaseModel)
 
@@ -55,4 +59,20 @@ async def serve(runtime, build_call: Callable[[], TaskCall],
     return respond(result)
 
 
-__all__ = ["TaskRequest", "TaskUsage", "serve"]
+def post_handler(request_type: type[BaseModel], answer: Callable[[Serving, Any], Any]) -> type[BaseHandler]:
+    """The thin handler of a task's POST route: authenticate, parse the body into `request_type`, send
+    what `await answer(serving, request)` returns (a response or a failure)."""
+
+    class TaskPostHandler(BaseHandler):
+        @web.authenticated
+        @authorized
+        async def post(self, *args):
+            req = parse(request_type, self.request.body)
+            self.send(req if isinstance(req, Failure) else await answer(self.serving, req))
+
+    name = request_type.__name__.removesuffix("Request") + "Handler"
+    TaskPostHandler.__name__ = TaskPostHandler.__qualname__ = name
+    return TaskPostHandler
+
+
+__all__ = ["TaskRequest", "TaskUsage", "post_handler", "serve"]

@@ -23,7 +23,8 @@ from universal_kernel.tasks import anomaly as anomaly_task
 from .. import protocol as p
 from ..errors import Failure, failure_from
 from ..handlers import BaseHandler
-from ..serving import Serving, parse
+from ..serving import Serving
+from . import post_handler
 
 
 class AnomalyFitRequest(p._Request):
@@ -107,20 +108,10 @@ async def delete(serving: Serving, name: str) -> dict | Failure:
     return await _off_loop(work)
 
 
-class AnomalyFitHandler(BaseHandler):
-    @web.authenticated
-    @authorized
-    async def post(self):
-        req = parse(AnomalyFitRequest, self.request.body)
-        self.send(req if isinstance(req, Failure) else await fit(self.serving, req))
+AnomalyFitHandler = post_handler(AnomalyFitRequest, fit)
 
 
-class AnomalyScoreHandler(BaseHandler):
-    @web.authenticated
-    @authorized
-    async def post(self):
-        req = parse(AnomalyScoreRequest, self.request.body)
-        self.send(req if isinstance(req, Failure) else await score(self.serving, req))
+AnomalyScoreHandler = post_handler(AnomalyScoreRequest, score)
 
 
 class AnomalyModelsHandler(BaseHandler):

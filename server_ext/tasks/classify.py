@@ -9,17 +9,14 @@ from __future__ import annotations
 
 from typing import Literal, Union
 
-from jupyter_server.auth.decorator import authorized
 from pydantic import BaseModel
-from tornado import web
 
 from universal_kernel.tasks import classify as classify_task
 
 from .. import protocol as p
 from ..errors import Failure
-from ..handlers import BaseHandler
-from ..serving import Serving, parse
-from . import TaskRequest, TaskUsage, serve
+from ..serving import Serving
+from . import TaskRequest, TaskUsage, post_handler, serve
 
 
 class ClassifyRequest(TaskRequest):
@@ -53,12 +50,7 @@ async def classify(serving: Serving, req: ClassifyRequest) -> ClassifyResponse |
                                                                    **req.options()), respond)
 
 
-class ClassifyHandler(BaseHandler):
-    @web.authenticated
-    @authorized
-    async def post(self):
-        req = parse(ClassifyRequest, self.request.body)
-        self.send(req if isinstance(req, Failure) else await classify(self.serving, req))
+ClassifyHandler = post_handler(ClassifyRequest, classify)
 
 
 def routes() -> list[tuple[str, type]]:

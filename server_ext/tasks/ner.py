@@ -8,17 +8,14 @@ from __future__ import annotations
 
 from typing import Literal, Union
 
-from jupyter_server.auth.decorator import authorized
 from pydantic import BaseModel
-from tornado import web
 
 from universal_kernel.tasks import ner as ner_task
 
 from .. import protocol as p
 from ..errors import Failure
-from ..handlers import BaseHandler
-from ..serving import Serving, parse
-from . import TaskRequest, TaskUsage, serve
+from ..serving import Serving
+from . import TaskRequest, TaskUsage, post_handler, serve
 
 
 class NerRequest(TaskRequest):
@@ -56,12 +53,7 @@ async def ner(serving: Serving, req: NerRequest) -> NerResponse | Failure:
     return await serve(serving.runtime, lambda: ner_task.call(req.input, req.model, **req.options()), respond)
 
 
-class NerHandler(BaseHandler):
-    @web.authenticated
-    @authorized
-    async def post(self):
-        req = parse(NerRequest, self.request.body)
-        self.send(req if isinstance(req, Failure) else await ner(self.serving, req))
+NerHandler = post_handler(NerRequest, ner)
 
 
 def routes() -> list[tuple[str, type]]:

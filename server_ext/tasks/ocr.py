@@ -10,17 +10,14 @@ from __future__ import annotations
 import asyncio
 from typing import Literal, Optional
 
-from jupyter_server.auth.decorator import authorized
 from pydantic import BaseModel
-from tornado import web
 
 from universal_kernel.tasks import ocr as ocr_task
 
 from .. import protocol as p
 from ..errors import Failure, failure_from
-from ..handlers import BaseHandler
-from ..serving import Serving, parse
-from . import TaskRequest, serve
+from ..serving import Serving
+from . import TaskRequest, post_handler, serve
 
 
 class OcrRequest(TaskRequest):
@@ -75,12 +72,7 @@ async def ocr(serving: Serving, req: OcrRequest) -> dict | Failure:
     return await serve(serving.runtime, lambda: call, respond)
 
 
-class OcrHandler(BaseHandler):
-    @web.authenticated
-    @authorized
-    async def post(self):
-        req = parse(OcrRequest, self.request.body)
-        self.send(req if isinstance(req, Failure) else await ocr(self.serving, req))
+OcrHandler = post_handler(OcrRequest, ocr)
 
 
 def routes() -> list[tuple[str, type]]:

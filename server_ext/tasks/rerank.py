@@ -9,17 +9,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from jupyter_server.auth.decorator import authorized
 from pydantic import BaseModel, StrictInt, model_serializer
-from tornado import web
 
 from universal_kernel.tasks import rerank as rerank_task
 
 from .. import protocol as p
 from ..errors import Failure
-from ..handlers import BaseHandler
-from ..serving import Serving, parse
-from . import TaskRequest, TaskUsage, serve
+from ..serving import Serving
+from . import TaskRequest, TaskUsage, post_handler, serve
 
 
 class RerankRequest(TaskRequest):
@@ -68,12 +65,7 @@ async def rerank(serving: Serving, req: RerankRequest) -> RerankResponse | Failu
                                                                  **req.options()), respond)
 
 
-class RerankHandler(BaseHandler):
-    @web.authenticated
-    @authorized
-    async def post(self):
-        req = parse(RerankRequest, self.request.body)
-        self.send(req if isinstance(req, Failure) else await rerank(self.serving, req))
+RerankHandler = post_handler(RerankRequest, rerank)
 
 
 def routes() -> list[tuple[str, type]]:

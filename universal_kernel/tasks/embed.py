@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import TaskCall, check_lengths, texts_input
-
-if TYPE_CHECKING:
-    from ..interface import EmbeddingResult
 
 
 class EmbeddingCache:
@@ -75,7 +71,7 @@ def work(ctx):
 
     texts, normalize = ctx.inputs["texts"], ctx.inputs["normalize"]
 
-    def run(instance, emit, cancelled) -> "EmbeddingResult":
+    def run(instance, emit, cancelled) -> EmbeddingResult:
         matrix, tokens = embed_rows(ctx, instance, texts, normalize)
         ctx.stats.prompt_tokens = tokens
         return EmbeddingResult(ctx.spec.id, matrix, tokens, ctx.stats)
