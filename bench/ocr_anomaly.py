@@ -207,7 +207,8 @@ def main(argv=None) -> int:
                             "pages/s", "ratio>=", 0.95 if same_magic else float("inf")))
         agreed &= same_arrays and same_pngs and same_magic
         notes.append(f"OCR texts equal to raw RapidOCR (lines top to bottom): arrays {'yes' if same_arrays else 'NO'}, "
-                     f"PNG bytes {'yes' if same_pngs else 'NO'}, %ocr {'yes' if same_magic else 'NO'} "
+                     f"PNG bytes {'yes' if same_pngs else 'NO'}, %ocr "
+                     f"{'not run' if shell is None else 'yes' if same_magic else 'NO'} "
                      f"(a NO makes that row's ratio not count); pages: {pages[0].shape[1]}x{pages[0].shape[0]}, Pillow's default font "
                      f"at {FONT_SIZE} px, {LINES_PER_PAGE if not args.smoke else 4} lines each")
         rt.unload(OCR)
