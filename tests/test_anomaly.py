@@ -215,15 +215,15 @@ def test_files_this_project_did_not_write_are_refused_not_unpickled(local, data,
     marker = tmp_path / "unpickled"
     local.anomaly_fit("kept", data)
     if how == "tampered":  # one byte changed
-        payload = bytearray((folder / "kept.joblib").read_bytes())
+        payload = bytearray((folder / "kept.pickle").read_bytes())
         payload[len(payload) // 2] ^= 0xFF
-        (folder / "kept.joblib").write_bytes(bytes(payload))
+        (folder / "kept.pickle").write_bytes(bytes(payload))
         name = "kept"
     elif how == "replaced":  # a legitimate detector's file swapped for a hostile pickle
-        (folder / "kept.joblib").write_bytes(pickle.dumps(Planted(marker)))
+        (folder / "kept.pickle").write_bytes(pickle.dumps(Planted(marker)))
         name = "kept"
     else:  # a file dropped in the folder that the manifest never signed
-        (folder / "dropped.joblib").write_bytes(pickle.dumps(Planted(marker)))
+        (folder / "dropped.pickle").write_bytes(pickle.dumps(Planted(marker)))
         name = "dropped"
     with pytest.raises(ReferenceRefused, match="not written by universal-kernel"):
         local.anomaly_score(name, data)
@@ -236,7 +236,7 @@ def test_a_foreign_file_is_refused_by_the_server_too(runtime, server, kept, tmp_
     marker = tmp_path / "unpickled-by-server"
     folder = Path(runtime.config.anomaly_folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.joblib").write_bytes(pickle.dumps(Planted(marker)))
+    (folder / f"{name}.pickle").write_bytes(pickle.dumps(Planted(marker)))
     response = server.post("universal/v1/anomaly/score", {"model": name, "data": [[1.0, 2.0]]})
     assert response.status_code == 400 and "not written by universal-kernel" in response.json()["error"]["message"]
     assert not marker.exists()
@@ -250,7 +250,7 @@ def test_names_that_could_leave_the_folder_are_refused(local, data, name):
         local.anomaly_score(name, data)
     with pytest.raises(ReferenceRefused):
         local.anomaly_delete(name)
-    assert not (local.config.anomaly_folder.parent / "x.joblib").exists()
+    assert not (local.config.anomaly_folder.parent / "x.pickle").exists()
 
 
 def test_names_are_refused_over_http(server):

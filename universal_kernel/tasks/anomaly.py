@@ -222,9 +222,24 @@ def fit(runtime, name: str, data, *, backend: str = "isolation_forest", contamin
     detector = AnomalyDetector(name=name, backend=backend, n_samples=n_rows, n_features=int(matrix.shape[1]),
                                threshold=threshold, contamination=contamination, columns=rows.columns,
                                text_model=text_model, created_at=time.time())
-    DetectorStore(runtime.config.anomaly_folder).save(
+    signature = DetectorStore(runtime.config.anomaly_folder).save(
         name, {"pipeline": pipeline, "calibration": calibration, "detector": asdict(detector)}, asdict(detector))
+    _fitted_here[(str(runtime.config.anomaly_folder), name)] = (signature, _fingerprint(matrix),
+                                                                calibration(training))
     return detector
+
+
+#: (folder, name) -> (signature, fingerprint of the training matrix, the training rows' scores) of the
+#: last fit in this process. Scoring the very rows just fitted (`%anomaly df`: fit, then score) takes
+#: them from here instead of a second pass over the forest, while the file is still the one fitted.
+_fitted_here: dict[tuple[str, str], tuple[str, str, np.ndarray]] = {}
+
+
+def _fingerprint(matrix: np.ndarray) -> str:
+    import hashlib
+
+    data = np.ascontiguousarray(matrix)
+    return f"{data.shape}{data.dtype}" + hashlib.blake2b(data.tobytes(), digest_size=16).hexdigest()
 
 
 # Scoring -------------------------------------------------------------------------------------------
@@ -250,7 +265,8 @@ def _aligned(rows: _Rows, detector: AnomalyDetector) -> np.ndarray:
 def score(runtime, name: str, data) -> AnomalyScores:
     """Scores in 0..1 (higher = more anomalous) of `data` under the detector kept as `name`."""
     rows = read_data(data)
-    fitted = DetectorStore(runtime.config.anomaly_folder).load(name)
+    store = DetectorStore(runtime.config.anomaly_folder)
+    fitted = store.load(name)
     detector = AnomalyDetector(**fitted["detector"])
     if detector.text_model is not None:
         if rows.texts is None:
@@ -259,7 +275,11 @@ def score(runtime, name: str, data) -> AnomalyScores:
         matrix = _vectors(runtime, rows.texts, detector.text_model)
     else:
         matrix = _aligned(rows, detector)
-    scores = fitted["calibration"](_outlyingness(fitted["pipeline"], matrix))
+    here = _fitted_here.get((str(runtime.config.anomaly_folder), name))
+    if here is not None and here[0] == store.signature(name) and here[1] == _fingerprint(matrix):
+        scores = here[2].copy()  # the rows it was fitted on: their scores are known
+    else:
+        scores = fitted["calibration"](_outlyingness(fitted["pipeline"], matrix))
     return AnomalyScores(name=name, scores=scores, is_anomaly=scores >= detector.threshold,
                          threshold=detector.threshold)
 
@@ -270,6 +290,7 @@ def models(runtime) -> list[AnomalyDetector]:
 
 
 def delete(runtime, name: str) -> bool:
+    _fitted_here.pop((str(runtime.config.anomaly_folder), name), None)
     return DetectorStore(runtime.config.anomaly_folder).delete(name)
 
 

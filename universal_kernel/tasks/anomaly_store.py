@@ -1,9 +1,9 @@
 """Where fitted anomaly detectors live: one folder that kernels and the server share.
 
-A detector is a pickle (joblib), and unpickling runs code: so a file this project did not write is
+A detector is a pickle, and unpickling runs code: so a file this project did not write is
 never unpickled. `manifest.json` holds, for each name, an HMAC-SHA256 of its file under a secret key
 created once in the folder (`.key`, mode 0600); a file is verified against it, from the very bytes
-that are then loaded, before `joblib.load`. A file that does not match, or that the manifest does not
+that are then loaded, before `pickle.loads`. A file that does not match, or that the manifest does not
 name, is refused. The manifest also keeps each detector's description, so listing loads no pickle.
 
 Writes are atomic (a temp file, then `os.replace`) and serialised between processes by an exclusive
@@ -16,9 +16,9 @@ import contextlib
 import fcntl
 import hashlib
 import hmac
-import io
 import json
 import os
+import pickle
 import re
 import secrets
 import tempfile
@@ -30,7 +30,7 @@ from ..errors import ModelNotFound, ReferenceRefused
 MANIFEST = "manifest.json"
 KEY = ".key"
 LOCK = ".lock"
-SUFFIX = ".joblib"
+SUFFIX = ".pickle"
 
 # letters, digits, '_', '-', '.'; never a leading dot (hidden files, '..'): no name can leave the folder
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
@@ -102,25 +102,28 @@ class DetectorStore:
             raise
 
     # What the task uses ------------------------------------------------------------------------
-    def save(self, name: str, fitted: Any, description: dict) -> None:
-        import joblib
-
-        buffer = io.BytesIO()
-        joblib.dump(fitted, buffer)
-        payload = buffer.getvalue()
+    def save(self, name: str, fitted: Any, description: dict) -> str:
+        """Write the detector and sign it; returns its signature (`signature(name)` reads it back)."""
+        # the C pickler, protocol 5: joblib's pure-Python path took 0.3 s for 200 trees
+        payload = pickle.dumps(fitted, protocol=5)
         with self._locked(exclusive=True):
             key = self._key(create=True)
             self._write_atomic(check_name(name) + SUFFIX, payload)
             manifest = self._manifest()
-            manifest[name] = {"file": name + SUFFIX, "hmac": self._signature(key, name, payload),
-                              "detector": description}
+            signature = self._signature(key, name, payload)
+            manifest[name] = {"file": name + SUFFIX, "hmac": signature, "detector": description}
             self._write_atomic(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8"))
+        return signature
+
+    def signature(self, name: str) -> str | None:
+        """The signature the manifest holds for `name` now (None: no such detector); loads no pickle."""
+        with self._locked(exclusive=False):
+            entry = self._manifest().get(check_name(name))
+        return entry.get("hmac") if isinstance(entry, dict) else None
 
     def load(self, name: str) -> Any:
         """The fitted detector saved under `name`, after its file's signature is verified; ModelNotFound when
         there is none, ReferenceRefused (never unpickled) when the file is not one this project wrote."""
-        import joblib
-
         check_name(name)
         path = self.folder / (name + SUFFIX)
         with self._locked(exclusive=False):
@@ -138,7 +141,7 @@ class DetectorStore:
                 expected, self._signature(key, name, payload)):
             raise ReferenceRefused(f"{path} was not written by universal-kernel (its signature does not match "
                                    f"the manifest): refused, not loaded")
-        return joblib.load(io.BytesIO(payload))  # exactly the bytes that were verified
+        return pickle.loads(payload)  # exactly the bytes that were verified
 
     def describe_all(self) -> dict[str, dict]:
         """{name: description} of every detector the manifest signs for; no pickle is loaded."""
