@@ -163,6 +163,10 @@ def test_remote_runtime_returns_the_local_results(server, runtime):
     ("classify", {"model": MINILM, "input": [1, 2], "labels": TOPICS}, 400, "input", "invalid_value"),
     ("ner", {"model": MINILM, "input": SENTENCES}, 400, "model", "wrong_model_task"),
     ("ner", {"model": SPACY, "input": SENTENCES, "keep_alive": "soon"}, 400, "keep_alive", "invalid_value"),
+    # past MiniLM's 256 tokens, without truncation asked for
+    ("classify", {"model": MINILM, "input": ["word " * 400], "labels": TOPICS}, 400, "input", "invalid_value"),
+    ("rerank", {"model": MINILM, "query": FRANCE, "documents": ["x", "word " * 400]}, 400, "documents",
+     "invalid_value"),
 ])
 def test_errors_are_openai_bodies_naming_the_param(server, path, body, status, param, code):
     response = server.post(f"universal/v1/{path}", body)
@@ -172,6 +176,15 @@ def test_errors_are_openai_bodies_naming_the_param(server, path, body, status, p
     assert set(error) == ERROR_KEYS and error["message"]
     assert (error["param"], error["code"], error["type"]) == (param, code, "invalid_request_error")
     assert response.headers["x-should-retry"] == "false"
+
+
+def test_truncation_asked_for_serves_long_texts(server, runtime):
+    long_text = "word " * 400
+    body = _ok(server.post("universal/v1/classify", {"model": MINILM, "input": [long_text], "labels": TOPICS,
+                                                      "truncate": True}))
+    local = runtime.classify([long_text], MINILM, TOPICS, truncate=True)
+    assert body["data"][0]["label"] == local.rows[0].label
+    assert np.isclose(body["data"][0]["score"], local.rows[0].score, atol=1e-5)
 
 
 @pytest.mark.parametrize("path", ["rerank", "classify", "ner"])

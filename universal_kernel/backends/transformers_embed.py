@@ -69,6 +69,8 @@ class TransformersEmbedBackend(Backend):
         limits = [n for n in (max_len, self.tokenizer.model_max_length,
                               getattr(self.model.config, "max_position_embeddings", None)) if n]
         self.max_length = min(limits) if limits else 512
+        # embed() truncates as sentence-transformers does; rerank and classify refuse longer texts
+        self.max_input_tokens = self.max_length
         self.dimensions = int(self.model.config.hidden_size)
         self._last_lengths: dict[str, int] = {}
 
@@ -78,6 +80,13 @@ class TransformersEmbedBackend(Backend):
         if known is not None:
             return known
         return len(self.tokenizer(text, truncation=True, max_length=self.max_length)["input_ids"])
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Each text's tokens, not truncated: one call of the fast tokenizer for all of them."""
+        if not texts:
+            return []
+        encoded = self.tokenizer(texts, return_attention_mask=False, return_token_type_ids=False, verbose=False)
+        return [len(ids) for ids in encoded["input_ids"]]
 
     def embed(self, texts: list[str], normalize: bool = True):
         torch = self.torch

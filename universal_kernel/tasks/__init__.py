@@ -124,14 +124,13 @@ def texts_input(texts, param: str = "input") -> list[str]:
     return texts
 
 
-def check_lengths(instance, texts: list[str], truncate: bool, param: str = "input") -> int:
-    """The texts' token count; InvalidRequest naming the first text over the model's limit, unless truncating."""
+def check_lengths(instance, texts: list[str], truncate: bool, param: str = "input") -> None:
+    """InvalidRequest naming the first text over the model's token limit, unless truncating."""
     limit = getattr(instance, "max_input_tokens", None)
-    total = 0
-    for i, text in enumerate(texts):
-        n = instance.count_tokens(text)
-        if limit and n > limit and not truncate:
+    if truncate or not limit:
+        return
+    counts = instance.token_counts(texts) if hasattr(instance, "token_counts") else map(instance.count_tokens, texts)
+    for i, n in enumerate(counts):
+        if n > limit:
             raise InvalidRequest(f"{param}[{i}] has {n} tokens; {instance.spec.id!r} takes at most {limit} "
                                  f"(ask for truncation: truncate=true, --truncate)", param=param)
-        total += min(n, limit) if limit else n
-    return total

@@ -91,7 +91,7 @@ def work(ctx):
 
     def run(instance, emit, cancelled):
         if ctx.spec.task == "embed":
-            check_lengths(instance, list(dict.fromkeys(texts)), truncate, "input")
+            check_lengths(instance, texts, truncate, "input")
             label_vectors, _ = embed_rows(ctx, instance, labels, True)
             text_vectors, tokens = embed_rows(ctx, instance, texts, True)
             probs = softmax((text_vectors @ label_vectors.T) / ZERO_SHOT_TEMPERATURE) if texts else []

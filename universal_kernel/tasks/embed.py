@@ -49,7 +49,7 @@ def embed_rows(ctx, instance, texts: list[str], normalize: bool = True, *, trunc
     embedding model does itself (it truncates, as sentence-transformers does).
     """
     if truncate is False:
-        check_lengths(instance, list(dict.fromkeys(texts)), False, param)
+        check_lengths(instance, texts, False, param)
     cache, scope = ctx.runtime.embedding_cache, (ctx.entry.key, bool(normalize))
     rows: list = [cache.get(scope, t) for t in texts]
     missing = list(dict.fromkeys(t for t, row in zip(texts, rows) if row is None))

@@ -63,7 +63,7 @@ def work(ctx):
     def run(instance, emit, cancelled):
         if ctx.spec.task == "embed":  # a bi-encoder: cosine of normalised vectors
             check_lengths(instance, [query], truncate, "query")
-            check_lengths(instance, list(dict.fromkeys(documents)), truncate, "documents")
+            check_lengths(instance, documents, truncate, "documents")
             matrix, tokens = embed_rows(ctx, instance, [query, *documents], True)
             scores = matrix[1:] @ matrix[0]
         else:
