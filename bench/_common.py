@@ -98,6 +98,25 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - start, value
 
 
+def rate(n: int, fn: Callable[[], object]) -> float:
+    """Items per second of one call of `fn` over `n` items."""
+    start = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - start)
+
+
+def magic_shell(runtime):
+    """An IPython shell with the extension loaded, its magics on `runtime`."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from universal_kernel.magics import get_magics
+
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "universal_kernel")
+    get_magics(shell).set_local_runtime(runtime)
+    return shell
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 

@@ -22,12 +22,11 @@ import io
 import random
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from _common import _WORDS, Row, interleaved, parser, print_cpu, print_table, threads
+from _common import _WORDS, Row, interleaved, magic_shell, parser, print_cpu, print_table, rate, threads
 
 OCR = "rapidocr"
 WIDTH, HEIGHT = 1240, 1754  # A5 at 210 dpi, about
@@ -35,24 +34,6 @@ FONT_SIZE = 28
 LINES_PER_PAGE = 10
 COLUMNS = 10
 PLANTED = 20  # outlier rows planted in the anomaly data
-
-
-def _rate(n: int, fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return n / (time.perf_counter() - start)
-
-
-def _shell(runtime):
-    """An IPython shell with the extension loaded, on `runtime` (as bench/tasks.py)."""
-    from IPython.core.interactiveshell import InteractiveShell
-
-    from universal_kernel.magics import get_magics
-
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "universal_kernel")
-    get_magics(shell).set_local_runtime(runtime)
-    return shell
 
 
 # Inputs ----------------------------------------------------------------------------------------------
@@ -158,7 +139,7 @@ def main(argv=None) -> int:
     rows: list[Row] = []
     notes: list[str] = []
     agreed = True
-    shell = None if args.no_magics else _shell(rt)
+    shell = None if args.no_magics else magic_shell(rt)
 
     def magic(line: str):
         with capture_output():  # the summary line and progress bars
@@ -186,10 +167,10 @@ def main(argv=None) -> int:
         same_arrays = ours(pages) == expected
         same_pngs = ours(pngs) == peer_pngs() == expected
         got = interleaved({
-            "rt.ocr arrays": lambda: _rate(n_pages, lambda: ours(pages)),
-            "RapidOCR arrays": lambda: _rate(n_pages, peer_arrays),
-            "rt.ocr png": lambda: _rate(n_pages, lambda: ours(pngs)),
-            "RapidOCR png": lambda: _rate(n_pages, peer_pngs),
+            "rt.ocr arrays": lambda: rate(n_pages, lambda: ours(pages)),
+            "RapidOCR arrays": lambda: rate(n_pages, peer_arrays),
+            "rt.ocr png": lambda: rate(n_pages, lambda: ours(pngs)),
+            "RapidOCR png": lambda: rate(n_pages, peer_pngs),
         }, repeats, warmup=False)
         rows.append(Row(f"ocr, {n_pages} pages (arrays)", "rt.ocr", got["rt.ocr arrays"], "RapidOCR()",
                         got["RapidOCR arrays"], "pages/s", "ratio>=", 0.95 if same_arrays else float("inf")))
@@ -200,8 +181,8 @@ def main(argv=None) -> int:
             shell.user_ns["bench_pages"] = pages
             same_magic = magic("ocr bench_pages").tolist() == expected
             got = interleaved({
-                "%ocr": lambda: _rate(n_pages, lambda: magic("ocr bench_pages")),
-                "RapidOCR": lambda: _rate(n_pages, peer_arrays),
+                "%ocr": lambda: rate(n_pages, lambda: magic("ocr bench_pages")),
+                "RapidOCR": lambda: rate(n_pages, peer_arrays),
             }, repeats, warmup=False)
             rows.append(Row(f"%ocr, {n_pages} pages (arrays)", "%ocr", got["%ocr"], "RapidOCR()", got["RapidOCR"],
                             "pages/s", "ratio>=", 0.95 if same_magic else float("inf")))
@@ -235,8 +216,8 @@ def main(argv=None) -> int:
         found = bool(result.is_anomaly[planted].all()) and set(planted) <= top
         same_anomaly = monotone and found
         got = interleaved({
-            "rt.anomaly": lambda: _rate(n_rows, runtime_scores),
-            "sklearn": lambda: _rate(n_rows, peer_raw),
+            "rt.anomaly": lambda: rate(n_rows, runtime_scores),
+            "sklearn": lambda: rate(n_rows, peer_raw),
         }, repeats, warmup=False)
         rows.append(Row(f"anomaly fit+score, {n_rows:,} x {COLUMNS}", "rt.anomaly_fit+score", got["rt.anomaly"],
                         "Pipeline.fit+score_samples", got["sklearn"], "rows/s", "ratio>=",
@@ -246,8 +227,8 @@ def main(argv=None) -> int:
             magic_scores = magic("anomaly bench_df").to_numpy()
             same_magic = bool(np.allclose(magic_scores, result.scores))
             got = interleaved({
-                "%anomaly": lambda: _rate(n_rows, lambda: magic("anomaly bench_df")),
-                "sklearn": lambda: _rate(n_rows, peer_raw),
+                "%anomaly": lambda: rate(n_rows, lambda: magic("anomaly bench_df")),
+                "sklearn": lambda: rate(n_rows, peer_raw),
             }, repeats, warmup=False)
             rows.append(Row(f"%anomaly, {n_rows:,} x {COLUMNS}", "%anomaly", got["%anomaly"],
                             "Pipeline.fit+score_samples", got["sklearn"], "rows/s", "ratio>=",

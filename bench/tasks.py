@@ -15,30 +15,11 @@ side, so no side is served from the other's work:
 
 from __future__ import annotations
 
-import time
 
-from _common import MINILM, Row, interleaved, mixed_texts, parser, print_cpu, print_table, threads
+from _common import MINILM, Row, interleaved, magic_shell, mixed_texts, parser, print_cpu, print_table, rate, threads
 
 SPACY = "en-core-web-sm"
 LABELS = ["sports", "politics", "technology"]
-
-
-def _rate(n: int, fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return n / (time.perf_counter() - start)
-
-
-def _shell(runtime):
-    """An IPython shell with the extension loaded, on `runtime`."""
-    from IPython.core.interactiveshell import InteractiveShell
-
-    from universal_kernel.magics import get_magics
-
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "universal_kernel")
-    get_magics(shell).set_local_runtime(runtime)
-    return shell
 
 
 def main(argv=None) -> int:
@@ -73,11 +54,11 @@ def main(argv=None) -> int:
     # zero-shot classify vs embed ---------------------------------------------------------------
     def classify() -> float:
         cold()
-        return _rate(n, lambda: rt.classify(texts, MINILM, labels=LABELS, truncate=True))
+        return rate(n, lambda: rt.classify(texts, MINILM, labels=LABELS, truncate=True))
 
     def embed() -> float:
         cold()
-        return _rate(n, lambda: rt.embed(texts, MINILM))
+        return rate(n, lambda: rt.embed(texts, MINILM))
 
     got = interleaved({"classify": classify, "embed": embed}, repeats)
     rows.append(Row(f"classify zero-shot, {n:,} rows", "rt.classify", got["classify"], "rt.embed", got["embed"],
@@ -88,7 +69,7 @@ def main(argv=None) -> int:
 
         from IPython.utils.capture import capture_output
 
-        shell = _shell(rt)
+        shell = magic_shell(rt)
         shell.user_ns["bench_df"] = pd.DataFrame({"text": texts})
 
         def magic(line: str):
@@ -97,11 +78,11 @@ def main(argv=None) -> int:
 
         def classify_magic() -> float:
             cold()
-            return _rate(n, lambda: magic(f"classify bench_df.text --labels {','.join(LABELS)} --truncate"))
+            return rate(n, lambda: magic(f"classify bench_df.text --labels {','.join(LABELS)} --truncate"))
 
         def embed_magic() -> float:
             cold()
-            return _rate(n, lambda: magic("embed bench_df.text"))
+            return rate(n, lambda: magic("embed bench_df.text"))
 
         got = interleaved({"%classify": classify_magic, "%embed": embed_magic}, repeats)
         rows.append(Row(f"%classify --labels, {n:,} rows", "%classify", got["%classify"], "%embed", got["%embed"],
@@ -120,9 +101,9 @@ def main(argv=None) -> int:
     agree_full = ours_entities == entities(full.pipe(texts))
     agree_narrow = ours_entities == entities(narrow.pipe(texts))
     got = interleaved({
-        "ner": lambda: _rate(n, lambda: rt.ner(texts, truncate=True)),
-        "full": lambda: _rate(n, lambda: entities(full.pipe(texts))),
-        "narrow": lambda: _rate(n, lambda: entities(narrow.pipe(texts))),
+        "ner": lambda: rate(n, lambda: rt.ner(texts, truncate=True)),
+        "full": lambda: rate(n, lambda: entities(full.pipe(texts))),
+        "narrow": lambda: rate(n, lambda: entities(narrow.pipe(texts))),
     }, repeats)
     rows.append(Row(f"ner, {n:,} rows", "rt.ner", got["ner"], "nlp.pipe (spacy.load)", got["full"], "rows/s",
                     "ratio>=", 0.95 if agree_full else float("inf")))
@@ -134,11 +115,11 @@ def main(argv=None) -> int:
     # rerank vs embed ---------------------------------------------------------------------------
     def rerank() -> float:
         cold()
-        return _rate(d, lambda: rt.rerank(query, documents, MINILM, truncate=True))
+        return rate(d, lambda: rt.rerank(query, documents, MINILM, truncate=True))
 
     def embed_documents() -> float:
         cold()
-        return _rate(d, lambda: rt.embed(documents, MINILM))
+        return rate(d, lambda: rt.embed(documents, MINILM))
 
     got = interleaved({"rerank": rerank, "embed": embed_documents}, repeats)
     rows.append(Row(f"rerank 1 x {d:,} documents", "rt.rerank", got["rerank"], "rt.embed", got["embed"],

@@ -12,7 +12,7 @@ from ..devices import Device, torch_dtype
 from ..errors import InvalidRequest, LoadFailed, WrongTask
 from ..references import ModelSpec
 from .base import Backend
-from .transformers_lm import import_transformers, quiet_progress
+from .transformers_lm import free_model, import_transformers, quiet_progress
 
 #: a tokenizer without a configured limit reports this huge number
 _NO_LIMIT = 10**6
@@ -63,14 +63,8 @@ class _ClassifierBase(Backend):
         return encoded, lengths
 
     def close(self) -> None:
-        model = getattr(self, "model", None)
-        if model is not None:
-            # Tensors can outlive the module through caches and hooks; empty the parameters too.
-            for p in model.parameters():
-                p.data = self.torch.empty(0)
-            self.model = None
-        self.tokenizer = None
         self.__dict__.pop("pipeline", None)
+        free_model(self)
 
 
 class TransformersSequenceClassifier(_ClassifierBase):

@@ -16,7 +16,7 @@ from ..devices import Device, torch_dtype
 from ..errors import LoadFailed
 from ..references import ModelSpec
 from .base import Backend
-from .transformers_lm import import_transformers, quiet_progress
+from .transformers_lm import free_model, import_transformers, quiet_progress
 
 
 def read_pooling(folder: Path) -> tuple[str, bool, int | None]:
@@ -146,10 +146,5 @@ class TransformersEmbedBackend(Backend):
         return (hidden * expanded).sum(dim=1) / expanded.sum(dim=1).clamp(min=1e-9)
 
     def close(self) -> None:
-        model = getattr(self, "model", None)
-        if model is not None:
-            for p in model.parameters():
-                p.data = self.torch.empty(0)
-            self.model = None
-        self.tokenizer = None
         self._last_lengths = {}
+        free_model(self)

@@ -310,13 +310,18 @@ class TransformersLMBackend(Backend):
         return GenerationOutcome(finish, prompt_tokens, streamer.generated - int(streamer.saw_eos))
 
     def close(self) -> None:
-        model = getattr(self, "model", None)
-        if model is not None:
-            # Tensors can outlive the module through caches and hooks; empty the parameters too.
-            for p in model.parameters():
-                p.data = self.torch.empty(0)
-            self.model = None
-        self.tokenizer = None
+        free_model(self)
+
+
+def free_model(backend) -> None:
+    """Drop a transformers backend's model and tokenizer. Tensors can outlive the module through caches
+    and hooks, so the parameters are emptied too."""
+    model = getattr(backend, "model", None)
+    if model is not None:
+        for p in model.parameters():
+            p.data = backend.torch.empty(0)
+        backend.model = None
+    backend.tokenizer = None
 
 
 class _EmitStreamer:
