@@ -104,3 +104,14 @@ def test_sparkline_and_render_helpers():
                          tokens_per_s=61.23, completion_tokens=12)
     line = footer_text("m", stats, memory_bytes=512 * 2**20)
     assert line == "m (llama_cpp) \u00b7 TTFT 25 ms \u00b7 61.2 tokens/s \u00b7 12 tokens \u00b7 RSS 512 MiB"
+
+
+def test_one_request_draws_a_point_and_the_label_stays_above_the_line():
+    import re
+
+    one = sparkline([0.2])
+    assert one.count("<circle") == 1  # a one-point polyline draws nothing; the dot shows the request
+    many = sparkline([0.1, 0.4, 0.2, 0.4])
+    ys = [float(y) for y in re.findall(r'cy="([\d.]+)"', many)]
+    label_y = float(re.search(r'<text x="[\d.]+" y="([\d.]+)"', many).group(1))
+    assert len(ys) == 4 and min(ys) > label_y + 2  # the highest point lies below the label's baseline

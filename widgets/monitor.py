@@ -27,17 +27,24 @@ def latency(request: dict):
 
 
 def sparkline(values: list, width: int = 240, height: int = 40) -> str:
-    """An inline SVG polyline of `values` (seconds), scaled to its maximum."""
+    """An inline SVG of `values` (seconds), scaled to its maximum: a line with a dot on each point (one
+    request is a dot, not an invisible one-point line), and the "max" label above the plot, not on it."""
     values = [v for v in values if v is not None]
     if not values:
         return f'<svg width="{width}" height="{height}"><text x="4" y="{height // 2}" font-size="11" ' \
                f'fill="#888">no requests yet</text></svg>'
     top = max(values) or 1.0
-    step = width / max(len(values) - 1, 1)
-    points = " ".join(f"{i * step:.1f},{height - 2 - (v / top) * (height - 6):.1f}" for i, v in enumerate(values))
+    label = 12  # a band above the plot for the label
+    plot = height - label
+    step = (width - 8) / max(len(values) - 1, 1)
+    points = [(4 + i * step, label + plot - 3 - (v / top) * (plot - 6)) for i, v in enumerate(values)]
+    if len(values) == 1:
+        points = [(width / 2, points[0][1])]
+    line = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+    dots = "".join(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2" fill="#1f77b4"/>' for x, y in points[-50:])
     return (f'<svg width="{width}" height="{height}" style="background:#fafafa">'
-            f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{points}"/>'
-            f'<text x="{width - 4}" y="11" font-size="10" text-anchor="end" fill="#666">max {duration(top)}</text>'
+            f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{line}"/>{dots}'
+            f'<text x="{width - 4}" y="10" font-size="10" text-anchor="end" fill="#666">max {duration(top)}</text>'
             f"</svg>")
 
 
