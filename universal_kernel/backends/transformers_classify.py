@@ -12,6 +12,7 @@ from ..devices import Device, torch_dtype
 from ..errors import InvalidRequest, LoadFailed, WrongTask
 from ..references import ModelSpec
 from .base import Backend
+from .transformers_embed import token_budget_batches
 from .transformers_lm import free_model, import_transformers, quiet_progress
 
 #: a tokenizer without a configured limit reports this huge number
@@ -124,12 +125,7 @@ class TransformersSequenceClassifier(_ClassifierBase):
         return out
 
     def _batches(self, order, lengths):
-        start = 0
-        while start < len(order):
-            width = max(int(lengths[order[start]]), 1)
-            size = max(1, min(self.max_batch, self.token_budget // width))
-            yield order[start:start + size]
-            start += size
+        return token_budget_batches(order, lengths, self.max_batch, self.token_budget)
 
 
 class TransformersTokenClassifier(_ClassifierBase):

@@ -44,6 +44,17 @@ def read_pooling(folder: Path) -> tuple[str, bool, int | None]:
     return mode, normalize, max_len
 
 
+def token_budget_batches(order, lengths, max_batch: int, token_budget: int):
+    """Rows in `order` (longest first) cut into batches of at most `token_budget` padded tokens: the first
+    row of each batch sets its padded width."""
+    start = 0
+    while start < len(order):
+        width = max(int(lengths[order[start]]), 1)
+        size = max(1, min(max_batch, token_budget // width))
+        yield order[start:start + size]
+        start += size
+
+
 class TransformersEmbedBackend(Backend):
     name = "transformers"
 
@@ -125,13 +136,7 @@ class TransformersEmbedBackend(Backend):
         return out[rows], prompt_tokens
 
     def _batches(self, order, lengths):
-        # Longest first: the first row of each batch sets its padded width.
-        start = 0
-        while start < len(order):
-            width = max(int(lengths[order[start]]), 1)
-            size = max(1, min(self.max_batch, self.token_budget // width))
-            yield order[start:start + size]
-            start += size
+        return token_budget_batches(order, lengths, self.max_batch, self.token_budget)
 
     def _pool(self, hidden, mask):
         torch = self.torch
