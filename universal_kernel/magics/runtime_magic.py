@@ -127,8 +127,13 @@ def run_runtime(magics, args):
 
 
 def _use(magics, args):
-    if not args.args or args.args[0] not in ("local", "server"):
-        raise UsageError("usage: %runtime use local | %runtime use server [URL] [--token TOKEN]")
+    if not args.args or args.args[0] not in ("local", "server", "dask"):
+        raise UsageError("usage: %runtime use local | %runtime use server [URL] [--token TOKEN] | "
+                         "%runtime use dask [ADDRESS]")
+    if args.args[0] == "dask":
+        from .dask_use import use_dask
+
+        return use_dask(magics, args.args[1:])
     if args.args[0] == "local":
         if len(args.args) != 1:
             raise UsageError("usage: %runtime use local")

@@ -1,0 +1,23 @@
+"""`%runtime use dask [ADDRESS]`: the Dask cluster that row-wise magics send Dask collections to."""
+
+from __future__ import annotations
+
+from IPython.core.error import UsageError
+
+
+def use_dask(magics, rest: list[str]):
+    if len(rest) > 1:
+        raise UsageError("usage: %runtime use dask [ADDRESS]  (ADDRESS: the scheduler, tcp://host:8786)")
+    try:
+        from ..dask_cluster import connect
+    except ImportError as exc:
+        raise UsageError(f"Dask is not installed ({exc.name}): pip install 'universal-kernel[dask]'") from None
+    # connect() raises before anything changes: a failed `use` leaves the magics where they were
+    client = connect(rest[0] if rest else None)
+    magics.dask_client = client
+    workers = client.scheduler_info().get("workers") or {}
+    threads = sum(w.get("nthreads", 0) for w in workers.values())
+    print(f"Dask collections go to the cluster at {client.scheduler.address} "
+          f"({len(workers)} worker{'' if len(workers) == 1 else 's'}, {threads} thread{'' if threads == 1 else 's'}); "
+          f"other work stays on the {'server' if magics.use_server else 'in-process'} runtime")
+    return None
