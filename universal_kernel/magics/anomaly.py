@@ -21,6 +21,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from .common import check_name, user_errors
+from .dask_rows import for_shell, is_dask
 from .rows import column_target, deliver, evaluate, parse, read_texts, require_pandas, store_column, warn_missing
 
 _OPTIONS_WITH_VALUE = {"--fit", "--model", "-m", "--contamination", "--column", "--backend", "--embedding-model",
@@ -75,6 +76,8 @@ def run_anomaly(runtime, shell, expr: str, args):
                          "--model NAME scores with the detector as it was fitted")
     pd = require_pandas()
     value = evaluate(shell, expr, "%anomaly")
+    if is_dask(value):  # lazy, on the cluster: nothing is computed here
+        return for_shell(shell).anomaly(shell, expr, value, args, runtime)
     frame = None
     if args.column:
         frame = value if isinstance(value, pd.DataFrame) else column_target(shell, expr)

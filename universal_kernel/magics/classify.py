@@ -11,6 +11,7 @@ import time
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from .common import check_name, user_errors
+from .dask_rows import for_shell, is_dask
 from .rows import (
     CHUNK_ROWS, chunked, column_target, deliver, evaluate, parse, read_texts, require_pandas, store_column, summary,
     warn_missing,
@@ -44,6 +45,8 @@ def run_classify(runtime, shell, expr: str, args, *, chunk_rows: int = CHUNK_ROW
     labels = labels_input(args.labels) if args.labels is not None else None
     check_name("--out", args.out)
     value = evaluate(shell, expr, "%classify")
+    if is_dask(value):  # lazy, on the cluster: nothing is computed here
+        return for_shell(shell).classify(shell, expr, value, args, labels)
     frame = column_target(shell, expr) if args.column else None
     items, index, present = read_texts(value, "%classify")
 

@@ -14,6 +14,7 @@ from IPython.core.error import UsageError
 
 from . import rows
 from .common import check_name
+from .dask_rows import for_shell, is_dask
 from .rows import Progress, column_target, is_missing, texts_of
 
 _OPTIONS_WITH_VALUE = {"-m", "--model", "--out", "--column"}
@@ -43,6 +44,8 @@ def run_embed(runtime, shell, expr: str, args, *, model: str | None, chunk_rows:
         value = shell.ev(expr)
     except Exception as exc:
         raise UsageError(f"cannot evaluate {expr!r}: {type(exc).__name__}: {exc}") from None
+    if is_dask(value):  # lazy, on the cluster: nothing is computed here
+        return for_shell(shell).embed(shell, expr, value, args, model), {"model": model, "dask": True}
     frame = column_target(shell, expr) if args.column else None
     items, index = texts_of(value)
     missing = [i for i, item in enumerate(items) if is_missing(item)]

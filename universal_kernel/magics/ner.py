@@ -11,6 +11,7 @@ import time
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from .common import check_name, user_errors
+from .dask_rows import for_shell, is_dask
 from .rows import (
     CHUNK_ROWS, chunked, column_target, deliver, evaluate, parse, read_texts, require_pandas, store_column, summary,
     warn_missing,
@@ -40,6 +41,8 @@ def magic(magics, line):
 def run_ner(runtime, shell, expr: str, args, *, chunk_rows: int = CHUNK_ROWS, progress_min_rows: int = 512):
     check_name("--out", args.out)
     value = evaluate(shell, expr, "%ner")
+    if is_dask(value):  # lazy, on the cluster: nothing is computed here
+        return for_shell(shell).ner(shell, expr, value, args)
     frame = column_target(shell, expr) if args.column else None
     items, index, present = read_texts(value, "%ner")
 

@@ -18,6 +18,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from .common import check_name, user_errors
+from .dask_rows import for_shell, is_dask
 from .rows import chunked, column_target, deliver, evaluate, is_missing, parse, require_pandas, store_column, summary, \
     warn_missing
 
@@ -79,6 +80,8 @@ def run_ocr(runtime, shell, expr: str, args, *, chunk_rows: int = OCR_CHUNK_ROWS
             progress_min_rows: int = OCR_PROGRESS_MIN_ROWS):
     check_name("--out", args.out)
     value = evaluate(shell, expr, "%ocr")
+    if is_dask(value):  # lazy, on the cluster: nothing is computed here
+        return for_shell(shell).ocr(shell, expr, value, args)
     frame = column_target(shell, expr) if args.column else None
     items, index, one = read_images(value)
     present = [i for i, item in enumerate(items) if not is_missing(item)]

@@ -264,23 +264,36 @@ def _aligned(rows: _Rows, detector: AnomalyDetector) -> np.ndarray:
 
 def score(runtime, name: str, data) -> AnomalyScores:
     """Scores in 0..1 (higher = more anomalous) of `data` under the detector kept as `name`."""
-    rows = read_data(data)
     store = DetectorStore(runtime.config.anomaly_folder)
     fitted = store.load(name)
+    here = _fitted_here.get((str(runtime.config.anomaly_folder), name))
+    known = None
+    if here is not None and here[0] == store.signature(name):
+        known = here[1:]  # the rows it was fitted on have known scores
+    return score_fitted(runtime, fitted, data, known=known)
+
+
+def load_fitted(runtime, name: str) -> dict:
+    """The detector kept as `name` (its signature checked), to be shipped where the data is (Dask workers)."""
+    return DetectorStore(runtime.config.anomaly_folder).load(name)
+
+
+def score_fitted(runtime, fitted: dict, data, *, known: tuple[str, np.ndarray] | None = None) -> AnomalyScores:
+    """Scores of `data` under a loaded detector; text rows are embedded with `runtime`."""
+    rows = read_data(data)
     detector = AnomalyDetector(**fitted["detector"])
     if detector.text_model is not None:
         if rows.texts is None:
-            raise InvalidRequest(f"detector {name!r} was fitted on texts (over {detector.text_model}); data has "
-                                 f"numeric rows", param="data")
+            raise InvalidRequest(f"detector {detector.name!r} was fitted on texts (over {detector.text_model}); "
+                                 f"data has numeric rows", param="data")
         matrix = _vectors(runtime, rows.texts, detector.text_model)
     else:
         matrix = _aligned(rows, detector)
-    here = _fitted_here.get((str(runtime.config.anomaly_folder), name))
-    if here is not None and here[0] == store.signature(name) and here[1] == _fingerprint(matrix):
-        scores = here[2].copy()  # the rows it was fitted on: their scores are known
+    if known is not None and known[0] == _fingerprint(matrix):
+        scores = known[1].copy()
     else:
         scores = fitted["calibration"](_outlyingness(fitted["pipeline"], matrix))
-    return AnomalyScores(name=name, scores=scores, is_anomaly=scores >= detector.threshold,
+    return AnomalyScores(name=detector.name, scores=scores, is_anomaly=scores >= detector.threshold,
                          threshold=detector.threshold)
 
 
