@@ -105,7 +105,7 @@ def runtime_here(worker=None):
 
 
 # The client side ---------------------------------------------------------------------------------
-def connect(address: str | None = None, timeout: float = 10.0):
+def connect(address: str | None = None, timeout: float = 5.0):
     """A `distributed.Client` for `address`, or the current one; ClusterUnavailable when there is none."""
     import distributed
 

@@ -12,8 +12,15 @@ def use_dask(magics, rest: list[str]):
         from ..dask_cluster import connect
     except ImportError as exc:
         raise UsageError(f"Dask is not installed ({exc.name}): pip install 'universal-kernel[dask]'") from None
-    # connect() raises before anything changes: a failed `use` leaves the magics where they were
-    client = connect(rest[0] if rest else None)
+    from ..errors import RuntimeFailure
+
+    before = getattr(magics, "dask_client", None)
+    try:
+        client = connect(rest[0] if rest else None)
+    except RuntimeFailure as exc:  # nothing changed: say where Dask work still goes
+        still = (f"the cluster at {before.scheduler.address}" if before is not None and before.status == "running"
+                 else "the current distributed.Client, if any")
+        raise UsageError(f"{exc.message}; Dask collections still go to {still}") from None
     magics.dask_client = client
     workers = client.scheduler_info().get("workers") or {}
     threads = sum(w.get("nthreads", 0) for w in workers.values())
