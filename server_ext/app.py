@@ -84,6 +84,10 @@ class UniversalKernelApp(ExtensionApp):
 
     def initialize_settings(self) -> None:
         self.runtime = Runtime(self.runtime_config())
+        # its requests and loaded models appear on Jupyter's own /metrics (prometheus_client's registry)
+        from universal_kernel.metrics import watch
+
+        watch(self.runtime)
         self.settings[handlers.SERVING_SETTING] = Serving(self.runtime, max_body_size=self.max_body_size)
         self.jobs = self.settings[handlers.JOBS_SETTING] = Jobs()
 

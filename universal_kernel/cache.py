@@ -22,7 +22,7 @@ from .devices import gpu_used_bytes, process_rss, release_memory
 from .errors import LoadFailed, MemoryBudgetExceeded, RuntimeFailure
 from .references import ModelSpec
 from .scheduler import ModelWorker, Request
-from .stats import RollingFigures
+from .stats import RequestStats, RollingFigures
 
 MiB = 2**20
 
@@ -116,10 +116,13 @@ class LoadedModel:
 class ModelCache:
     def __init__(self, *, load: Callable[[ModelSpec, str, dict], object], memory_budget: int | None,
                  queue_length: int, clock: Callable[[], float] = time.monotonic, reaper: bool = True,
-                 prepare: Callable[[str], None] | None = None):
+                 prepare: Callable[[str], None] | None = None,
+                 finished: Callable[[RequestStats], None] | None = None):
         self._load = load
         # imports the backend's libraries before a load is measured: their one-time cost is not the model's
         self._prepare = prepare
+        # told of each request a model's worker finished (its final figures): the runtime's listeners
+        self._finished = finished or (lambda stats: None)
         self.memory_budget = memory_budget
         self.queue_length = queue_length
         self.clock = clock
@@ -268,6 +271,7 @@ class ModelCache:
         """A request is done with the model: restart its idle timer, unload now if keep_alive is 0."""
         if request is not None:
             entry.figures.add(request.stats)
+            self._finished(request.stats)
         with self._lock:
             entry.active -= 1
             entry.last_used = self.clock()

@@ -134,9 +134,17 @@ def current_client(preferred=None):
         return None
 
 
+_NEEDS = ("the workers need universal-kernel and the model's package installed, as this machine has "
+          "(README: When one machine is not enough)")
+
+
 def install(client, config: RuntimeConfig) -> None:
     """Register the runtime plugin on the client's cluster (once: later registrations are no-ops)."""
-    client.register_plugin(RuntimePlugin(_config_fields(config)), name=PLUGIN_NAME)
+    try:
+        client.register_plugin(RuntimePlugin(_config_fields(config)), name=PLUGIN_NAME)
+    except Exception as exc:  # noqa: BLE001 - a worker that cannot import us fails here, with its reason
+        raise ClusterUnavailable(f"the Dask workers could not set up universal-kernel's runtime "
+                                 f"({type(exc).__name__}: {exc}); {_NEEDS}") from None
 
 
 def _check_here(task: str, model: str | None, dask_worker=None) -> str | None:
@@ -159,13 +167,16 @@ def check_workers(client, task: str, model: str | None) -> int:
     workers = client.scheduler_info().get("workers") or {}
     if not workers:
         raise ClusterUnavailable(f"the Dask cluster at {client.scheduler.address} has no workers")
-    answers = client.run(_check_here, task, model)
+    try:
+        answers = client.run(_check_here, task, model)
+    except Exception as exc:  # noqa: BLE001 - e.g. a worker without universal-kernel cannot unpickle the check
+        raise ClusterUnavailable(f"the Dask workers could not run universal-kernel ({type(exc).__name__}: "
+                                 f"{exc}); {_NEEDS}") from None
     failed = {address: why for address, why in answers.items() if why}
     if failed:
         address, why = next(iter(failed.items()))
         raise RuntimeFailure(f"{len(failed)} of {len(answers)} Dask workers cannot serve {task} with "
-                             f"{model or 'the default model'} (first: {address}: {why}); the workers need "
-                             f"universal-kernel and the model's package installed, as this machine has")
+                             f"{model or 'the default model'} (first: {address}: {why}); {_NEEDS}")
     return len(answers)
 
 

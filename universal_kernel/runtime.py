@@ -87,6 +87,7 @@ class Runtime:
             clock=clock,
             reaper=reaper,
             prepare=lambda backend: _import_backend_library(backend, self.config.device),
+            finished=lambda stats: self._notify("finished", stats),
         )
         self.embedding_cache = EmbeddingCache()
         self.recent: deque[RequestStats] = deque(maxlen=200)
@@ -230,6 +231,8 @@ class Runtime:
             entry.worker.submit(request)
         except BaseException:
             self.cache.release(entry)
+            stats.finish_reason = "rejected"  # refused before it ran (the queue was full, say)
+            self._notify("finished", stats)
             raise
         self.recent.append(stats)
         return request, entry
