@@ -1,8 +1,15 @@
-"""The Jupyter server's runtime, reached over HTTP: what `--server` and `%runtime use server` talk to.
+"""A runtime reached over HTTP: what `--server` and `%runtime use server` talk to.
 
-`RemoteRuntime` implements `InferenceRuntime` (interface.py) on top of the server extension's OpenAI API
-(`{base_url}universal/v1/...`) and its runtime API (`{base_url}universal/api/...`), authenticated with
-the Jupyter token. Only the standard library is used: no `openai` or `requests` in the kernel path.
+`RemoteRuntime` implements `InferenceRuntime` (interface.py) on one of two kinds of server:
+
+- a Jupyter server with this extension: its OpenAI API (`{base_url}universal/v1/...`) and its runtime
+  API (`{base_url}universal/api/...`), authenticated with the Jupyter token;
+- any other OpenAI-compatible server (vLLM, Ollama, llama.cpp's server), given by its OpenAI base URL
+  (`http://host:port/v1`, as the `openai` client's base_url): generation, chat, embeddings and the model
+  list work there; what needs the runtime API raises `NoRuntimeApi`.
+
+`RemoteRuntime.connect` probes which kind is there. Only the standard library is used: no `openai` or
+`requests` in the kernel path.
 """
 
 from __future__ import annotations
@@ -13,59 +20,36 @@ import os
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from pathlib import Path
 
 import numpy as np
 
 from .backends import GenerationParams
-from .errors import GenerationFailed, InvalidRequest, RuntimeFailure
+from .client_stream import (
+    ConnectionLost, NoRuntimeApi, RemoteError, RemoteStream, ServerUnavailable, _remote_failure,
+)
+from .errors import GenerationFailed, InvalidRequest, ModelNotFound, RuntimeFailure
 from .interface import ClassifyResult, EmbeddingResult, NerResult, OcrResult, RerankResult
 from .stats import RequestStats
-from .streams import Completion, ReadToEnd
+from .streams import Completion
 from .tasks import TaskCall
 from .tasks import classify as classify_task
 from .tasks import ner as ner_task
 from .tasks import rerank as rerank_task
-from .wire import error_from_wire, params_to_wire
+from .wire import params_to_wire
 
+#: the client's errors are imported from here
+__all__ = ["ConnectionLost", "NoRuntimeApi", "RemoteError", "RemoteRuntime", "RemoteStream", "ServerUnavailable",
+           "find_server", "running_servers"]
 
-class ServerUnavailable(RuntimeFailure):
-    """No Jupyter server with the extension could be found or reached."""
-
-
-class ConnectionLost(ServerUnavailable):
-    """A stream's connection ended before the server said [DONE]: the server died or the network dropped.
-
-    `tokens` is what arrived (pieces of text, one per token as the server streams them).
-    """
-
-    def __init__(self, message: str, *, tokens: int = 0):
-        super().__init__(message)
-        self.tokens = tokens
-
-
-class RemoteError(RuntimeFailure):
-    """The server answered with an error that maps to no typed runtime error."""
-
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
-                 param: str | None = None):
-        super().__init__(message, param=param)
-        self.status = status
-        self.code = code
-
-
-def _remote_failure(error, *, status: int | None = None, headers=None) -> RuntimeFailure:
-    """A typed runtime error for an OpenAI error body, mapped by its `code` (universal_kernel.wire)."""
-    error = error if isinstance(error, dict) else {"message": str(error)}
-    if status in (401, 403) or error.get("code") in ("invalid_api_key", "forbidden"):
-        return ServerUnavailable(f"the Jupyter server refused the token ({status or error.get('code')}): "
-                                 f"{error.get('message', '')}")
-    mapped = error_from_wire(error, status=status, headers=headers)
-    if mapped is not None:
-        return mapped
-    message = str(error.get("message") or (f"HTTP {status}" if status else "the server sent an error"))
-    return RemoteError(message, status=status, code=error.get("code"),
-                       param=error.get("param") if isinstance(error.get("param"), str) else None)
+#: The runtime's own defaults, which a Jupyter server with the extension serves by these names.
+BUILTIN_GENERATION_MODEL = "smollm2-135m-instruct"
+BUILTIN_EMBEDDING_MODEL = "all-minilm-l6-v2"
+#: The OpenAI endpoints every OpenAI-compatible server has; the task endpoints (v1/rerank...) are ours.
+STANDARD_PATHS = frozenset({"v1/chat/completions", "v1/completions", "v1/embeddings", "v1/models"})
+#: How many of the client's own request figures are kept (the monitor of a server without runtime API)
+CLIENT_REQUESTS = 100
 
 
 def _alive(pid) -> bool:
@@ -119,148 +103,107 @@ def find_server(url: str | None = None, token: str | None = None) -> tuple[str, 
     return base, token if token is not None else chosen.get("token", "")
 
 
-class RemoteStream(ReadToEnd):
-    """Iterate for text pieces of a streamed (chat) completion; closing it drops the connection (cancels).
-
-    `path` is `v1/chat/completions` (pieces in `choices[].delta.content`) or `v1/completions`
-    (pieces in `choices[].text`).
-    """
-
-    def __init__(self, client: "RemoteRuntime", body: dict, path: str = "v1/chat/completions"):
-        self.model = body["model"]
-        self.parts: list[str] = []
-        self.completion: Completion | None = None
-        self.stats = RequestStats(model=self.model, backend="server", kind="generate", created_at=time.time())
-        self._started = time.perf_counter()
-        self._first: float | None = None
-        self._finish = "stop"
-        self._usage: dict = {}
-        self._done = False
-        self._chat = path.endswith("chat/completions")
-        self._timeout = client.timeout
-        self._response = client._open("POST", path, body)
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> str:
-        if self._done:
-            raise StopIteration
-        try:
-            while True:
-                raw = self._readline()
-                if not raw:  # the connection ended without [DONE]: the server died or the network dropped
-                    raise self._lost("the server closed it without finishing")
-                line = raw.decode("utf-8", errors="replace").strip()
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    return self._end()
-                try:
-                    event = json.loads(data)
-                except ValueError:
-                    raise RemoteError(f"the server sent a malformed event: {data[:80]!r}") from None
-                if "error" in event:
-                    raise _remote_failure(event["error"])
-                if event.get("usage"):
-                    self._usage = event["usage"]
-                for choice in event.get("choices") or []:
-                    if choice.get("finish_reason"):
-                        self._finish = choice["finish_reason"]
-                    piece = (choice.get("delta") or {}).get("content") if self._chat else choice.get("text")
-                    if piece:
-                        if self._first is None:
-                            self._first = time.perf_counter()
-                        self.parts.append(piece)
-                        return piece
-        except StopIteration:
-            raise
-        except BaseException:
-            self.close()
-            raise
-
-    def _readline(self) -> bytes:
-        try:
-            return self._response.readline()
-        except TimeoutError:
-            raise self._lost(f"nothing came for {self._timeout:g} s") from None
-        except (http.client.HTTPException, OSError) as exc:
-            raise self._lost(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
-
-    def _lost(self, why: str) -> ConnectionLost:
-        """The error for a stream cut short; its stats count what arrived (the server's usage never came)."""
-        received = len(self.parts)
-        self._figures(received, "error")
-        return ConnectionLost(f"the connection to the server was lost after {received} "
-                              f"token{'' if received == 1 else 's'} ({why})", tokens=received)
-
-    def _figures(self, completion_tokens: int, finish_reason: str) -> None:
-        end = time.perf_counter()
-        stats = self.stats
-        stats.total_s = end - self._started
-        stats.completion_tokens = completion_tokens
-        stats.finish_reason = finish_reason
-        if self._first is not None:
-            stats.ttft_s = self._first - self._started
-            # the decoding rate: the tokens after the first over the time since the first arrived
-            # (queue wait, loading and prompt processing are in ttft_s, not here)
-            if completion_tokens > 1 and end > self._first:
-                stats.tokens_per_s = (completion_tokens - 1) / (end - self._first)
-
-    def _end(self):
-        self._done = True
-        self._response.close()
-        self.stats.prompt_tokens = int(self._usage.get("prompt_tokens", 0))
-        # the server's count; a server that sends no usage: the pieces that arrived
-        self._figures(int(self._usage.get("completion_tokens", 0)) or len(self.parts), self._finish)
-        stats = self.stats
-        self.completion = Completion(self.model, self.text, self._finish, stats.prompt_tokens,
-                                     stats.completion_tokens, stats)
-        raise StopIteration
-
-    def close(self) -> None:
-        """Stop reading: the server sees the client gone and cancels the generation."""
-        if not self._done:
-            self._done = True
-            if self.stats.finish_reason != "error":
-                self._figures(len(self.parts), "cancelled")
-            try:
-                self._response.close()
-            except Exception:
-                pass
-
-
-
 class RemoteRuntime:
-    """The server's runtime (`InferenceRuntime`). `base` is the server's URL with its base_url, ending in '/'."""
+    """A server's runtime (`InferenceRuntime`). `base` is the URL as the user gave it, ending in '/'.
+
+    `runtime_api=True` (a Jupyter server with the extension): `base` is Jupyter's URL with its base_url.
+    `runtime_api=False` (any other OpenAI-compatible server): `base` is its OpenAI base URL
+    (`http://host:port/v1/`), only standard OpenAI fields are sent, and the default models are the
+    configured ones if given, else the first id of its `/models` (`connect` reads it; Ollama and vLLM
+    need a real name): for embeddings, the first id with "embed" in it, else the first.
+    """
 
     where = "server"
 
-    def __init__(self, base: str, token: str = "", *, timeout: float = 600.0,
-                 default_generation_model: str = "smollm2-135m-instruct",
-                 default_embedding_model: str = "all-minilm-l6-v2"):
+    def __init__(self, base: str, token: str = "", *, timeout: float = 600.0, runtime_api: bool = True,
+                 default_generation_model: str | None = None, default_embedding_model: str | None = None):
         self.base = base.rstrip("/") + "/"
         self.token = token
         self.timeout = timeout
+        self.openai_base = self.base + "universal/v1/" if runtime_api else self.base
+        self.api_base = self.base + "universal/api/" if runtime_api else None
+        if runtime_api:
+            default_generation_model = default_generation_model or BUILTIN_GENERATION_MODEL
+            default_embedding_model = default_embedding_model or BUILTIN_EMBEDDING_MODEL
         self.default_generation_model = default_generation_model
         self.default_embedding_model = default_embedding_model
+        # the figures this client measured itself, newest last: on a server without runtime API they
+        # are all the monitor and `%runtime status` can show
+        self.requests: deque[RequestStats] = deque(maxlen=CLIENT_REQUESTS)
+        self._server = "the Jupyter server" if runtime_api else "the server"
+
+    @property
+    def has_runtime_api(self) -> bool:
+        return self.api_base is not None
 
     @classmethod
     def discover(cls, url: str | None = None, token: str | None = None, **kwargs) -> "RemoteRuntime":
+        """A runtime for the configured or discovered Jupyter server, unprobed (see `connect`)."""
         base, token = find_server(url, token)
         return cls(base, token, **kwargs)
 
+    @classmethod
+    def connect(cls, url: str | None = None, token: str | None = None, **kwargs) -> "RemoteRuntime":
+        """A probed runtime: which kind of server is at `url` (discovered when None), failing now if none.
+
+        Two probes: our runtime API (`{url}universal/api/status`) and an OpenAI API (`{url}models`), the
+        latter first when the URL ends in /v1. A 404 or a page that is not JSON moves on to the other;
+        an unreachable server or a refused token fails at once.
+        """
+        base, token = find_server(url, token)
+        if base.endswith("/universal/v1/"):  # our extension's OpenAI base, as an `openai` client takes it
+            base = base[:-len("universal/v1/")]
+        ours, foreign = cls(base, token, **kwargs), cls(base, token, runtime_api=False, **kwargs)
+        failures = []
+        for candidate in ([foreign, ours] if base.endswith("/v1/") else [ours, foreign]):
+            try:
+                candidate._probe()
+                return candidate
+            except ServerUnavailable:
+                raise
+            except (RuntimeFailure, ValueError) as exc:  # a 404, or a page that is not JSON
+                where = f"{base}universal/api/status" if candidate.has_runtime_api else f"{base}models"
+                failures.append(f"{where}: {getattr(exc, 'message', None) or type(exc).__name__}")
+        raise ServerUnavailable(f"{base} is neither a Jupyter server with universal-kernel nor an OpenAI-compatible "
+                                f"server ({'; '.join(failures)}); an OpenAI base URL ends in /v1")
+
+    def _probe(self) -> None:
+        """Raise unless this kind of server answers at `base`; on an OpenAI server, pick the default models."""
+        if self.has_runtime_api:
+            if not isinstance(self._json("GET", "api/status"), dict):
+                raise ValueError("not a status object")
+            return
+        ids = self.model_ids()
+        self.default_generation_model = self.default_generation_model or (ids[0] if ids else None)
+        self.default_embedding_model = self.default_embedding_model or next(
+            (i for i in ids if "embed" in i.lower()), ids[0] if ids else None)
+
     def __repr__(self) -> str:
-        return f"RemoteRuntime({self.base!r})"
+        kind = "" if self.has_runtime_api else ", OpenAI-compatible without runtime API"
+        return f"RemoteRuntime({self.base!r}{kind})"
+
+    def no_runtime_api(self, what: str) -> NoRuntimeApi:
+        """The one-line error for what needs our runtime API, on a server without it."""
+        return NoRuntimeApi(f"{what} needs universal-kernel's runtime API, and the server at {self.base} is an "
+                            f"OpenAI-compatible server without it (there: %%generate, %embed, %runtime models)")
+
+    def record(self, stats: RequestStats) -> None:
+        self.requests.append(stats)
 
     # HTTP -----------------------------------------------------------------------------------
+    def require_runtime_api(self, what: str) -> None:
+        if self.api_base is None:
+            raise self.no_runtime_api(what)
+
+    def _url(self, path: str) -> str:
+        """`v1/...` is the OpenAI API, `api/...` the runtime API (paths as the extension names them)."""
+        if path.startswith("v1/") and (self.has_runtime_api or path in STANDARD_PATHS):
+            return self.openai_base + path[3:]
+        self.require_runtime_api(f"/{path}")  # our extension's own endpoints (v1/rerank, api/load, ...)
+        return self.api_base + path[4:]
+
     def _open(self, method: str, path: str, body: dict | None = None):
-        url = self.base + "universal/" + path
+        url = self._url(path)
         data = None if body is None else json.dumps(body).encode("utf-8")
         headers = {"Accept": "application/json, text/event-stream"}
         if data is not None:
@@ -273,44 +216,63 @@ class RemoteRuntime:
         except urllib.error.HTTPError as exc:
             raise self._error(exc) from None
         except http.client.RemoteDisconnected:
-            raise ServerUnavailable(f"the Jupyter server at {self.base} closed the connection before it "
+            raise ServerUnavailable(f"{self._server} at {self.base} closed the connection before it "
                                     f"answered (it may have stopped)") from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise ServerUnavailable(f"cannot reach the Jupyter server at {self.base}: {reason}") from None
+            raise ServerUnavailable(f"cannot reach {self._server} at {self.base}: {reason}") from None
 
-    @staticmethod
-    def _error(exc: urllib.error.HTTPError) -> RuntimeFailure:
+    def _error(self, exc: urllib.error.HTTPError) -> RuntimeFailure:
         try:
             payload = json.loads(exc.read().decode("utf-8"))
-            error = payload["error"]
+            # OpenAI's {"error": {...}}; FastAPI servers (llama.cpp's, vLLM's) may send {"detail": ...}
+            error = payload["error"] if "error" in payload else {"message": str(payload["detail"])}
             if not isinstance(error, dict):
                 error = {"message": str(error)}
         except Exception:
             error = {"message": f"HTTP {exc.code} {exc.reason}"}
-        return _remote_failure(error, status=exc.code, headers=exc.headers)
+        failure = _remote_failure(error, status=exc.code, headers=exc.headers)
+        if isinstance(failure, ServerUnavailable):  # say where: the user may have several servers
+            failure = ServerUnavailable(failure.message.replace("the server", f"{self._server} at {self.base}", 1))
+        return failure
 
     def _json(self, method: str, path: str, body: dict | None = None):
         with self._open(method, path, body) as response:
             return json.loads(response.read().decode("utf-8") or "null")
 
+    def _model(self, model: str | None, task: str) -> str:
+        model = model or (self.default_generation_model if task == "generate" else self.default_embedding_model)
+        if not model:  # a server without runtime API, built without `connect`, that lists no model
+            ids = self.model_ids()
+            if not ids:
+                raise ModelNotFound(f"the server at {self.base} lists no models: name one with -m")
+            model = ids[0]
+        return model
+
     # Runtime API ----------------------------------------------------------------------------
     def stream(self, model: str | None = None, *, prompt: str | None = None, messages: list | None = None,
                params: GenerationParams | dict | None = None, backend: str = "auto",
                keep_alive: float | None = None) -> RemoteStream:
-        """As `Runtime.stream`: a prompt is a raw completion (`/v1/completions`), messages a chat turn."""
+        """As `Runtime.stream`: a prompt is a raw completion (`/v1/completions`), messages a chat turn.
+
+        `backend` and `keep_alive` are our extension's fields: a server without runtime API gets none."""
         if (prompt is None) == (messages is None):
             raise InvalidRequest("give either a prompt or messages")
         if prompt is not None and not isinstance(prompt, str):
             raise InvalidRequest("prompt must be a string", param="prompt")
         params = params if isinstance(params, GenerationParams) else GenerationParams(**(params or {}))
         # max_tokens is always sent: no limit stays no limit (/v1/completions would apply OpenAI's 16)
-        body = {"model": model or self.default_generation_model, "stream": True,
+        body = {"model": self._model(model, "generate"), "stream": True,
                 "stream_options": {"include_usage": True}, **params_to_wire(params)}
-        if backend != "auto":
-            body["backend"] = backend
-        if keep_alive is not None:
-            body["keep_alive"] = keep_alive
+        if body.get("response_format", {}).get("type") == "json_schema" and "schema" in body["response_format"]:
+            # OpenAI's shape, which every server reads (ours reads both)
+            schema = body["response_format"]["schema"]
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
+        if self.has_runtime_api:
+            if backend != "auto":
+                body["backend"] = backend
+            if keep_alive is not None:
+                body["keep_alive"] = keep_alive
         if prompt is not None:
             return RemoteStream(self, {**body, "prompt": prompt}, "v1/completions")
         return RemoteStream(self, {**body, "messages": messages}, "v1/chat/completions")
@@ -321,27 +283,39 @@ class RemoteRuntime:
 
     def embed(self, texts, model: str | None = None, *, normalize: bool = True, backend: str = "auto",
               keep_alive: float | None = None) -> EmbeddingResult:
+        """On a server without runtime API, vectors come as it computes them and are normalised here."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        model = model or self.default_embedding_model
+        model = self._model(model, "embed")
         stats = RequestStats(model=model, backend="server", kind="embed", created_at=time.time())
         started = time.perf_counter()
-        body = {"model": model, "input": texts, "encoding_format": "float", "normalize": normalize}
-        if backend != "auto":
-            body["backend"] = backend
-        if keep_alive is not None:
-            body["keep_alive"] = keep_alive
+        body = {"model": model, "input": texts, "encoding_format": "float"}
+        if self.has_runtime_api:
+            body["normalize"] = normalize
+            if backend != "auto":
+                body["backend"] = backend
+            if keep_alive is not None:
+                body["keep_alive"] = keep_alive
         payload = self._json("POST", "v1/embeddings", body)
         rows = sorted(payload.get("data") or [], key=lambda r: r.get("index", 0))
         if len(rows) != len(texts):
             raise GenerationFailed(f"the server returned {len(rows)} embeddings for {len(texts)} inputs")
+        if rows and rows[0]["embedding"] and isinstance(rows[0]["embedding"][0], list):
+            raise GenerationFailed(f"the server at {self.base} returned one vector per token for {model}: serve "
+                                   f"it with pooling (llama.cpp: --pooling mean)")
         vectors = np.asarray([r["embedding"] for r in rows], dtype=np.float32).reshape(len(texts), -1)
+        if normalize and not self.has_runtime_api:
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = vectors / np.where(norms > 0, norms, 1.0)
         stats.total_s = time.perf_counter() - started
         stats.prompt_tokens = int((payload.get("usage") or {}).get("prompt_tokens", 0))
         stats.rows_computed = len(texts)
+        stats.finish_reason = "stop"
+        self.record(stats)
         return EmbeddingResult(payload.get("model", model), vectors, stats.prompt_tokens, stats)
 
     # The other tasks: one path for all, the task's module maps its call and result to the wire ------
     def run(self, call: TaskCall):
+        self.require_runtime_api(f"%{call.task}")
         part = call.part  # no model: the server's default for the task
         body = {key: value for key, value in part.to_wire(call).items() if value is not None}
         if call.backend != "auto":
@@ -373,9 +347,10 @@ class RemoteRuntime:
 
     def ocr(self, images, model: str | None = None, *, boxes: bool = False, backend: str = "auto",
             keep_alive: float | None = None) -> OcrResult:
+        """Images are read here (paths in this kernel's folders) and sent as base64; the server's limits apply."""
+        self.require_runtime_api("%ocr")  # before any image is read
         from .tasks import ocr as ocr_task  # Pillow and pypdfium2 load with the first image
 
-        """Images are read here (paths in this kernel's folders) and sent as base64; the server's limits apply."""
         from .config import default_model_folders
         from .references import Resolver
 
@@ -384,15 +359,26 @@ class RemoteRuntime:
                                       path_check=folders.check_path))
 
     def status(self) -> dict:
-        return self._json("GET", "api/status")
+        """The server's status; on a server without runtime API, the usual shape with no models and, as
+        `recent`, the requests this client measured, and a `note` that says so."""
+        if self.has_runtime_api:
+            return self._json("GET", "api/status")
+        return {"where": "server", "url": self.base, "runtime_api": False, "memory": {}, "models": [], "loads": 0,
+                "recent": [stats.as_dict() for stats in list(self.requests)],
+                "note": f"{self.base} is an OpenAI-compatible server without universal-kernel's runtime API: "
+                        f"no models or memory to show; the requests below were measured by this client"}
 
     def models(self) -> list[dict]:
         return list((self._json("GET", "v1/models") or {}).get("data") or [])
+
+    def model_ids(self) -> list[str]:
+        return [str(m["id"]) for m in self.models() if isinstance(m, dict) and m.get("id")]
 
     def load(self, model: str | None = None, *, backend: str = "auto", keep_alive: float | None = None,
              task: str | None = None, **options) -> dict:
         """Load a model on the server. Its runtime API takes model, backend and keep_alive; load options
         (such as n_ctx) and `task` cannot be sent, so they are refused rather than dropped."""
+        self.require_runtime_api("%runtime load")
         refused = sorted(options) + (["task"] if task is not None else [])
         if refused:
             raise InvalidRequest(
@@ -405,12 +391,14 @@ class RemoteRuntime:
         return self._json("POST", "api/load", body)
 
     def unload(self, model: str | None = None, *, backend: str | None = None):
+        self.require_runtime_api("%runtime unload")
         body = {"model": model} if model else {}
         if backend is not None:
             body["backend"] = backend
         return self._json("POST", "api/unload", body)
 
     def alias(self, name: str, ref: str):
+        self.require_runtime_api("%runtime alias")
         raise InvalidRequest("aliases of the server's runtime are set in its configuration "
                              "(c.UniversalKernelApp.model_aliases); %runtime alias applies to the local runtime")
 
@@ -420,6 +408,7 @@ class RemoteRuntime:
     # Anomaly detection: the server's detectors (its anomaly folder, shared with the local kernels) --------
     def anomaly_fit(self, name: str, data, *, backend: str = "isolation_forest", contamination: float = 0.1,
                     model: str | None = None):
+        self.require_runtime_api("%anomaly")
         from .tasks import anomaly as anomaly_task
 
         body = {"model": name, "data": anomaly_task.data_to_wire(data), "backend": backend,
@@ -447,7 +436,6 @@ class RemoteRuntime:
     def anomaly_delete(self, name: str) -> bool:
         from urllib.parse import quote
 
-        from .errors import ModelNotFound
         from .tasks import anomaly as anomaly_task
         from .tasks.anomaly_store import check_name
 

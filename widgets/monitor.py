@@ -1,7 +1,9 @@
 """The runtime monitor: memory, loaded models with expiry, recent requests and a latency sparkline.
 
 It reads a status dict (the shape of `Runtime.status()`, which the server's `/universal/api/status`
-also returns) from a `source`: the in-process runtime or a `RemoteRuntime`. A daemon thread refreshes
+also returns) from a `source`: the in-process runtime or a `RemoteRuntime`. On an OpenAI-compatible
+server without our runtime API, that dict has no models, a `note`, and the requests (with their
+latencies) that the client measured itself. A daemon thread refreshes
 it every `interval` seconds, so the kernel never blocks on it; the local runtime's load/unload events
 refresh it at once. `refresh()` does one update synchronously.
 """
@@ -139,7 +141,8 @@ class Monitor(widgets.VBox):
     def _render(self) -> None:
         clock = time.strftime("%H:%M:%S", time.localtime(self.updated_at))
         self._title.value = f"<b>universal-kernel</b> ({self.source_name}) \u00b7 updated {clock}"
-        self._memory.value = html.escape(memory_line(self.last_status or {}))
+        note = (self.last_status or {}).get("note")  # a server without runtime API: the client's own figures
+        self._memory.value = html.escape(note or memory_line(self.last_status or {}))
         self._models.value = html_table(MODEL_HEADERS, model_rows(self.models))
         last = [r for r in self.recent if r.get("finish_reason")][-8:]
         self._requests.value = html_table(REQUEST_HEADERS, request_rows(last))

@@ -51,18 +51,33 @@ class UniversalKernelMagics(Magics):
         self._local = runtime
 
     def remote_runtime(self, url: str | None = None, token: str | None = None, *, reconnect: bool = False):
-        if self._remote is None or reconnect or url:
-            from ..client import RemoteRuntime
+        """The server runtime of `--server`: the one in use, else the configured or discovered one.
 
-            kwargs = {}
-            if self.generation_model:
-                kwargs["default_generation_model"] = self.generation_model
-            if self.embedding_model:
-                kwargs["default_embedding_model"] = self.embedding_model
-            self._remote = RemoteRuntime.discover(url or self.server_url or None,
-                                                  token if token is not None else (self.server_token or None),
-                                                  **kwargs)
+        With `url` or `reconnect`, a new one, probed before it replaces the one in use: a server that is
+        not there or refuses the token leaves everything as it was."""
+        if self._remote is None or reconnect or url:
+            self._remote = self.connect_remote(url, token)
         return self._remote
+
+    def connect_remote(self, url: str | None = None, token: str | None = None):
+        """A new probed `RemoteRuntime` (our Jupyter server or any OpenAI-compatible one); changes nothing here."""
+        from ..client import RemoteRuntime
+
+        return RemoteRuntime.connect(url or self.server_url or None,
+                                     token if token is not None else (self.server_token or None),
+                                     default_generation_model=self.generation_model or None,
+                                     default_embedding_model=self.embedding_model or None)
+
+    def use_remote(self, remote) -> None:
+        """Send the magics' work to `remote` (a probed RemoteRuntime) from now on."""
+        self._remote = remote
+        self.use_server = True
+
+    def runtime_in_use(self) -> str:
+        """Which runtime the magics use now, in words, for messages."""
+        if not self.use_server:
+            return "the in-process runtime"
+        return f"the server at {self._remote.base}" if self._remote is not None else "the Jupyter server's runtime"
 
     def runtime_for(self, server: bool = False):
         return self.remote_runtime() if (server or self.use_server) else self.local_runtime()
@@ -133,7 +148,7 @@ class UniversalKernelMagics(Magics):
     @argument("args", nargs="*", help="load/unload: MODEL; alias: NAME REF; use: local | server [URL]")
     @argument("--backend", default="auto", help="load: auto, llama_cpp or transformers")
     @argument("--keep-alive", type=float, default=None, help="load: seconds to stay loaded, -1 forever")
-    @argument("--token", default=None, help="use server: the Jupyter token")
+    @argument("--token", default=None, help="use server: the Jupyter token, or an OpenAI-compatible server's API key")
     @argument("--interval", type=float, default=2.0, help="monitor: seconds between refreshes")
     @argument("--server", action="store_true", help="act on the Jupyter server's runtime")
     @line_magic

@@ -6,9 +6,12 @@ import html
 
 from IPython.core.error import UsageError
 
+from ..errors import RuntimeFailure
+
 from ..formatting import (
     MODEL_HEADERS, REQUEST_HEADERS, duration, html_table, memory_line, mib, model_rows, request_rows, text_table,
 )
+from .common import one_line
 
 ACTIONS = ("status", "models", "load", "unload", "alias", "monitor", "use")
 
@@ -24,6 +27,9 @@ class RuntimeStatus(dict):
 
     def __repr__(self) -> str:
         models, recent = self._rows()
+        if self.get("note"):  # a server without runtime API: only what this client measured
+            return "\n".join([self["note"], "requests measured by this client:",
+                              text_table(REQUEST_HEADERS, recent) if recent else "  none yet"])
         parts = [f"memory: {self._memory_line()}", f"loaded models ({len(models)}):"]
         parts.append(text_table(MODEL_HEADERS, models) if models else "  none")
         if recent:
@@ -35,6 +41,9 @@ class RuntimeStatus(dict):
 
     def _repr_html_(self) -> str:
         models, recent = self._rows()
+        if self.get("note"):
+            return (f"<div>{html.escape(self['note'])}</div><div><b>requests measured by this client</b></div>"
+                    + html_table(REQUEST_HEADERS, recent))
         out = f"<div><b>memory</b>: {html.escape(self._memory_line())}</div>"
         out += f"<div><b>loaded models</b> ({len(models)})</div>" + (html_table(MODEL_HEADERS, models)
                                                                      if models else "<div>none</div>")
@@ -48,7 +57,7 @@ class ModelList(list):
 
     def _rows(self):
         return [[m.get("id"), ", ".join(m.get("tasks") or [m.get("task") or "-"]), m.get("format", "-"),
-                 mib(m.get("size_bytes")), "yes" if m.get("loaded") else "no"] for m in self]
+                 mib(m.get("size_bytes")), {True: "yes", False: "no"}.get(m.get("loaded"), "-")] for m in self]
 
     def __repr__(self) -> str:
         return text_table(["model", "tasks", "format", "size", "loaded"], self._rows())
@@ -66,7 +75,7 @@ def _remote_models(models: list[dict]) -> list[dict]:
     for m in models:
         out.append({"id": m.get("id"), "task": m.get("task", "-"), "tasks": m.get("tasks") or [],
                     "format": m.get("format", "-"),
-                    "size_bytes": m.get("size_bytes"), "loaded": m.get("loaded", False)})
+                    "size_bytes": m.get("size_bytes"), "loaded": m.get("loaded")})  # None: not said
     return out
 
 
@@ -143,8 +152,16 @@ def _use(magics, args):
     if len(args.args) > 2:
         raise UsageError("usage: %runtime use server [URL] [--token TOKEN]")
     url = args.args[1] if len(args.args) == 2 else None
-    remote = magics.remote_runtime(url, args.token, reconnect=True)
-    remote.status()  # fail now, not at the next magic, when the server is not there
-    magics.use_server = True
-    print(f"magics use the Jupyter server's runtime at {remote.base}")
+    try:  # probe before anything changes: a failed `use` leaves the magics where they were, and says so
+        remote = magics.connect_remote(url, args.token)
+    except RuntimeFailure as exc:
+        raise UsageError(one_line(f"{exc.message}; magics still use {magics.runtime_in_use()}")) from None
+    magics.use_remote(remote)
+    if remote.has_runtime_api:
+        print(f"magics use the Jupyter server's runtime at {remote.base}")
+    else:
+        print(f"magics use the OpenAI-compatible server at {remote.base} (default models: "
+              f"{remote.default_generation_model or '-'} for %%generate, {remote.default_embedding_model or '-'} "
+              f"for %embed); it has no universal-kernel runtime API: load, unload, alias and the task magics "
+              f"are not available there")
     return None
