@@ -78,8 +78,10 @@ class GenerationJob:
         for index, given in enumerate(self.inputs):
             if self.cancelled or self.aborted:
                 break
+            given = dict(given)
+            params = given.pop("params", self.params)  # a sample of n has its own seed
             try:
-                self._stream = await self.runtime.astream(self.model, params=self.params, backend=self.backend,
+                self._stream = await self.runtime.astream(self.model, params=params, backend=self.backend,
                                                           keep_alive=self.keep_alive, **given)
                 self.model_id = self._stream.model
                 if self.cancelled or self.aborted:

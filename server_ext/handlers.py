@@ -22,6 +22,7 @@ from universal_kernel.tasks import TASKS
 from . import protocol as p
 from .errors import Failure, failure, failure_from
 from .generation import GenerationJob, Jobs
+from .responses import ResponsesRequest
 from .serving import Serving, parse
 
 #: the resource this extension's handlers are authorized against
@@ -129,10 +130,14 @@ class BaseHandler(APIHandler):
             self.set_header("Content-Type", "text/event-stream")
             self.set_header("Cache-Control", "no-cache")
             self.set_header("X-Accel-Buffering", "no")
+            named = getattr(started, "sse_event_names", False)  # the Responses API's events
             async for chunk in started.chunks():
+                if named and getattr(chunk, "type", None):
+                    self.write(f"event: {chunk.type}\n")
                 self.write(f"data: {chunk.model_dump_json()}\n\n")
                 await self.flush()
-            self.write("data: [DONE]\n\n")
+            if not named:
+                self.write("data: [DONE]\n\n")
             await self.finish(set_content_type="text/event-stream")
         except StreamClosedError:
             started.job.cancel()
@@ -185,6 +190,16 @@ class CompletionsHandler(BaseHandler):
         if isinstance(req, Failure):
             return self.send_failure(req)
         await self.send_generation(await self.serving.completion(req), req.stream)
+
+
+class ResponsesHandler(BaseHandler):
+    @web.authenticated
+    @authorized
+    async def post(self):
+        req = parse(ResponsesRequest, self.request.body)
+        if isinstance(req, Failure):
+            return self.send_failure(req)
+        await self.send_generation(await self.serving.responses(req), req.stream)
 
 
 class EmbeddingsHandler(BaseHandler):
@@ -252,6 +267,7 @@ def routes() -> list[tuple[str, type]]:
         (r"universal/v1/models/(.+)", ModelHandler),
         (r"universal/v1/chat/completions/?", ChatCompletionsHandler),
         (r"universal/v1/completions/?", CompletionsHandler),
+        (r"universal/v1/responses/?", ResponsesHandler),
         (r"universal/v1/embeddings/?", EmbeddingsHandler),
         (r"universal/api/status/?", StatusHandler),
         (r"universal/api/load/?", LoadHandler),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import types
 import typing
@@ -24,6 +25,8 @@ from universal_kernel.wire import keep_alive_seconds, params_from_wire
 from . import protocol as p
 from .errors import Failure, failure, failure_from
 from .generation import ChatRenderer, CompletionRenderer, GenerationJob, Renderer
+from .responses import ResponsesRenderer, ResponsesRequest, to_chat
+from .tools import ToolChatRenderer, plan_tools, render_messages
 
 __all__ = ["Failure", "Serving", "failure", "failure_from", "keep_alive_seconds", "parse"]
 
@@ -94,13 +97,29 @@ def _wire_path(model: type[BaseModel], loc: tuple) -> list[str]:
 
 
 # The serving object ---------------------------------------------------------------------------------
+#: the most choices one request may ask for (`n`)
+MAX_N = 16
+
+
 def _refuse_unsupported(req: p._Sampling) -> Failure | None:
-    if req.n not in (None, 1):
-        return failure(400, "n must be 1: this server returns one choice per prompt", param="n",
-                       code="unsupported_parameter")
+    if req.n is not None and not 1 <= req.n <= MAX_N:
+        return failure(400, f"n must be between 1 and {MAX_N}", param="n", code="invalid_value")
     if req.logprobs not in (None, False, 0):
         return failure(400, "logprobs are not supported", param="logprobs", code="unsupported_parameter")
     return None
+
+
+def _samples(inputs: list[dict], params: GenerationParams, n: int | None) -> list[dict]:
+    """Each input `n` times (choice index = input * n + sample), sample j seeded with seed + j: N different
+    but repeatable samples for a given seed (sample 0 is what n=1 gives); unseeded samples are each random."""
+    if not n or n == 1:
+        return inputs
+    out = []
+    for given in inputs:
+        for j in range(n):
+            seed = None if params.seed is None else params.seed + j
+            out.append({**given, "params": dataclasses.replace(params, seed=seed)})
+    return out
 
 
 def _params(req: p._Sampling, max_tokens: int | None, response_format: p.ResponseFormat | None) -> GenerationParams:
@@ -153,14 +172,35 @@ class Serving:
     # Generation ---------------------------------------------------------------------------------
     async def chat(self, req: p.ChatCompletionRequest) -> Renderer | Failure:
         refused = _refuse_unsupported(req)
-        if refused is None and req.tools:
-            refused = failure(400, "tools are not supported", param="tools", code="unsupported_parameter")
         if refused is None and req.top_logprobs:
             refused = failure(400, "logprobs are not supported", param="top_logprobs", code="unsupported_parameter")
         if refused:
             return refused
+        plan = plan_tools(req.tools, req.tool_choice)
+        if isinstance(plan, Failure):
+            return plan
+        if plan is not None and req.response_format is not None and req.response_format.type != "text":
+            return failure(400, "tools and a response_format cannot be combined", param="response_format",
+                           code="unsupported_parameter")
+        messages = req.messages
+        if plan is not None or any(isinstance(m, dict) and (m.get("role") == "tool" or m.get("tool_calls"))
+                                   for m in messages):
+            messages = render_messages(messages, plan)
+            if isinstance(messages, Failure):
+                return messages
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        return await self._start(req, [{"messages": req.messages}], max_tokens, req.response_format, ChatRenderer)
+        if plan is None:
+            return await self._start(req, [{"messages": messages}], max_tokens, req.response_format, ChatRenderer)
+        return await self._start(req, [{"messages": messages}], max_tokens, None,
+                                 lambda job, usage: ToolChatRenderer(job, usage, plan),
+                                 raw_format=plan.response_format())
+
+    async def responses(self, req: ResponsesRequest) -> ResponsesRenderer | Failure:
+        chat_req = to_chat(req)
+        if isinstance(chat_req, Failure):
+            return chat_req
+        chat = await self.chat(chat_req)
+        return chat if isinstance(chat, Failure) else ResponsesRenderer(chat, req)
 
     async def completion(self, req: p.CompletionRequest) -> Renderer | Failure:
         refused = _refuse_unsupported(req)
@@ -177,10 +217,15 @@ class Serving:
         return await self._start(req, [{"prompt": one} for one in prompts], req.max_tokens, req.response_format,
                                  CompletionRenderer, echo=req.echo)
 
-    async def _start(self, req, inputs, max_tokens, response_format, renderer, echo=False) -> Renderer | Failure:
-        """A renderer over a job that has not started: the caller primes it (see GenerationJob)."""
+    async def _start(self, req, inputs, max_tokens, response_format, renderer, echo=False,
+                     raw_format: dict | None = None) -> Renderer | Failure:
+        """A renderer over a job that has not started: the caller primes it (see GenerationJob).
+        `raw_format`: the runtime's own response_format (a tool call's grammar), in place of the wire's."""
         try:
             params = _params(req, max_tokens, response_format)
+            if raw_format is not None:
+                params = dataclasses.replace(params, response_format=raw_format)
+            inputs = _samples(inputs, params, req.n)
             job = GenerationJob(self.runtime, req.model, inputs, params, req.backend,
                                 req.keep_alive, echo=echo)
         except Exception as exc:  # noqa: BLE001

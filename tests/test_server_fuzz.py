@@ -14,6 +14,7 @@ import pytest
 
 from universal_kernel.server_ext import handlers
 from universal_kernel.server_ext import protocol as p
+from universal_kernel.server_ext.responses import ResponsesRequest
 from universal_kernel.server_ext.tasks import anomaly, classify, ner, ocr, rerank
 
 from .conftest import MINILM, SMOLLM
@@ -22,6 +23,7 @@ from .conftest import MINILM, SMOLLM
 REQUEST_TYPES = {
     handlers.ChatCompletionsHandler: p.ChatCompletionRequest,
     handlers.CompletionsHandler: p.CompletionRequest,
+    handlers.ResponsesHandler: ResponsesRequest,
     handlers.EmbeddingsHandler: p.EmbeddingRequest,
     handlers.LoadHandler: p.LoadRequest,
     handlers.UnloadHandler: p.UnloadRequest,
@@ -32,7 +34,7 @@ REQUEST_TYPES = {
     anomaly.AnomalyFitHandler: anomaly.AnomalyFitRequest,
     anomaly.AnomalyScoreHandler: anomaly.AnomalyScoreRequest,
 }
-GENERATION = (handlers.ChatCompletionsHandler, handlers.CompletionsHandler)
+GENERATION = (handlers.ChatCompletionsHandler, handlers.CompletionsHandler, handlers.ResponsesHandler)
 
 #: a 40x16 white PNG with a black bar: OCR reads it in a blink, whatever it finds
 TINY_PNG = ("iVBORw0KGgoAAAANSUhEUgAAACgAAAAQCAAAAABBvGJxAAAAJUlEQVR4nGP8z0AcYCJS3ZBQyMLAwMDAwIhTHh4oA+hGxhEZ"
@@ -43,6 +45,7 @@ BASE = {
     handlers.ChatCompletionsHandler: {"model": SMOLLM, "messages": [{"role": "user", "content": "Hi"}],
                                       "max_tokens": 1},
     handlers.CompletionsHandler: {"model": SMOLLM, "prompt": "Hi", "max_tokens": 1},
+    handlers.ResponsesHandler: {"model": SMOLLM, "input": "Hi", "max_output_tokens": 1},
     handlers.EmbeddingsHandler: {"model": MINILM, "input": ["a", "b"]},
     handlers.LoadHandler: {"model": MINILM},
     handlers.UnloadHandler: {"model": "no-such-model"},
@@ -78,6 +81,12 @@ PLAUSIBLE = {
     "dimensions": [1, 8, 384, 385, 0, -1],
     "tools": [[], [{"type": "function", "function": {"name": "f"}}]],
     "n": [1, 2, 0],
+    "tool_choice": ["none", "auto", "required", {"type": "function", "function": {"name": "f"}},
+                    {"type": "function", "name": "f"}, "sometimes", 3],
+    "instructions": ["", "Be brief.", None, 1],
+    "text": [{"format": {"type": "text"}}, {"format": {"type": "json_object"}}, {"format": {"type": "xml"}}, "x"],
+    "store": [True, False, None],
+    "previous_response_id": ["resp_1", None],
     "seed": [0, 42, -1, 2**32, 2**64, -(2**70)],
     "temperature": [0, 0.5, 1, 2, 2.5, -1],
     "top_p": [0, 0.5, 1, 1.5],
@@ -187,7 +196,7 @@ def random_value(rng: random.Random, field: str | None = None, depth: int = 0):
 
 def _keep_generation_short(body: dict, fuzzed: set[str]) -> None:
     """A fuzzed token count that would be valid becomes 1; an unfuzzed max_tokens is 1."""
-    for name in ("max_tokens", "max_completion_tokens"):
+    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
         value = body.get(name)
         if name not in fuzzed:
             continue
@@ -197,6 +206,8 @@ def _keep_generation_short(body: dict, fuzzed: set[str]) -> None:
             body[name] = 1
     if "max_tokens" not in fuzzed:
         body["max_tokens"] = 1
+    if "max_output_tokens" not in fuzzed and "input" in body:  # the Responses API's name for it
+        body["max_output_tokens"] = 1
 
 
 def random_request(rng: random.Random, handler: type) -> bytes:
@@ -287,7 +298,12 @@ def check_answer(response, what: str) -> None:
         return
     assert response.status_code == 200, f"{what}: {response.status_code}"
     if response.headers.get("Content-Type", "").startswith("text/event-stream"):
-        events = [line[len("data: "):] for line in response.text.split("\n\n") if line.startswith("data: ")]
+        events = [line[len("data: "):] for block in response.text.split("\n\n") for line in block.split("\n")
+                  if line.startswith("data: ")]
+        if "event: response." in response.text:  # the Responses API: named events, the last one says how it ended
+            last = json.loads(events[-1])["type"]
+            assert last in ("response.completed", "response.incomplete", "response.failed"), f"{what}: {last}"
+            events.append("[DONE]")
         assert events and events[-1] == "[DONE]", f"{what}: {response.text[-300:]}"
         for event in events[:-1]:
             data = json.loads(event)
@@ -317,7 +333,7 @@ def fuzzed_server(server):
 def test_every_post_route_is_fuzzed():
     routes = post_routes()
     assert {handler for _, handler in routes} == set(REQUEST_TYPES) == set(BASE)
-    assert len(routes) == 11
+    assert len(routes) == 12
 
 
 def test_hostile_bodies_on_every_post_route(fuzzed_server):

@@ -24,7 +24,9 @@ class GenerationParams:
     frequency_penalty: float = 0.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
-    #: None, {"type": "json_object"} or {"type": "json_schema", "schema": {...}}
+    #: None, {"type": "json_object"} or {"type": "json_schema", "schema": {...}}; and for tool calls with
+    #: tool_choice auto, {"type": "json_schema_or_text", "schema": {...}}: an object of the schema, or
+    #: text that does not start with "{" (grammar-constrained on llama_cpp only)
     response_format: dict | None = None
 
     def __post_init__(self):
@@ -37,7 +39,8 @@ class GenerationParams:
             raise InvalidRequest("temperature must be between 0 and 2", param="temperature")
         if not 0 < self.top_p <= 1:
             raise InvalidRequest("top_p must be in (0, 1]", param="top_p")
-        if self.response_format and self.response_format.get("type") not in ("text", "json_object", "json_schema"):
+        if self.response_format and self.response_format.get("type") not in ("text", "json_object", "json_schema",
+                                                                                  "json_schema_or_text"):
             raise InvalidRequest("response_format.type must be text, json_object or json_schema",
                                  param="response_format")
 

@@ -86,6 +86,18 @@ def sampler_seed(seed: int | None) -> int:
     return int(seed) % _RANDOM_SEED
 
 
+def json_or_text_gbnf(schema: dict) -> str:
+    """A GBNF grammar for either one JSON value of `schema` or text whose first character is neither
+    `{` nor white space (how a tool call with tool_choice auto is left to the model)."""
+    from llama_cpp import llama_grammar
+
+    rule = "uk-json-or-text-object"
+    gbnf = llama_grammar.json_schema_to_gbnf(json.dumps(schema))
+    lines = [f"{rule} ::={line[len('root ::='):]}" if line.startswith("root ::=") else line
+             for line in gbnf.splitlines()]
+    return "\n".join([f"root ::= {rule} | uk-free-text", 'uk-free-text ::= [^{ \\t\\n\\r] [^\\x00]*', *lines])
+
+
 class LlamaCppBackend(Backend):
     name = "llama_cpp"
 
@@ -297,6 +309,9 @@ class LlamaCppBackend(Backend):
             if response_format["type"] == "json_schema":
                 schema = response_format.get("schema") or {}
                 return llama_grammar.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+            if response_format["type"] == "json_schema_or_text":
+                return llama_grammar.LlamaGrammar.from_string(
+                    json_or_text_gbnf(response_format.get("schema") or {}), verbose=False)
             return llama_grammar.LlamaGrammar.from_string(llama_grammar.JSON_GBNF, verbose=False)
         except Exception as exc:
             raise InvalidRequest(f"cannot build a grammar from response_format: {exc}",
