@@ -196,6 +196,7 @@ def test_status_and_monitor_show_the_latencies_the_client_measured(on_llama, lla
     last = status["recent"][-2:]
     assert [r["kind"] for r in last] == ["generate", "embed"] and [r["model"] for r in last] == [CHAT, EMBED]
     assert last[0]["ttft_s"] > 0 and last[0]["completion_tokens"] <= 4 and last[1]["total_s"] > 0
+    assert last[0]["queue_wait_s"] is None  # the server's queue is not seen from here: shown as "-"
     text = repr(status)
     assert text.startswith(status["note"]) and "requests measured by this client" in text and CHAT in text
 

@@ -286,7 +286,7 @@ class RemoteRuntime:
         """On a server without runtime API, vectors come as it computes them and are normalised here."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         model = self._model(model, "embed")
-        stats = RequestStats(model=model, backend="server", kind="embed", created_at=time.time())
+        stats = RequestStats(model=model, backend="server", kind="embed", created_at=time.time(), queue_wait_s=None)
         started = time.perf_counter()
         body = {"model": model, "input": texts, "encoding_format": "float"}
         if self.has_runtime_api:
@@ -322,7 +322,8 @@ class RemoteRuntime:
             body["backend"] = call.backend
         if call.keep_alive is not None:
             body["keep_alive"] = call.keep_alive
-        stats = RequestStats(model=call.model or "", backend="server", kind=call.task, created_at=time.time())
+        stats = RequestStats(model=call.model or "", backend="server", kind=call.task, created_at=time.time(),
+                             queue_wait_s=None)
         started = time.perf_counter()
         payload = self._json("POST", part.PATH, body)
         stats.total_s = time.perf_counter() - started

@@ -71,7 +71,9 @@ class RemoteStream(ReadToEnd):
         self.model = body["model"]
         self.parts: list[str] = []
         self.completion: Completion | None = None
-        self.stats = RequestStats(model=self.model, backend="server", kind="generate", created_at=time.time())
+        # a client cannot see the server's queue: its wait is inside ttft_s, and queue_wait_s is unknown (None)
+        self.stats = RequestStats(model=self.model, backend="server", kind="generate", created_at=time.time(),
+                                  queue_wait_s=None)
         self._started = time.perf_counter()
         self._first: float | None = None
         self._finish = "stop"
