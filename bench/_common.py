@@ -15,6 +15,8 @@ from typing import Callable
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Benchmarks measure computing: the embedding cache on disk stays off unless a benchmark turns it on
+os.environ.setdefault("UNIVERSAL_KERNEL_EMBEDDING_CACHE", "off")
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:

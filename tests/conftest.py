@@ -15,6 +15,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Fitted anomaly detectors of this session (kernel runtimes and the server alike) stay out of ~/.cache.
 os.environ.setdefault("UNIVERSAL_KERNEL_ANOMALY_FOLDER", tempfile.mkdtemp(prefix="uk-anomaly-"))
+# The embedding cache on disk would carry vectors from one test's runtime to the next (and from one test
+# session to the next): off, except in the tests of that cache (test_embedding_store.py).
+os.environ.setdefault("UNIVERSAL_KERNEL_EMBEDDING_CACHE", "off")
 
 from universal_kernel import Runtime, RuntimeConfig  # noqa: E402
 from universal_kernel.references import BUILTIN_ALIASES  # noqa: E402

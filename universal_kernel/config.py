@@ -27,6 +27,13 @@ def default_model_folders() -> list[Path]:
     return [Path.cwd(), Path.home() / ".cache" / "universal-kernel" / "models"]
 
 
+def _embedding_cache_folder() -> Path | None:
+    raw = os.environ.get("UNIVERSAL_KERNEL_EMBEDDING_CACHE")
+    if raw is not None and raw.strip().lower() in ("", "off", "0", "false", "no"):
+        return None
+    return Path(raw) if raw else Path.home() / ".cache" / "universal-kernel" / "embeddings"
+
+
 @dataclass
 class RuntimeConfig:
     #: folders that path references must stay inside
@@ -61,6 +68,11 @@ class RuntimeConfig:
             os.environ.get("UNIVERSAL_KERNEL_ANOMALY_FOLDER", Path.home() / ".cache" / "universal-kernel" / "anomaly")
         )
     )
+    #: where embeddings are kept between runs (shared by kernels and the server); None turns it off
+    embedding_cache_folder: Path | None = field(default_factory=_embedding_cache_folder)
+    #: the most bytes it may take; the least recently used rows go first
+    embedding_cache_bytes: int = field(
+        default_factory=lambda: int(_env_float("UNIVERSAL_KERNEL_EMBEDDING_CACHE_BYTES", 2 * 1024**3)))
     #: OCR limits, checked before an image is decoded: pixels per image (or rendered page), pages per PDF
     ocr_max_pixels: int = 40_000_000
     ocr_max_pages: int = 50

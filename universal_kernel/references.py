@@ -50,9 +50,20 @@ class ModelSpec:
 
 def file_stamp(path: Path) -> tuple:
     """(size, mtime_ns) of a GGUF file, or of each weight file of a model folder (and its config.json)."""
+    stamp = []
+    for f in weight_files(path):
+        try:
+            stat = f.stat()
+        except OSError:
+            continue
+        stamp.append((stat.st_size, stat.st_mtime_ns))
+    return tuple(stamp)
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The files whose contents make the model: a GGUF file, or a folder's config and weights."""
     if path.is_file():
-        stat = path.stat()
-        return ((stat.st_size, stat.st_mtime_ns),)
+        return [path]
     if _is_spacy_pipeline(path):
         files = [path / "meta.json", path / "config.cfg"] + sorted(path.glob("*/model"))
     elif _is_rapidocr_folder(path):
@@ -64,14 +75,7 @@ def file_stamp(path: Path) -> tuple:
         if found:
             files += found
             break
-    stamp = []
-    for f in files:
-        try:
-            stat = f.stat()
-        except OSError:
-            continue
-        stamp.append((stat.st_size, stat.st_mtime_ns))
-    return tuple(stamp)
+    return files
 
 
 def _package_folder(package: str) -> Path | None:

@@ -71,6 +71,20 @@ def _import_backend_library(backend: str, device: str = "auto") -> None:
         pass  # the load itself reports a missing library or device
 
 
+def _open_embedding_store(config: RuntimeConfig):
+    """The embedding cache on disk, or None (turned off, or its folder cannot be used: said once)."""
+    from .tasks.embedding_store import open_store
+
+    try:
+        return open_store(config.embedding_cache_folder, config.embedding_cache_bytes)
+    except Exception as exc:  # noqa: BLE001 - a cache must never stop the runtime
+        import warnings
+
+        warnings.warn(f"the embedding cache in {config.embedding_cache_folder} cannot be used "
+                      f"({type(exc).__name__}: {exc}); embeddings are kept in memory only", RuntimeWarning)
+        return None
+
+
 class Runtime:
     """The in-process runtime (`InferenceRuntime`)."""
 
@@ -90,6 +104,7 @@ class Runtime:
             finished=lambda stats: self._notify("finished", stats),
         )
         self.embedding_cache = EmbeddingCache()
+        self.embedding_store = _open_embedding_store(self.config)
         self.recent: deque[RequestStats] = deque(maxlen=200)
         self._listeners: list[Callable[[str, Any], None]] = []
 
@@ -264,8 +279,10 @@ class Runtime:
         return value
 
     def embed(self, texts: list[str] | str, model: str | None = None, *, normalize: bool = True,
-              backend: str = "auto", keep_alive: float | None = None) -> EmbeddingResult:
-        return self.run(embed_task.call(texts, model, normalize=normalize, backend=backend, keep_alive=keep_alive))
+              backend: str = "auto", keep_alive: float | None = None, cache: bool = True) -> EmbeddingResult:
+        """`cache=False` computes every row: neither the memory nor the disk cache is read or written."""
+        return self.run(embed_task.call(texts, model, normalize=normalize, backend=backend, keep_alive=keep_alive,
+                                        cache=cache))
 
     async def aembed(self, texts, model: str | None = None, *, normalize: bool = True, backend: str = "auto",
                      keep_alive: float | None = None) -> EmbeddingResult:

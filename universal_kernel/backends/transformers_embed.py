@@ -85,6 +85,11 @@ class TransformersEmbedBackend(Backend):
         self.dimensions = int(self.model.config.hidden_size)
         self._last_lengths: dict[str, int] = {}
 
+    def vector_settings(self) -> dict:
+        """What changes this backend's vectors besides the weights (keys of the embedding cache on disk)."""
+        return {"pooling": self.pooling, "max_length": self.max_length, "dimensions": self.dimensions,
+                "dtype": str(self.model.dtype), "device": self.device.split(":")[0]}
+
     def count_tokens(self, text: str) -> int:
         # The runtime asks for each embedded text's count right after `embed`: answer from its lengths.
         known = self._last_lengths.get(text)

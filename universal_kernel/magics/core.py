@@ -126,6 +126,7 @@ class UniversalKernelMagics(Magics):
     @argument("--out", default=None, metavar="VAR", help="store the float32 array in VAR")
     @argument("--column", default=None, metavar="NAME", help="add the vectors as column NAME of the DataFrame")
     @argument("--no-normalize", action="store_true", help="keep the vectors' lengths")
+    @argument("--no-cache", action="store_true", help="compute every row: read and write no embedding cache")
     @argument("--server", action="store_true", help="run on the Jupyter server's runtime")
     @line_magic
     def embed(self, line):

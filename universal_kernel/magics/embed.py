@@ -18,7 +18,7 @@ from .dask_rows import for_shell, is_dask
 from .rows import Progress, column_target, is_missing, texts_of
 
 _OPTIONS_WITH_VALUE = {"-m", "--model", "--out", "--column"}
-_FLAGS = {"--no-normalize", "--server"}
+_FLAGS = {"--no-normalize", "--server", "--no-cache"}
 
 
 def split_line(line: str) -> tuple[str, list[str]]:
@@ -54,6 +54,11 @@ def run_embed(runtime, shell, expr: str, args, *, model: str | None, chunk_rows:
             label = index[i] if index is not None else i
             raise UsageError(f"%embed takes strings; the row at {label!r} is a {type(item).__name__}")
 
+    options = {}
+    if args.no_cache:
+        if runtime.where != "local":
+            raise UsageError("%embed --no-cache applies to the in-process runtime; the server keeps its own cache")
+        options["cache"] = False
     unique = list(dict.fromkeys(item for item in items if isinstance(item, str)))
     chunk = max(1, chunk_rows)
     progress = Progress(len(unique), show=len(unique) >= progress_min_rows and len(unique) > chunk)
@@ -63,7 +68,7 @@ def run_embed(runtime, shell, expr: str, args, *, model: str | None, chunk_rows:
     started = time.perf_counter()
     for start in range(0, len(unique), chunk):
         part = unique[start:start + chunk]
-        result = runtime.embed(part, model, normalize=not args.no_normalize)
+        result = runtime.embed(part, model, normalize=not args.no_normalize, **options)
         model_id = result.model
         for text, row in zip(part, result.vectors):
             vectors[text] = row

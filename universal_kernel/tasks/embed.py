@@ -37,29 +37,56 @@ class EmbeddingCache:
 
 
 def call(texts, model: str | None = None, *, normalize: bool = True, backend: str = "auto",
-         keep_alive: float | None = None) -> TaskCall:
-    return TaskCall("embed", model, {"texts": texts_input(texts), "normalize": bool(normalize)}, backend, keep_alive)
+         keep_alive: float | None = None, cache: bool = True) -> TaskCall:
+    return TaskCall("embed", model, {"texts": texts_input(texts), "normalize": bool(normalize), "cache": bool(cache)},
+                    backend, keep_alive)
+
+
+def vector_settings(instance) -> dict:
+    """What the backend does that changes a model's vectors (pooling, length, precision...)."""
+    own = getattr(instance, "vector_settings", None)
+    return {"backend": type(instance).__name__, **(own() if callable(own) else {})}
 
 
 def embed_rows(ctx, instance, texts: list[str], normalize: bool = True, *, truncate: bool | None = None,
-               param: str = "input") -> tuple[np.ndarray, int]:
-    """(float32 matrix, one row per text; prompt tokens), through the runtime's embedding cache.
+               param: str = "input", cache: bool = True) -> tuple[np.ndarray, int]:
+    """(float32 matrix, one row per text; prompt tokens), through the runtime's embedding caches:
+    in memory first, then on disk (tasks/embedding_store.py); `cache=False` computes every row.
 
     `truncate=False` refuses a text over the model's length (the other tasks); None keeps what the
     embedding model does itself (it truncates, as sentence-transformers does).
     """
     if truncate is False:
         check_lengths(instance, texts, False, param)
-    cache, scope = ctx.runtime.embedding_cache, (ctx.entry.key, bool(normalize))
-    rows: list = [cache.get(scope, t) for t in texts]
-    missing = list(dict.fromkeys(t for t, row in zip(texts, rows) if row is None))
-    if missing:
-        vectors, _ = instance.embed(missing, normalize)
-        for text, vector in zip(missing, vectors):
-            cache.put(scope, text, vector, instance.count_tokens(text))
-        rows = [cache.get(scope, t) for t in texts]
-    ctx.stats.rows_computed += len(missing)
-    ctx.stats.rows_cached += len(texts) - len(missing)
+    if not cache:
+        distinct = list(dict.fromkeys(texts))
+        vectors, _ = instance.embed(distinct, normalize)
+        found = {t: (v, instance.count_tokens(t)) for t, v in zip(distinct, vectors)}
+        ctx.stats.rows_computed += len(distinct)
+        rows = [found[t] for t in texts]
+    else:
+        memory, scope = ctx.runtime.embedding_cache, (ctx.entry.key, bool(normalize))
+        rows = [memory.get(scope, t) for t in texts]
+        missing = list(dict.fromkeys(t for t, row in zip(texts, rows) if row is None))
+        store = ctx.runtime.embedding_store
+        computed = missing
+        if missing and store is not None:
+            disk_scope = store.scope(ctx.spec, vector_settings(instance), normalize)
+            on_disk = store.get_many(disk_scope, missing)
+            for text, (vector, tokens) in on_disk.items():
+                memory.put(scope, text, vector, tokens)
+            computed = [t for t in missing if t not in on_disk]
+        if computed:
+            vectors, _ = instance.embed(computed, normalize)
+            fresh = {text: (vector, instance.count_tokens(text)) for text, vector in zip(computed, vectors)}
+            for text, (vector, tokens) in fresh.items():
+                memory.put(scope, text, vector, tokens)
+            if store is not None:
+                store.put_many(disk_scope, fresh)
+        if missing:
+            rows = [memory.get(scope, t) for t in texts]
+        ctx.stats.rows_computed += len(computed)
+        ctx.stats.rows_cached += len(texts) - len(computed)
     if not rows:
         return np.zeros((0, 0), dtype=np.float32), 0
     matrix = np.vstack([r[0] for r in rows]).astype(np.float32, copy=False)
@@ -69,10 +96,10 @@ def embed_rows(ctx, instance, texts: list[str], normalize: bool = True, *, trunc
 def work(ctx):
     from ..interface import EmbeddingResult
 
-    texts, normalize = ctx.inputs["texts"], ctx.inputs["normalize"]
+    texts, normalize, cache = ctx.inputs["texts"], ctx.inputs["normalize"], ctx.inputs.get("cache", True)
 
     def run(instance, emit, cancelled) -> EmbeddingResult:
-        matrix, tokens = embed_rows(ctx, instance, texts, normalize)
+        matrix, tokens = embed_rows(ctx, instance, texts, normalize, cache=cache)
         ctx.stats.prompt_tokens = tokens
         return EmbeddingResult(ctx.spec.id, matrix, tokens, ctx.stats)
 
