@@ -52,6 +52,10 @@ class RuntimeConfig:
     queue_length: int = 16
     #: "auto" picks CUDA, then MPS, then CPU; UNIVERSAL_KERNEL_DEVICE overrides
     device: str = field(default_factory=lambda: os.environ.get("UNIVERSAL_KERNEL_DEVICE", "auto"))
+    #: encoders' precision: "auto" (bf16 on a CPU with AVX512_BF16/AMX, behind a probe), "fp32", "bf16"
+    precision: str = field(default_factory=lambda: os.environ.get("UNIVERSAL_KERNEL_PRECISION", "auto"))
+    #: the cosine to fp32 that every probe row must keep for bf16 to be used
+    precision_min_cosine: float = 0.9999
     #: CPU threads for backends; None means the machine's cores
     threads: int | None = None
     #: let hub ids that are not in the local cache be downloaded

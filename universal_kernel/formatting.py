@@ -23,7 +23,8 @@ def expiry(model: dict) -> str:
 
 
 # The status tables: one renderer for `%runtime status` and the monitor -------------------------
-MODEL_HEADERS = ["model", "tasks", "backend", "device", "size", "memory", "expires in", "queue", "requests"]
+MODEL_HEADERS = ["model", "tasks", "backend", "device", "precision", "size", "memory", "expires in", "queue",
+                 "requests"]
 REQUEST_HEADERS = ["model", "task", "queue wait", "TTFT", "tokens/s", "tokens", "total", "finish"]
 
 
@@ -36,8 +37,14 @@ def tokens(request: dict) -> str:
 
 def model_rows(models: list[dict]) -> list[list]:
     return [[m.get("id"), ", ".join(m.get("tasks") or [m.get("task") or "-"]), m.get("backend"), m.get("device"),
-             mib(m.get("size_bytes")), mib(m.get("footprint_bytes") or m.get("measured_bytes")), expiry(m),
+             m.get("precision") or "-", mib(m.get("size_bytes")), mib(m.get("footprint_bytes") or m.get("measured_bytes")), expiry(m),
              m.get("queue_depth", 0), (m.get("figures") or {}).get("requests", 0)] for m in models]
+
+
+def precision_notes(models: list[dict]) -> list[str]:
+    """One line per model whose precision has a reason: which precision it runs in, and why."""
+    return [f"{m.get('id')}: {m['precision']}, {m['precision_reason']}" for m in models
+            if m.get("precision") and m.get("precision_reason")]
 
 
 def request_rows(recent: list[dict]) -> list[list]:

@@ -131,6 +131,8 @@ class ModelStatus(TypedDict, total=False):
     id: str
     backend: str
     device: str
+    precision: str | None  # "fp32", "bf16", "fp16"; None where the files decide (GGUF, spaCy, ONNX)
+    precision_reason: str | None
     task: str
     tasks: list[str]
     format: str

@@ -85,6 +85,24 @@ def _open_embedding_store(config: RuntimeConfig):
         return None
 
 
+#: llama.cpp's `general.file_type` values: how a GGUF file's weights are stored
+_GGUF_FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
+                    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
+                    17: "Q5_K_M", 18: "Q6_K", 32: "BF16"}
+
+
+def _precision_status(entry) -> dict:
+    """What precision a model runs in, and why (encoders choose it per device: precision.py)."""
+    precision = getattr(entry.backend, "precision", None)
+    if precision is not None and hasattr(precision, "reason"):
+        return {"precision": precision.name, "precision_reason": precision.reason}
+    spec = entry.spec
+    if spec.format == "gguf" and entry.backend_name == "llama_cpp":
+        stored = _GGUF_FILE_TYPES.get(spec.metadata.get("general.file_type"))
+        return {"precision": stored, "precision_reason": "as the GGUF file stores its weights" if stored else None}
+    return {"precision": None, "precision_reason": None}
+
+
 class Runtime:
     """The in-process runtime (`InferenceRuntime`)."""
 
@@ -237,7 +255,8 @@ class Runtime:
         created = time.time()
         part = call.part
         check = (lambda spec: part.check(spec, call.inputs)) if hasattr(part, "check") else None
-        spec, entry, load_s = self._acquire(call.model, call.backend, call.task, call.keep_alive, check=check)
+        spec, entry, load_s = self._acquire(call.model, call.backend, call.task, call.keep_alive, call.options,
+                                            check=check)
         stats = RequestStats(model=spec.id, backend=entry.backend_name, kind=call.task, created_at=created,
                              load_s=load_s)
         try:
@@ -279,10 +298,12 @@ class Runtime:
         return value
 
     def embed(self, texts: list[str] | str, model: str | None = None, *, normalize: bool = True,
-              backend: str = "auto", keep_alive: float | None = None, cache: bool = True) -> EmbeddingResult:
-        """`cache=False` computes every row: neither the memory nor the disk cache is read or written."""
+              backend: str = "auto", keep_alive: float | None = None, cache: bool = True,
+              precision: str = "auto") -> EmbeddingResult:
+        """`cache=False` computes every row: neither the memory nor the disk cache is read or written.
+        `precision="fp32"` forces fp32 (precision.py): a separate instance where auto runs bf16."""
         return self.run(embed_task.call(texts, model, normalize=normalize, backend=backend, keep_alive=keep_alive,
-                                        cache=cache))
+                                        cache=cache, precision=precision))
 
     async def aembed(self, texts, model: str | None = None, *, normalize: bool = True, backend: str = "auto",
                      keep_alive: float | None = None) -> EmbeddingResult:
@@ -360,6 +381,7 @@ class Runtime:
             "path": str(entry.spec.path),
             "backend": entry.backend_name,
             "device": getattr(entry.backend, "device", "cpu"),
+            **_precision_status(entry),
             "task": entry.spec.task,
             "tasks": tasks_of(entry.spec),
             "format": entry.spec.format,

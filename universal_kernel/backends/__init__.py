@@ -70,7 +70,9 @@ def create_backend(spec: ModelSpec, backend: str, config: RuntimeConfig, options
     if spec.task == "embed":
         from .transformers_embed import TransformersEmbedBackend
 
-        return TransformersEmbedBackend(spec, device=device, threads=threads)
+        return TransformersEmbedBackend(spec, device=device, threads=threads,
+                                        precision=options.get("precision") or config.precision,
+                                        min_cosine=config.precision_min_cosine)
     from .transformers_lm import TransformersLMBackend
 
     return TransformersLMBackend(spec, device=device, threads=threads, convert_cache=config.convert_cache)

@@ -6,6 +6,7 @@ stays small; results come back in input order.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 
 from ..devices import Device, torch_dtype
 from ..errors import LoadFailed
+from ..precision import candidate, probed
 from ..references import ModelSpec
 from .base import Backend
 from .transformers_lm import free_model, import_transformers, quiet_progress
@@ -63,17 +65,21 @@ class TransformersEmbedBackend(Backend):
     token_budget = 1024
     max_batch = 256
 
-    def __init__(self, spec: ModelSpec, *, device: Device, threads: int):
+    def __init__(self, spec: ModelSpec, *, device: Device, threads: int, precision: str = "auto",
+                 min_cosine: float = 0.9999):
         super().__init__(spec)
         torch, transformers = import_transformers()
         torch.set_num_threads(threads)
         self.torch = torch
         self.device = str(device)
         self.pooling, self.normalizes, max_len = read_pooling(spec.path)
+        choice = candidate(device, precision)
+        self._autocast = False
         try:
             with quiet_progress(transformers):
                 self.tokenizer = transformers.AutoTokenizer.from_pretrained(spec.path)
-                self.model = transformers.AutoModel.from_pretrained(spec.path, dtype=torch_dtype(device))
+                dtype = torch.float32 if choice.name == "fp32" or choice.autocast else torch_dtype(device)
+                self.model = transformers.AutoModel.from_pretrained(spec.path, dtype=dtype)
             self.model.to(device.torch_name).eval()
         except Exception as exc:
             raise LoadFailed(f"transformers could not load {spec.id!r}: {exc}") from None
@@ -84,11 +90,22 @@ class TransformersEmbedBackend(Backend):
         self.max_input_tokens = self.max_length
         self.dimensions = int(self.model.config.hidden_size)
         self._last_lengths: dict[str, int] = {}
+        # bf16 on a CPU only behind the probe (universal_kernel/precision.py); precision.reason says why
+        self.precision = probed(choice, lambda texts: self._probe(texts, False), lambda texts: self._probe(texts, True),
+                                min_cosine)
+        self._autocast = self.precision.autocast
+
+    def _probe(self, texts: list[str], autocast: bool):
+        self._autocast = autocast
+        try:
+            return self.embed(texts, normalize=True)[0]
+        finally:
+            self._autocast = False
 
     def vector_settings(self) -> dict:
         """What changes this backend's vectors besides the weights (keys of the embedding cache on disk)."""
         return {"pooling": self.pooling, "max_length": self.max_length, "dimensions": self.dimensions,
-                "dtype": str(self.model.dtype), "device": self.device.split(":")[0]}
+                "dtype": str(self.model.dtype), "precision": self.precision.name, "device": self.device.split(":")[0]}
 
     def count_tokens(self, text: str) -> int:
         # The runtime asks for each embedded text's count right after `embed`: answer from its lengths.
@@ -133,12 +150,18 @@ class TransformersEmbedBackend(Backend):
                                         dtype=np.int64, count=int(batch_lengths.sum()))
                 ids_t = torch.from_numpy(ids).to(self.model.device)
                 mask_t = torch.from_numpy(mask.astype(np.int64)).to(self.model.device)
-                hidden = self.model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
-                pooled = self._pool(hidden, mask_t)
+                with self._precision_context():
+                    hidden = self.model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
+                pooled = self._pool(hidden.float() if self._autocast else hidden, mask_t)
                 if normalize:
                     pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
                 out[batch] = pooled.float().cpu().numpy()
         return out[rows], prompt_tokens
+
+    def _precision_context(self):
+        if self._autocast:
+            return self.torch.autocast("cpu", dtype=self.torch.bfloat16)
+        return contextlib.nullcontext()
 
     def _batches(self, order, lengths):
         return token_budget_batches(order, lengths, self.max_batch, self.token_budget)

@@ -127,6 +127,8 @@ class UniversalKernelMagics(Magics):
     @argument("--column", default=None, metavar="NAME", help="add the vectors as column NAME of the DataFrame")
     @argument("--no-normalize", action="store_true", help="keep the vectors' lengths")
     @argument("--no-cache", action="store_true", help="compute every row: read and write no embedding cache")
+    @argument("--precision", default=None, choices=("auto", "fp32", "bf16"),
+              help="the encoder's precision (default auto: bf16 on a CPU with AVX512_BF16/AMX, behind a probe)")
     @argument("--server", action="store_true", help="run on the Jupyter server's runtime")
     @line_magic
     def embed(self, line):

@@ -17,7 +17,7 @@ from .common import check_name
 from .dask_rows import for_shell, is_dask
 from .rows import Progress, column_target, is_missing, texts_of
 
-_OPTIONS_WITH_VALUE = {"-m", "--model", "--out", "--column"}
+_OPTIONS_WITH_VALUE = {"-m", "--model", "--out", "--column", "--precision"}
 _FLAGS = {"--no-normalize", "--server", "--no-cache"}
 
 
@@ -59,6 +59,10 @@ def run_embed(runtime, shell, expr: str, args, *, model: str | None, chunk_rows:
         if runtime.where != "local":
             raise UsageError("%embed --no-cache applies to the in-process runtime; the server keeps its own cache")
         options["cache"] = False
+    if args.precision not in (None, "auto"):
+        if runtime.where != "local":
+            raise UsageError("%embed --precision applies to the in-process runtime; the server chooses its own")
+        options["precision"] = args.precision
     unique = list(dict.fromkeys(item for item in items if isinstance(item, str)))
     chunk = max(1, chunk_rows)
     progress = Progress(len(unique), show=len(unique) >= progress_min_rows and len(unique) > chunk)

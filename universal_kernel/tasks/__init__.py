@@ -107,6 +107,8 @@ class TaskCall:
     inputs: dict[str, Any] = field(default_factory=dict)
     backend: str = "auto"
     keep_alive: float | None = None
+    #: load options of the model that serves it (a different value loads a separate instance)
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def part(self) -> ModuleType:

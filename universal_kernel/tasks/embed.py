@@ -37,9 +37,20 @@ class EmbeddingCache:
 
 
 def call(texts, model: str | None = None, *, normalize: bool = True, backend: str = "auto",
-         keep_alive: float | None = None, cache: bool = True) -> TaskCall:
+         keep_alive: float | None = None, cache: bool = True, precision: str = "auto") -> TaskCall:
     return TaskCall("embed", model, {"texts": texts_input(texts), "normalize": bool(normalize), "cache": bool(cache)},
-                    backend, keep_alive)
+                    backend, keep_alive, options=precision_option(precision))
+
+
+def precision_option(precision: str | None) -> dict:
+    """The load option for an asked precision: none for "auto", so the default instance serves it; none
+    for "fp32" where auto is fp32 anyway (a CPU without bf16), so no second copy loads for nothing."""
+    from ..precision import check, cpu_has_bf16
+
+    precision = check(precision)
+    if precision == "auto" or (precision == "fp32" and not cpu_has_bf16()):
+        return {}
+    return {"precision": precision}
 
 
 def vector_settings(instance) -> dict:
