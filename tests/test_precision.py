@@ -38,6 +38,11 @@ def test_auto_on_this_cpu_and_the_status_says_why(runtime):
         assert minilm["precision"] in ("bf16", "fp32") and "probe" in minilm["precision_reason"]
     else:
         assert minilm["precision"] == "fp32" and "no AVX512_BF16" in minilm["precision_reason"]
+    from universal_kernel.magics.runtime_magic import RuntimeStatus
+
+    shown = repr(RuntimeStatus(runtime.status()))
+    assert "precision:" in shown and f"{MINILM}: {minilm['precision']}, {minilm['precision_reason']}" in shown
+    assert "Q4_1" in shown  # the GGUF's stored type, in the precision column
     # fp32 asked for where auto is fp32 anyway: the same instance, no second load
     assert precision_option("fp32") == ({"precision": "fp32"} if cpu_has_bf16() else {})
     assert precision_option("auto") == {}

@@ -47,6 +47,16 @@ def precision_notes(models: list[dict]) -> list[str]:
             if m.get("precision") and m.get("precision_reason")]
 
 
+def precision_html(models: list[dict]) -> str:
+    notes = precision_notes(models)
+    if not notes:
+        return ""
+    import html
+
+    return ("<div style='font-size:85%;color:#666'>precision: " + "; ".join(html.escape(n) for n in notes)
+            + "</div>")
+
+
 def request_rows(recent: list[dict]) -> list[list]:
     """Newest first."""
     return [[r.get("model"), r.get("kind"), duration(r.get("queue_wait_s")), duration(r.get("ttft_s")),

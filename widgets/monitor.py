@@ -19,7 +19,7 @@ import ipywidgets as widgets
 from traitlets import Dict, Float, Int, List, Unicode
 
 from universal_kernel.formatting import (
-    MODEL_HEADERS, REQUEST_HEADERS, duration, html_table, memory_line, model_rows, request_rows,
+    MODEL_HEADERS, REQUEST_HEADERS, duration, html_table, memory_line, model_rows, precision_html, request_rows,
 )
 
 
@@ -143,7 +143,7 @@ class Monitor(widgets.VBox):
         self._title.value = f"<b>universal-kernel</b> ({self.source_name}) \u00b7 updated {clock}"
         note = (self.last_status or {}).get("note")  # a server without runtime API: the client's own figures
         self._memory.value = html.escape(note or memory_line(self.last_status or {}))
-        self._models.value = html_table(MODEL_HEADERS, model_rows(self.models))
+        self._models.value = html_table(MODEL_HEADERS, model_rows(self.models)) + precision_html(self.models)
         last = [r for r in self.recent if r.get("finish_reason")][-8:]
         self._requests.value = html_table(REQUEST_HEADERS, request_rows(last))
         self._plot.value = "<div style='font-size:85%;color:#666'>recent latency (TTFT; total for " \

@@ -9,7 +9,8 @@ from IPython.core.error import UsageError
 from ..errors import RuntimeFailure
 
 from ..formatting import (
-    MODEL_HEADERS, REQUEST_HEADERS, duration, html_table, memory_line, mib, model_rows, request_rows, text_table,
+    MODEL_HEADERS, REQUEST_HEADERS, duration, html_table, memory_line, mib, model_rows, precision_html,
+    precision_notes, request_rows, text_table,
 )
 from .common import one_line
 
@@ -32,6 +33,9 @@ class RuntimeStatus(dict):
                               text_table(REQUEST_HEADERS, recent) if recent else "  none yet"])
         parts = [f"memory: {self._memory_line()}", f"loaded models ({len(models)}):"]
         parts.append(text_table(MODEL_HEADERS, models) if models else "  none")
+        notes = precision_notes(self.get("models") or [])
+        if notes:
+            parts += ["precision:"] + [f"  {note}" for note in notes]
         if recent:
             parts += ["recent requests:", text_table(REQUEST_HEADERS, recent)]
         return "\n".join(parts)
@@ -47,6 +51,7 @@ class RuntimeStatus(dict):
         out = f"<div><b>memory</b>: {html.escape(self._memory_line())}</div>"
         out += f"<div><b>loaded models</b> ({len(models)})</div>" + (html_table(MODEL_HEADERS, models)
                                                                      if models else "<div>none</div>")
+        out += precision_html(self.get("models") or [])
         if recent:
             out += "<div><b>recent requests</b></div>" + html_table(REQUEST_HEADERS, recent)
         return out
