@@ -37,6 +37,7 @@ class Finished:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list[dict] | None = None  # when asked for: GenerationOutcome.logprobs
 
 
 @dataclass
@@ -107,7 +108,7 @@ class GenerationJob:
             self.usage.completion_tokens += done.completion_tokens
             self.usage.total_tokens = self.usage.prompt_tokens + self.usage.completion_tokens
             reason = done.finish_reason if done.finish_reason in ("stop", "length") else "stop"
-            yield Finished(index, reason, done.prompt_tokens, done.completion_tokens)
+            yield Finished(index, reason, done.prompt_tokens, done.completion_tokens, done.logprobs)
         if self.aborted and not self.cancelled:
             yield Failed(self.aborted)
 
@@ -185,18 +186,36 @@ class Jobs:
 
 
 # Rendering: one path for streaming and non-streaming ---------------------------------------------------
-async def collect_texts(job: GenerationJob) -> dict[int, tuple[str, str]] | Failure:
-    """Read a job to its end: choice index -> (whole text, finish reason), in index order."""
+async def collect_texts(job: GenerationJob) -> dict[int, tuple[str, str, list | None]] | Failure:
+    """Read a job to its end: choice index -> (whole text, finish reason, logprobs or None), in index order."""
     texts: dict[int, list[str]] = {}
-    reasons: dict[int, str] = {}
+    ends: dict[int, Finished] = {}
     async for event in job.events():
         if isinstance(event, Failed):
             return event.failure
         if isinstance(event, Delta):
             texts.setdefault(event.index, []).append(event.text)
         else:
-            reasons[event.index] = event.finish_reason
-    return {i: ("".join(texts.get(i, [])), reasons[i]) for i in sorted(reasons)}
+            ends[event.index] = event
+    return {i: ("".join(texts.get(i, [])), ends[i].finish_reason, ends[i].logprobs) for i in sorted(ends)}
+
+
+def chat_logprobs(logprobs: list[dict] | None) -> p.ChoiceLogprobs | None:
+    return None if logprobs is None else p.ChoiceLogprobs(content=[p.TokenLogprob(**item) for item in logprobs])
+
+
+def completion_logprobs(logprobs: list[dict] | None, offset: int = 0) -> p.CompletionLogprobs | None:
+    """OpenAI's legacy form; `offset`: where the generated text starts in the choice's text (echo)."""
+    if logprobs is None:
+        return None
+    offsets = []
+    for item in logprobs:
+        offsets.append(offset)
+        offset += len(item["token"])
+    return p.CompletionLogprobs(
+        tokens=[item["token"] for item in logprobs], token_logprobs=[item["logprob"] for item in logprobs],
+        top_logprobs=[{top["token"]: top["logprob"] for top in item["top_logprobs"]} for item in logprobs],
+        text_offset=offsets)
 
 
 class ChatRenderer:
@@ -224,6 +243,9 @@ class ChatRenderer:
             if isinstance(event, Delta):
                 yield self._chunk([p.ChatChunkChoice(index=event.index, delta=p.ChatDelta(content=event.text))])
             else:
+                if event.logprobs is not None:  # scored once the text is complete: one chunk at its end
+                    yield self._chunk([p.ChatChunkChoice(index=event.index, delta=p.ChatDelta(content=""),
+                                                         logprobs=chat_logprobs(event.logprobs))])
                 yield self._chunk([p.ChatChunkChoice(index=event.index, delta=p.ChatDelta(),
                                                      finish_reason=event.finish_reason)])
         if self.include_usage:
@@ -233,8 +255,9 @@ class ChatRenderer:
         collected = await collect_texts(self.job)
         if isinstance(collected, Failure):
             return collected
-        choices = [p.ChatChoice(index=i, message=p.ChatMessage(content=text), finish_reason=reason)
-                   for i, (text, reason) in collected.items()]
+        choices = [p.ChatChoice(index=i, message=p.ChatMessage(content=text), finish_reason=reason,
+                                logprobs=chat_logprobs(logprobs))
+                   for i, (text, reason, logprobs) in collected.items()]
         return p.ChatCompletion(id=self.job.id, created=self.job.created, model=self.job.model_id,
                                 choices=choices, usage=self.job.usage)
 
@@ -252,13 +275,19 @@ class CompletionRenderer:
                             usage=usage)
 
     async def chunks(self) -> AsyncIterator[BaseModel]:
+        sent: dict[int, int] = {}  # characters sent per choice
         async for event in self.job.events():
             if isinstance(event, Failed):
                 yield event.failure.body
                 return
             if isinstance(event, Delta):
+                sent[event.index] = sent.get(event.index, 0) + len(event.text)
                 yield self._chunk([p.CompletionChoice(index=event.index, text=event.text)])
             else:
+                if event.logprobs is not None:
+                    start = sent.get(event.index, 0) - sum(len(item["token"]) for item in event.logprobs)
+                    yield self._chunk([p.CompletionChoice(index=event.index, text="",
+                                                          logprobs=completion_logprobs(event.logprobs, start))])
                 yield self._chunk([p.CompletionChoice(index=event.index, text="",
                                                       finish_reason=event.finish_reason)])
         if self.include_usage:
@@ -268,8 +297,9 @@ class CompletionRenderer:
         collected = await collect_texts(self.job)
         if isinstance(collected, Failure):
             return collected
-        choices = [p.CompletionChoice(index=i, text=text, finish_reason=reason)
-                   for i, (text, reason) in collected.items()]
+        choices = [p.CompletionChoice(index=i, text=text, finish_reason=reason, logprobs=completion_logprobs(
+                       logprobs, len(text) - sum(len(item["token"]) for item in logprobs or [])))
+                   for i, (text, reason, logprobs) in collected.items()]
         return self._chunk(choices, usage=self.job.usage)
 
 

@@ -104,9 +104,30 @@ MAX_N = 16
 def _refuse_unsupported(req: p._Sampling) -> Failure | None:
     if req.n is not None and not 1 <= req.n <= MAX_N:
         return failure(400, f"n must be between 1 and {MAX_N}", param="n", code="invalid_value")
-    if req.logprobs not in (None, False, 0):
-        return failure(400, "logprobs are not supported", param="logprobs", code="unsupported_parameter")
     return None
+
+
+def _logprobs(req: p._Sampling, top: int | None) -> int | None | Failure:
+    """How many top alternatives per token (None: no logprobs). Chat: `logprobs` true and `top_logprobs`;
+    completions: `logprobs` as a number."""
+    given = req.logprobs
+    if isinstance(req, p.ChatCompletionRequest):
+        if given not in (None, True, False):
+            return failure(400, "logprobs must be true or false", param="logprobs", code="invalid_value")
+        if not given:
+            if top:
+                return failure(400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value")
+            return None
+        count, param = top or 0, "top_logprobs"
+    else:
+        if given is None or given is False:
+            return None
+        if isinstance(given, bool) or not isinstance(given, int):
+            return failure(400, "logprobs must be an integer from 0 to 20", param="logprobs", code="invalid_value")
+        count, param = given, "logprobs"
+    if not 0 <= count <= 20:
+        return failure(400, f"{param} must be between 0 and 20", param=param, code="invalid_value")
+    return count
 
 
 def _samples(inputs: list[dict], params: GenerationParams, n: int | None) -> list[dict]:
@@ -172,8 +193,6 @@ class Serving:
     # Generation ---------------------------------------------------------------------------------
     async def chat(self, req: p.ChatCompletionRequest) -> Renderer | Failure:
         refused = _refuse_unsupported(req)
-        if refused is None and req.top_logprobs:
-            refused = failure(400, "logprobs are not supported", param="top_logprobs", code="unsupported_parameter")
         if refused:
             return refused
         plan = plan_tools(req.tools, req.tool_choice)
@@ -225,6 +244,11 @@ class Serving:
             params = _params(req, max_tokens, response_format)
             if raw_format is not None:
                 params = dataclasses.replace(params, response_format=raw_format)
+            logprobs = _logprobs(req, getattr(req, "top_logprobs", None))
+            if isinstance(logprobs, Failure):
+                return logprobs
+            if logprobs is not None:
+                params = dataclasses.replace(params, logprobs=logprobs)
             inputs = _samples(inputs, params, req.n)
             job = GenerationJob(self.runtime, req.model, inputs, params, req.backend,
                                 req.keep_alive, echo=echo)

@@ -222,7 +222,7 @@ class ToolChatRenderer(ChatRenderer):
         if isinstance(collected, Failure):
             return collected
         choices = []
-        for i, (text, reason) in collected.items():
+        for i, (text, reason, _) in collected.items():
             message, reason = self._answer(text, reason)
             choices.append(p.ChatChoice(index=i, message=message, finish_reason=reason))
         return p.ChatCompletion(id=self.job.id, created=self.job.created, model=self.job.model_id,

@@ -24,6 +24,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     stats: RequestStats
+    logprobs: list[dict] | None = None  # when asked for: see GenerationOutcome.logprobs
 
     @property
     def total_tokens(self) -> int:
@@ -56,7 +57,8 @@ class _StreamBase:
         if kind == "error":
             raise value
         self.completion = Completion(self.model, self.text, value.finish_reason, value.prompt_tokens,
-                                     value.completion_tokens, self.request.stats)
+                                     value.completion_tokens, self.request.stats,
+                                     getattr(value, "logprobs", None))
         self.request.stats.prompt_tokens = value.prompt_tokens
         self.request.stats.completion_tokens = value.completion_tokens
         return None

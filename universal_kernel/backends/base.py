@@ -28,6 +28,8 @@ class GenerationParams:
     #: tool_choice auto, {"type": "json_schema_or_text", "schema": {...}}: an object of the schema, or
     #: text that does not start with "{" (grammar-constrained on llama_cpp only)
     response_format: dict | None = None
+    #: None: no log-probabilities; 0..20: each token's log-probability and that many top alternatives
+    logprobs: int | None = None
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -39,6 +41,8 @@ class GenerationParams:
             raise InvalidRequest("temperature must be between 0 and 2", param="temperature")
         if not 0 < self.top_p <= 1:
             raise InvalidRequest("top_p must be in (0, 1]", param="top_p")
+        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
+            raise InvalidRequest("top_logprobs must be between 0 and 20", param="top_logprobs")
         if self.response_format and self.response_format.get("type") not in ("text", "json_object", "json_schema",
                                                                                   "json_schema_or_text"):
             raise InvalidRequest("response_format.type must be text, json_object or json_schema",
@@ -50,6 +54,9 @@ class GenerationOutcome:
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    #: when asked for (GenerationParams.logprobs): per token of the text, {"token", "logprob", "bytes",
+    #: "top_logprobs": [{"token", "logprob", "bytes"}]}; the tokens concatenate to the text
+    logprobs: list[dict] | None = None
 
 
 #: called with each new piece of text as it is generated

@@ -377,7 +377,59 @@ class LlamaCppBackend(Backend):
             stream.close()
         # A text cut by max_tokens holds exactly max_tokens tokens; re-tokenising it can merge the last ones.
         completion_tokens = max_tokens if finish == "length" else self.count_tokens("".join(text_parts))
-        return GenerationOutcome(finish, prompt_tokens, completion_tokens)
+        logprobs = None
+        if params.logprobs is not None and finish != "cancelled":
+            logprobs = self._score_text(tokens, "".join(text_parts), params.logprobs)
+        return GenerationOutcome(finish, prompt_tokens, completion_tokens, logprobs)
+
+    def _score_text(self, prompt_tokens: list[int], text: str, top: int) -> list[dict]:
+        """Each token of a generated `text` with its log-probability after the prompt and the text before it,
+        and the `top` most likely tokens there: the model's own distribution (llama.cpp's logits, before
+        temperature and the other samplers), by one teacher-forced pass over the text.
+
+        The text is tokenised again (a text almost always tokenises as it was generated); each token's
+        string is what it adds to the text (a character split over tokens comes with the token that ends
+        it), so the strings concatenate to the text; `bytes` are the token's own bytes. The context is
+        left holding the prompt without its last token, as `_prepare_context` expects.
+        """
+        import codecs
+
+        llm = self.llm
+        if not text or not prompt_tokens:
+            return []
+        completion = llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        n = len(prompt_tokens)
+        completion = completion[: max(self.n_ctx - n, 0)]
+        rows = [prompt_tokens[-1], *completion[:-1]]
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        out: list[dict] = []
+
+        def entry(token: int, logprob: float, text_of=None) -> dict:
+            raw = llm.detokenize([token])
+            return {"token": raw.decode("utf-8", errors="replace") if text_of is None else text_of,
+                    "logprob": logprob, "bytes": list(raw)}
+
+        try:
+            llm._ctx.kv_cache_seq_rm(-1, n - 1, -1)
+            for start in range(0, len(rows), llm.n_batch):
+                batch = rows[start:start + llm.n_batch]
+                self._decode_with_logits(batch, n - 1 + start)
+                for i in range(len(batch)):
+                    scores = self._next_token_logprobs(i)
+                    token = completion[start + i]
+                    item = entry(token, float(scores[token]), decoder.decode(llm.detokenize([token])))
+                    best = np.argsort(-scores, kind="stable")[:top] if top else []
+                    item["top_logprobs"] = [entry(int(t), float(scores[t])) for t in best]
+                    out.append(item)
+        except Exception as exc:
+            raise GenerationFailed(f"llama.cpp failed while scoring the text: {exc}") from exc
+        finally:
+            llm._ctx.kv_cache_seq_rm(-1, n - 1, -1)
+            llm.n_tokens = n - 1
+            self._whole_chunks = (n - 1) // llm.n_batch * llm.n_batch
+        if out:
+            out[-1]["token"] += decoder.decode(b"", final=True)
+        return out
 
     def embed(self, texts: list[str], normalize: bool = True):
         if self.spec.task != "embed":
