@@ -23,7 +23,7 @@ from universal_kernel.client import NoRuntimeApi, RemoteRuntime, ServerUnavailab
 from universal_kernel.magics import get_magics
 
 from .conftest import FRANCE, MINILM, SMOLLM, TOKEN, stop_process, wait_for
-from .magics_support import free_port, make_shell, run
+from .magics_support import free_port, ip, run  # noqa: F401 (ip: the shell fixture)
 
 KEY = "llama-server-test-key"
 CHAT = "smollm2-chat"  # listed first: the default model of %%generate there
@@ -80,13 +80,6 @@ def llama_server(smollm_path, tmp_path_factory):
         stop_process(process)
 
 
-@pytest.fixture
-def ip(runtime):
-    """A real InteractiveShell with the magics, on the session's in-process runtime."""
-    shell, magics = make_shell(runtime)
-    yield shell
-    magics.set_local_runtime(runtime)
-    magics.use_server = False
 
 
 @pytest.fixture
