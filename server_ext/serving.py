@@ -26,6 +26,7 @@ from . import protocol as p
 from .errors import Failure, failure, failure_from
 from .generation import ChatRenderer, CompletionRenderer, GenerationJob, Renderer
 from .responses import ResponsesRenderer, ResponsesRequest, to_chat
+from .token_ids import decode_token_ids, is_token_ids
 from .tools import ToolChatRenderer, plan_tools, render_messages
 
 __all__ = ["Failure", "Serving", "failure", "failure_from", "keep_alive_seconds", "parse"]
@@ -260,9 +261,13 @@ class Serving:
     # Embeddings ---------------------------------------------------------------------------------
     async def embeddings(self, req: p.EmbeddingRequest) -> p.EmbeddingResponse | Failure:
         texts = [req.input] if isinstance(req.input, str) else req.input
+        if is_token_ids(texts):
+            texts = await decode_token_ids(texts)
+            if isinstance(texts, Failure):
+                return texts
         if not texts or not all(isinstance(t, str) for t in texts):
-            return failure(400, "input must be a string or a non-empty list of strings (token ids are not "
-                                "supported)", param="input", code="invalid_value")
+            return failure(400, "input must be a string, a non-empty list of strings, or token ids "
+                                "(a list of integers, or a list of such lists)", param="input", code="invalid_value")
         try:
             result = await self.runtime.aembed(texts, req.model, normalize=req.normalize, backend=req.backend,
                                                keep_alive=req.keep_alive)
