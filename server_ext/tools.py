@@ -187,35 +187,63 @@ def new_call_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
 
 
-def parse_call(text: str, plan: ToolPlan) -> p.ToolCall | None:
-    """The tool call a model's answer holds, or None when it is text (or a call cut short)."""
-    if not text.lstrip().startswith("{"):
+#: the start of a call as the grammar writes it: `{"name": "...", "arguments": `
+_CALL_START = re.compile(r'\s*\{\s*"name"\s*:\s*"([A-Za-z0-9_-]{1,64})"\s*,\s*"arguments"\s*:\s*')
+
+
+def call_start(text: str, plan: ToolPlan) -> tuple[str, int] | None:
+    """(function name, where its arguments start) once `text` has begun a call of an allowed tool."""
+    match = _CALL_START.match(text)
+    # the arguments start at their first character, not at white space that more may follow
+    if match is None or match.end() == len(text) or match.group(1) not in {t.name for t in plan.allowed}:
         return None
+    return match.group(1), match.end()
+
+
+def call_arguments(text: str, start: int) -> tuple[str, bool]:
+    """The arguments' JSON text as the model wrote it, and whether it is complete (a call cut short by
+    max_tokens has only its beginning)."""
+    while start < len(text) and text[start].isspace():
+        start += 1
     try:
-        value = json.loads(text)
+        _, end = json.JSONDecoder().raw_decode(text, start)
     except ValueError:
+        return text[start:].rstrip(), False
+    return text[start:end], True
+
+
+def parse_call(text: str, plan: ToolPlan) -> tuple[p.ToolCall, bool] | None:
+    """The tool call a model's answer holds and whether it is complete, or None when it is text.
+    `arguments` are the model's own JSON text (so the streamed fragments concatenate to it)."""
+    started = call_start(text, plan)
+    if started is None:
         return None
-    if not isinstance(value, dict) or value.get("name") not in {t.name for t in plan.allowed}:
-        return None
-    arguments = value.get("arguments", {})
-    return p.ToolCall(id=new_call_id(), function=p.FunctionCall(name=value["name"],
-                                                                arguments=json.dumps(arguments, ensure_ascii=False)))
+    name, start = started
+    arguments, complete = call_arguments(text, start)
+    return p.ToolCall(id=new_call_id(), function=p.FunctionCall(name=name, arguments=arguments)), complete
+
+
+def _held_back(arguments: str) -> int:
+    """How much of a call's arguments text is safe to stream: not the closing braces and white space at
+    its end, which may belong to the wrapper `{"name": ..., "arguments": ...}` rather than the arguments."""
+    return len(arguments.rstrip().rstrip("}").rstrip())
 
 
 class ToolChatRenderer(ChatRenderer):
-    """Chat completions whose answer may be a tool call: text is streamed as it comes unless it may
-    be a call (it starts with `{`); a call is sent once it is complete, as OpenAI's `delta.tool_calls`
-    pieces (index, id and name, then the arguments)."""
+    """Chat completions whose answer may be a tool call. Text is streamed as it comes unless it may be a
+    call (it starts with `{`). A call is streamed as OpenAI's `delta.tool_calls` pieces: index, id and
+    name once the model has written the name, then the arguments as they are generated."""
 
     def __init__(self, job, include_usage: bool, plan: ToolPlan):
         super().__init__(job, include_usage)
         self.plan = plan
 
     def _answer(self, text: str, reason: str) -> tuple[p.ChatMessage, str]:
-        call = parse_call(text, self.plan)
-        if call is None:
+        parsed = parse_call(text, self.plan)
+        if parsed is None:
             return p.ChatMessage(content=text), reason
-        return p.ChatMessage(content=None, tool_calls=[call]), "tool_calls"
+        call, complete = parsed
+        return p.ChatMessage(content=None, tool_calls=[call]), "tool_calls" if complete else reason
 
     async def collect(self) -> p.ChatCompletion | Failure:
         collected = await collect_texts(self.job)
@@ -228,41 +256,55 @@ class ToolChatRenderer(ChatRenderer):
         return p.ChatCompletion(id=self.job.id, created=self.job.created, model=self.job.model_id,
                                 choices=choices, usage=self.job.usage)
 
+    def _args(self, i: int, fragment: str) -> BaseModel:
+        return self._chunk([p.ChatChunkChoice(index=i, delta=p.ChatDelta(tool_calls=[
+            p.ToolCallDelta(index=0, function=p.FunctionCallDelta(arguments=fragment))]))])
+
     async def chunks(self) -> AsyncIterator[BaseModel]:
-        held: dict[int, str] = {}  # per choice: text that may be a call, not sent yet
-        sent: dict[int, bool] = {}  # per choice: whether text was sent (then it is no call)
+        held: dict[int, str] = {}  # per choice: its text so far, while it may be (or is) a call
+        mode: dict[int, str] = {}  # per choice: "undecided", "text" or "call"
+        start: dict[int, int] = {}  # per call: where its arguments start in held
+        sent: dict[int, int] = {}  # per call: characters of its arguments sent
         async for event in self.job.events():
             if isinstance(event, Failed):
                 yield event.failure.body
                 return
             i = event.index
-            if i not in sent:
-                sent[i] = False
-                held[i] = ""
+            if i not in mode:
+                mode[i], held[i] = "undecided", ""
                 yield self._chunk([p.ChatChunkChoice(index=i, delta=p.ChatDelta(role="assistant", content=""))])
             if isinstance(event, Delta):
-                if sent[i]:
+                if mode[i] == "text":
                     yield self._chunk([p.ChatChunkChoice(index=i, delta=p.ChatDelta(content=event.text))])
                     continue
                 held[i] += event.text
-                start = held[i].lstrip()
-                if start and not start.startswith("{"):
-                    sent[i] = True
-                    text, held[i] = held[i], ""
-                    yield self._chunk([p.ChatChunkChoice(index=i, delta=p.ChatDelta(content=text))])
+                if mode[i] == "undecided":
+                    begun = held[i].lstrip()
+                    if begun and not begun.startswith("{"):
+                        mode[i], text, held[i] = "text", held[i], ""
+                        yield self._chunk([p.ChatChunkChoice(index=i, delta=p.ChatDelta(content=text))])
+                        continue
+                    started = call_start(held[i], self.plan)
+                    if started is None:
+                        continue
+                    mode[i], start[i], sent[i] = "call", started[1], 0
+                    yield self._chunk([p.ChatChunkChoice(index=i, delta=p.ChatDelta(tool_calls=[
+                        p.ToolCallDelta(index=0, id=new_call_id(), type="function",
+                                        function=p.FunctionCallDelta(name=started[0], arguments=""))]))])
+                arguments = held[i][start[i]:]
+                safe = _held_back(arguments)
+                if safe > sent[i]:
+                    yield self._args(i, arguments[sent[i]:safe])
+                    sent[i] = safe
                 continue
             reason = event.finish_reason
-            if held[i]:
-                message, reason = self._answer(held[i], reason)
-                if message.tool_calls:
-                    call = message.tool_calls[0]
-                    yield self._chunk([p.ChatChunkChoice(index=i, delta=p.ChatDelta(tool_calls=[
-                        p.ToolCallDelta(index=0, id=call.id, type="function",
-                                        function=p.FunctionCallDelta(name=call.function.name, arguments=""))]))])
-                    yield self._chunk([p.ChatChunkChoice(index=i, delta=p.ChatDelta(tool_calls=[
-                        p.ToolCallDelta(index=0, function=p.FunctionCallDelta(arguments=call.function.arguments))]))])
-                else:
-                    yield self._chunk([p.ChatChunkChoice(index=i, delta=p.ChatDelta(content=held[i]))])
+            if mode[i] == "call":
+                arguments, complete = call_arguments(held[i], start[i])
+                if len(arguments) > sent[i]:
+                    yield self._args(i, arguments[sent[i]:])
+                reason = "tool_calls" if complete else reason
+            elif mode[i] == "undecided" and held[i]:
+                yield self._chunk([p.ChatChunkChoice(index=i, delta=p.ChatDelta(content=held[i]))])
             yield self._chunk([p.ChatChunkChoice(index=i, delta=p.ChatDelta(), finish_reason=reason)])
         if self.include_usage:
             yield self._chunk([], usage=self.job.usage)

@@ -85,6 +85,7 @@ def test_streamed_call_equals_the_collected_one(client):
     call = whole.choices[0].message.tool_calls[0]
     assert first.function.name == call.function.name and first.type == "function"
     assert "".join(pieces) == call.function.arguments
+    assert len([piece for piece in pieces if piece]) > 1  # the arguments stream as they are generated
 
 
 def test_auto_gives_text_or_a_valid_call_and_none_gives_text(client):
