@@ -66,3 +66,12 @@ def test_bad_logprobs_are_400s(client):
             client.chat.completions.create(model=SMOLLM, messages=ASK, max_tokens=2, **kwargs)
     with pytest.raises(openai.BadRequestError):
         client.completions.create(model=SMOLLM, prompt="x", max_tokens=2, logprobs=21)
+
+
+def test_transformers_logprobs_concatenate_to_the_text(hf_runtime):
+    out = hf_runtime.generate(SMOLLM, messages=ASK, params={"temperature": 0, "max_tokens": 10, "logprobs": 2},
+                              backend="transformers")
+    assert "".join(t["token"] for t in out.logprobs) == out.text and out.logprobs
+    for t in out.logprobs:
+        assert t["logprob"] <= 0 and len(t["top_logprobs"]) == 2
+        assert t["top_logprobs"][0]["logprob"] >= t["logprob"] - 1e-6

@@ -249,8 +249,6 @@ class TransformersLMBackend(Backend):
     def generate(self, prompt, messages, params: GenerationParams, emit: Emit,
                  cancelled: IsCancelled) -> GenerationOutcome:
         torch = self.torch
-        if params.logprobs is not None:
-            raise InvalidRequest("logprobs are served on the llama_cpp backend only", param="logprobs")
         if params.response_format and params.response_format.get("type") == "json_schema_or_text":
             raise InvalidRequest("tools are grammar-constrained only on the llama_cpp backend; on transformers "
                                  "use tool_choice 'none' or a GGUF model", param="tool_choice")
@@ -278,6 +276,9 @@ class TransformersLMBackend(Backend):
                 raise InvalidRequest(f"the prompt has {prompt_tokens} tokens; the model holds {limit}",
                                      param="messages" if messages is not None else "prompt")
             max_new = min(max_new, limit - prompt_tokens)
+        parts: list[str] = []
+        if params.logprobs is not None:  # the text is kept to be scored; no overhead otherwise
+            emit = _keeping(emit, parts)
         streamer = _EmitStreamer(self.tokenizer, StopMatcher(params.stop), emit)
         stopping = transformers_stopping(lambda: cancelled() or streamer.matcher.stopped)
         processors = []
@@ -312,10 +313,51 @@ class TransformersLMBackend(Backend):
             finish = "stop"
         else:
             finish = "length" if streamer.generated >= max_new else "stop"
-        return GenerationOutcome(finish, prompt_tokens, streamer.generated - int(streamer.saw_eos))
+        logprobs = None
+        if params.logprobs is not None and finish != "cancelled":
+            logprobs = self._score_text(inputs["input_ids"][0].tolist(), "".join(parts), params.logprobs)
+        return GenerationOutcome(finish, prompt_tokens, streamer.generated - int(streamer.saw_eos), logprobs)
+
+    def _score_text(self, prompt_ids: list[int], text: str, top: int) -> list[dict]:
+        """Each token of a generated `text` with its log-probability and the `top` most likely tokens there,
+        from the model's logits by one teacher-forced pass (as the llama_cpp backend does). A token's string
+        is what it adds to the decoded text (a character split over tokens comes with the token that ends
+        it), so the strings concatenate to the text."""
+        torch = self.torch
+        if not text or not prompt_ids:
+            return []
+        completion = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        try:
+            ids = torch.tensor([prompt_ids + completion], device=self.model.device)
+            with torch.inference_mode():
+                logits = self.model(ids).logits[0, len(prompt_ids) - 1:-1].float()
+                scores = torch.log_softmax(logits, dim=-1).cpu().numpy()
+        except Exception as exc:
+            raise GenerationFailed(f"transformers failed while scoring the text: {exc}") from exc
+        decode = self.tokenizer.decode
+        out, done = [], ""
+        for k, token in enumerate(completion):
+            upto = decode(completion[:k + 1])
+            piece = "" if upto.endswith("\ufffd") and k < len(completion) - 1 else upto[len(done):]
+            done += piece
+            row = scores[k]
+            best = row.argsort()[::-1][:top] if top else []
+            out.append({"token": piece, "logprob": float(row[token]), "bytes": list(piece.encode("utf-8")),
+                        "top_logprobs": [{"token": decode([int(t)]), "logprob": float(row[t]),
+                                          "bytes": list(decode([int(t)]).encode("utf-8"))} for t in best]})
+        if out and done != text:  # the tokenizer does not give the text back exactly: the last token takes up
+            out[-1]["token"] += text[len(done):] if text.startswith(done) else ""
+        return out
 
     def close(self) -> None:
         free_model(self)
+
+
+def _keeping(emit, parts: list[str]):
+    def keep(piece: str) -> None:
+        parts.append(piece)
+        emit(piece)
+    return keep
 
 
 def free_model(backend) -> None:
