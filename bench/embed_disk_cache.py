@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     computer.close()
 
     print_table(f"embedding cache on disk ({MINILM}, {nthreads} threads)", [
-        Row(f"%embed of {restart_rows:,} texts after a restart", "from disk", restart["disk"],
+        Row(f"Runtime.embed of {restart_rows:,} texts after a restart", "from disk", restart["disk"],
             "computed", restart["computed"], unit="s", rule="ratio<=", target=1 / 20,
             note="ratio is time: <= 0.05 means >= 20x faster"),
         Row(f"cold run of {cold_rows:,} new texts", "disk cache on", cold_runs["on"], "off", cold_runs["off"],

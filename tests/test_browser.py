@@ -207,7 +207,8 @@ def test_the_notebook_in_a_browser(page):
         return SMOLLM in text and MINILM in text
 
     wait_for(both_models, 30, "both models in the monitor")
-    assert f"precision: {MINILM}: " in monitor(page).inner_text()  # which precision, and why
+    shown = monitor(page).inner_text()
+    assert "precision: " in shown and f"{MINILM}: " in shown.split("precision: ", 1)[1], shown  # which, and why
     page.screenshot(path=str(shots / "4-monitor-after.png"), full_page=True)
     plot = monitor(page).locator("svg", has_text="max")
     wait_for(lambda: plot.locator("circle").count() >= 2, 30,
