@@ -53,7 +53,7 @@ class ToolPlan:
 
     def response_format(self) -> dict:
         kind = "json_schema_or_text" if self.mode == "auto" else "json_schema"
-        return {"type": kind, "schema": self.call_schema()}
+        return {"type": kind, "schema": self.call_schema(), "for": "tools"}  # "for": a refusal names tools
 
 
 def _tool(entry: Any, where: str) -> Tool | Failure:

@@ -143,3 +143,15 @@ def test_n_choices_differ_repeat_with_a_seed_and_count_in_usage(client):
     assert [streamed[i] for i in range(3)] == texts
     completions = client.completions.create(model=SMOLLM, prompt=["A", "B"], n=2, max_tokens=4, seed=1)
     assert [c.index for c in completions.choices] == [0, 1, 2, 3]
+
+
+def test_transformers_refuses_constrained_tool_calls_by_name(hf_runtime):
+    from universal_kernel.errors import InvalidRequest
+    from universal_kernel.server_ext.tools import plan_tools
+
+    for choice in ("auto", "required"):
+        fmt = plan_tools([WEATHER], choice).response_format()
+        with pytest.raises(InvalidRequest) as info:
+            hf_runtime.generate(SMOLLM, messages=ASK, params={"max_tokens": 2, "response_format": fmt},
+                                backend="transformers")
+        assert info.value.param == "tool_choice"

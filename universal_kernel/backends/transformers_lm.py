@@ -249,7 +249,8 @@ class TransformersLMBackend(Backend):
     def generate(self, prompt, messages, params: GenerationParams, emit: Emit,
                  cancelled: IsCancelled) -> GenerationOutcome:
         torch = self.torch
-        if params.response_format and params.response_format.get("type") == "json_schema_or_text":
+        if params.response_format and (params.response_format.get("type") == "json_schema_or_text"
+                                       or params.response_format.get("for") == "tools"):
             raise InvalidRequest("tools are grammar-constrained only on the llama_cpp backend; on transformers "
                                  "use tool_choice 'none' or a GGUF model", param="tool_choice")
         if params.response_format and params.response_format.get("type") != "text":
