@@ -19,6 +19,7 @@ from ..references import ModelSpec
 from .base import Backend, Emit, GenerationOutcome, GenerationParams, IsCancelled, StopMatcher
 # One wording and one scoring for zero-shot labels on both backends, so that they are comparable.
 from .llama_cpp import checked_labels, classification_messages, label_probabilities, shared_prefix_length
+from .transformers_logprobs import score_text
 
 log = logging.getLogger(__name__)
 
@@ -316,39 +317,8 @@ class TransformersLMBackend(Backend):
             finish = "length" if streamer.generated >= max_new else "stop"
         logprobs = None
         if params.logprobs is not None and finish != "cancelled":
-            logprobs = self._score_text(inputs["input_ids"][0].tolist(), "".join(parts), params.logprobs)
+            logprobs = score_text(self, inputs["input_ids"][0].tolist(), "".join(parts), params.logprobs)
         return GenerationOutcome(finish, prompt_tokens, streamer.generated - int(streamer.saw_eos), logprobs)
-
-    def _score_text(self, prompt_ids: list[int], text: str, top: int) -> list[dict]:
-        """Each token of a generated `text` with its log-probability and the `top` most likely tokens there,
-        from the model's logits by one teacher-forced pass (as the llama_cpp backend does). A token's string
-        is what it adds to the decoded text (a character split over tokens comes with the token that ends
-        it), so the strings concatenate to the text."""
-        torch = self.torch
-        if not text or not prompt_ids:
-            return []
-        completion = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        try:
-            ids = torch.tensor([prompt_ids + completion], device=self.model.device)
-            with torch.inference_mode():
-                logits = self.model(ids).logits[0, len(prompt_ids) - 1:-1].float()
-                scores = torch.log_softmax(logits, dim=-1).cpu().numpy()
-        except Exception as exc:
-            raise GenerationFailed(f"transformers failed while scoring the text: {exc}") from exc
-        decode = self.tokenizer.decode
-        out, done = [], ""
-        for k, token in enumerate(completion):
-            upto = decode(completion[:k + 1])
-            piece = "" if upto.endswith("\ufffd") and k < len(completion) - 1 else upto[len(done):]
-            done += piece
-            row = scores[k]
-            best = row.argsort()[::-1][:top] if top else []
-            out.append({"token": piece, "logprob": float(row[token]), "bytes": list(piece.encode("utf-8")),
-                        "top_logprobs": [{"token": decode([int(t)]), "logprob": float(row[t]),
-                                          "bytes": list(decode([int(t)]).encode("utf-8"))} for t in best]})
-        if out and done != text:  # the tokenizer does not give the text back exactly: the last token takes up
-            out[-1]["token"] += text[len(done):] if text.startswith(done) else ""
-        return out
 
     def close(self) -> None:
         free_model(self)
