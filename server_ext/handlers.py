@@ -7,6 +7,7 @@ OpenAI error body by `write_error`.
 from __future__ import annotations
 
 import importlib
+import hmac
 import json
 from http.client import responses
 from typing import Any
@@ -46,10 +47,31 @@ class BaseHandler(APIHandler):
         return self.settings[SERVING_SETTING]
 
     async def prepare(self) -> None:
+        self._refuse_a_wrong_key()
         await super().prepare()
         limit = self.serving.max_body_size
         if self.request.body and len(self.request.body) > limit:
             raise web.HTTPError(413, f"the request body is larger than the limit of {limit} bytes")
+
+    # Credentials ------------------------------------------------------------------------------
+    def _refuse_a_wrong_key(self) -> None:
+        """An Authorization header says who the client is: a wrong key is refused (401, invalid_api_key) even
+        when the client also holds a valid Jupyter login cookie, as httpx and langchain-openai keep one."""
+        header = self.request.headers.get("Authorization")
+        expected = self.token
+        if header is None or not expected:
+            return
+        match = self.identity_provider.auth_header_pat.match(header)
+        given = match.group(2).strip() if match else ""
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise web.HTTPError(403)  # before any user is set: write_error answers OpenAI's 401
+
+    def set_secure_cookie(self, name, value, *args, **kwargs):
+        # A client that authenticates with its key on every request gets no login cookie from these routes;
+        # the browser's login (no Authorization header) is unchanged.
+        if self.request.headers.get("Authorization"):
+            return None
+        return super().set_secure_cookie(name, value, *args, **kwargs)
 
     # Writing ----------------------------------------------------------------------------------
     def send_json(self, value: BaseModel | dict | list, status: int = 200) -> None:

@@ -274,7 +274,11 @@ class RemoteRuntime:
             if keep_alive is not None:
                 body["keep_alive"] = keep_alive
         if prompt is not None:
+            if params.logprobs is not None:
+                body["logprobs"] = params.logprobs  # the legacy completions form: an int
             return RemoteStream(self, {**body, "prompt": prompt}, "v1/completions")
+        if params.logprobs is not None:
+            body.update(logprobs=True, top_logprobs=params.logprobs)
         return RemoteStream(self, {**body, "messages": messages}, "v1/chat/completions")
 
     def generate(self, model: str | None = None, **kwargs) -> Completion:

@@ -78,6 +78,7 @@ class RemoteStream(ReadToEnd):
         self._first: float | None = None
         self._finish = "stop"
         self._usage: dict = {}
+        self._logprobs: list[dict] = []  # chat: choices[].logprobs.content, as the server sends them
         self._done = False
         self._chat = path.endswith("chat/completions")
         self._timeout = client.timeout
@@ -116,6 +117,8 @@ class RemoteStream(ReadToEnd):
                 for choice in event.get("choices") or []:
                     if choice.get("finish_reason"):
                         self._finish = choice["finish_reason"]
+                    if self._chat and isinstance(choice.get("logprobs"), dict):
+                        self._logprobs += choice["logprobs"].get("content") or []
                     piece = (choice.get("delta") or {}).get("content") if self._chat else choice.get("text")
                     if piece:
                         if self._first is None:
@@ -165,7 +168,7 @@ class RemoteStream(ReadToEnd):
         self._figures(int(self._usage.get("completion_tokens", 0)) or len(self.parts), self._finish)
         stats = self.stats
         self.completion = Completion(self.model, self.text, self._finish, stats.prompt_tokens,
-                                     stats.completion_tokens, stats)
+                                     stats.completion_tokens, stats, self._logprobs or None)
         raise StopIteration
 
     def close(self) -> None:

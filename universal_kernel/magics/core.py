@@ -90,7 +90,10 @@ class UniversalKernelMagics(Magics):
     @argument("--max-tokens", type=int, default=None, help="most tokens to generate (default 256)")
     @argument("--temperature", type=float, default=None, help="sampling temperature, 0 for greedy")
     @argument("--top-p", type=float, default=None, help="nucleus sampling threshold")
-    @argument("--seed", type=int, default=None, help="sampling seed")
+    @argument("--seed", type=int, default=None, help="sampling seed (with --n K: answer j uses seed + j)")
+    @argument("--n", type=int, default=None, metavar="K", help="K answers (1 to 16), each shown with its footer")
+    @argument("--logprobs", type=int, default=None, metavar="N",
+              help="show each token's probability and its N (0 to 20) most likely alternatives")
     @argument("--stop", nargs="+", default=None, metavar="S", help="stop strings (\\n, \\t understood)")
     @argument("--format", choices=FORMATS, default=None, help="how to render the text (default markdown)")
     @argument("--out", default=None, metavar="VAR", help="store the text (parsed object for json) in VAR")

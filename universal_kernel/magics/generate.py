@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import re
+from dataclasses import replace
 
 from IPython.core.error import UsageError
 
@@ -66,10 +68,12 @@ def _params(args, fmt: str) -> GenerationParams:
         values["stop"] = [unescape(s) for s in args.stop]
     if fmt == "json":
         values["response_format"] = {"type": "json_object"}
+    if args.logprobs is not None:
+        values["logprobs"] = args.logprobs
     try:
         return GenerationParams(**values)
     except InvalidRequest as exc:
-        option = "--" + (exc.param or "").replace("_", "-")
+        option = "--logprobs" if exc.param == "top_logprobs" else "--" + (exc.param or "").replace("_", "-")
         raise UsageError(f"{option}: {exc.message}" if exc.param else exc.message) from None
 
 
@@ -99,8 +103,6 @@ def run_generate(runtime, shell, args, cell: str, *, model: str | None, default_
                  record=lambda generation: None):
     """Generate from `cell` on `runtime`, streaming into `shell`'s output. `record` receives the Completion
     (or the partial stream of an interrupted or failed generation)."""
-    from universal_kernel.widgets.stream_display import StreamDisplay, footer_text, parse_json
-
     ns = shell.user_ns
     check_name("--out", args.out)
     check_name("--chat", args.chat)
@@ -113,12 +115,34 @@ def run_generate(runtime, shell, args, cell: str, *, model: str | None, default_
         system = interpolate(system, ns) if system else system
     fmt = args.format or default_format
     params = _params(args, fmt)
+    if args.n is not None and not 1 <= args.n <= 16:
+        raise UsageError("--n takes 1 to 16 answers")
+    # answer j of --n samples with seed + j (as the server's `n`): a given --seed repeats all of them
+    seeds = params.seed if params.seed is not None else random.randrange(2**31)
 
     chat = _conversation(ns, args.chat, system) if args.chat else None
     if chat is not None:
         messages = chat.messages + [{"role": "user", "content": prompt}]
     else:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+
+    answers = args.n or 1
+    if answers > 1 and chat is not None:
+        raise UsageError("--n gives several answers; --chat keeps one answer per turn: use one of them")
+    values = []
+    for j in range(answers):
+        if answers > 1:
+            print(f"answer {j + 1} of {answers}")
+            params = replace(params, seed=seeds + j)
+        values.append(_one_answer(runtime, shell, args, model, messages, params, fmt, record, chat, prompt))
+    if args.out:
+        ns[args.out] = values[0] if answers == 1 else values
+    return None
+
+
+def _one_answer(runtime, shell, args, model, messages, params, fmt, record, chat, prompt):
+    """Stream one answer into the output and finish it with its footer (and its logprobs table); its value."""
+    from universal_kernel.widgets.stream_display import StreamDisplay, footer_text, parse_json
 
     display = StreamDisplay(fmt, live=not args.no_stream, shell=shell)
     stream = runtime.stream(model, messages=messages, params=params)
@@ -146,18 +170,38 @@ def run_generate(runtime, shell, args, cell: str, *, model: str | None, default_
             value = parse_json(text)
         except ValueError:
             note = "not valid JSON" + (" (cut at --max-tokens)" if completion.finish_reason == "length" else "")
-    if args.out:
-        ns[args.out] = value
     if chat is not None:
         chat.messages.append({"role": "user", "content": prompt})
         chat.messages.append({"role": "assistant", "content": text})
     footer = footer_text(model_id, completion.stats, tokens=completion.completion_tokens,
                          memory_bytes=_memory(runtime), note=note)
     display.finish(footer)
+    if params.logprobs is not None:
+        _show_logprobs(completion.logprobs or [])
     if note and "JSON" in note:
         print(f"warning: the output is {note}; {'--out ' + args.out + ' holds the text' if args.out else ''}"
               .rstrip("; "))
-    return None
+    return value
+
+
+def _show_logprobs(tokens: list[dict]) -> None:
+    """Each token with its probability and the top alternatives there: a small table."""
+    import math
+
+    from IPython.display import display
+
+    from ..formatting import html_table, text_table
+
+    def pct(logprob) -> str:
+        return f"{100 * math.exp(logprob):.1f}%"
+
+    rows = [[repr(t.get("token", "")), f"{t.get('logprob', 0.0):.3f}", pct(t.get("logprob", 0.0)),
+             ", ".join(f"{a.get('token', '')!r} {pct(a.get('logprob', 0.0))}" for a in t.get("top_logprobs") or [])]
+            for t in tokens]
+    headers = ["token", "logprob", "p", "top alternatives"]
+    display({"text/plain": text_table(headers, rows),
+             "text/html": "<details open><summary>logprobs</summary>" + html_table(headers, rows) + "</details>"},
+            raw=True)
 
 
 def _interrupted(shell, record, args, stream, display, chat, prompt, model_id, runtime) -> None:
