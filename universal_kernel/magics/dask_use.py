@@ -8,10 +8,11 @@ from IPython.core.error import UsageError
 def use_dask(magics, rest: list[str]):
     if len(rest) > 1:
         raise UsageError("usage: %runtime use dask [ADDRESS]  (ADDRESS: the scheduler, tcp://host:8786)")
-    try:
-        from ..dask_cluster import connect
-    except ImportError as exc:
-        raise UsageError(f"Dask is not installed ({exc.name}): pip install 'universal-kernel[dask]'") from None
+    import importlib.util
+
+    if importlib.util.find_spec("distributed") is None:
+        raise UsageError("Dask is not installed: pip install 'universal-kernel[dask]'")
+    from ..dask_cluster import connect
     from ..errors import RuntimeFailure
 
     before = getattr(magics, "dask_client", None)
