@@ -27,7 +27,7 @@ PLUGIN_NAME = "universal-kernel-runtime"
 #: rows per runtime call inside a partition: large enough to batch well
 CHUNK_ROWS = 256
 
-#: the runtime of a process that is not a Dask worker (a threaded scheduler computing in the kernel)
+#: one runtime per worker even when two of its threads find none at once (a graph built without a client)
 _here_lock = threading.Lock()
 
 
