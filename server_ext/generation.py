@@ -108,7 +108,7 @@ class GenerationJob:
             self.usage.completion_tokens += done.completion_tokens
             self.usage.total_tokens = self.usage.prompt_tokens + self.usage.completion_tokens
             reason = done.finish_reason if done.finish_reason in ("stop", "length") else "stop"
-            yield Finished(index, reason, done.prompt_tokens, done.completion_tokens, done.logprobs)
+            yield Finished(index, reason, done.prompt_tokens, done.completion_tokens, getattr(done, "logprobs", None))
         if self.aborted and not self.cancelled:
             yield Failed(self.aborted)
 

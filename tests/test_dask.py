@@ -38,6 +38,15 @@ def cluster():
             yield local_cluster, client
 
 
+@pytest.fixture(scope="module", autouse=True)
+def unload_task_models_afterwards(runtime):
+    """The session runtime is shared: later tests count its loaded models (the two defaults); the local
+    sides of these tests load spaCy and rapidocr into it."""
+    yield
+    runtime.unload("en-core-web-sm")
+    runtime.unload("rapidocr")
+
+
 @pytest.fixture
 def client(cluster):
     return cluster[1]

@@ -189,7 +189,8 @@ def test_authorized_against_this_extensions_resource(fetch, fake_runtime):
 def test_invalid_bodies(fetch, fake_runtime):
     for body, param in [({"model": "x"}, "messages"), ({"messages": "hi"}, "messages"),
                         (_chat("ok") | {"stream_options": {"include_usage": "maybe"}}, "stream_options.include_usage"),
-                        (_chat("ok") | {"tools": [{"type": "function"}]}, "tools")]:
+                        # a tool without its function: the param names the missing field
+                        (_chat("ok") | {"tools": [{"type": "function"}]}, "tools.0.function.name")]:
         response = _post(fetch, "chat/completions", body)
         assert response.code == 400, body
         assert json.loads(response.body)["error"]["param"] == param

@@ -120,6 +120,8 @@ def run_generate(runtime, shell, args, cell: str, *, model: str | None, default_
     # answer j of --n samples with seed + j (as the server's `n`): a given --seed repeats all of them
     seeds = params.seed if params.seed is not None else random.randrange(2**31)
 
+    if (args.n or 1) > 1 and args.chat:  # refused before the conversation is made or touched
+        raise UsageError("--n gives several answers; --chat keeps one answer per turn: use one of them")
     chat = _conversation(ns, args.chat, system) if args.chat else None
     if chat is not None:
         messages = chat.messages + [{"role": "user", "content": prompt}]
@@ -127,8 +129,6 @@ def run_generate(runtime, shell, args, cell: str, *, model: str | None, default_
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
 
     answers = args.n or 1
-    if answers > 1 and chat is not None:
-        raise UsageError("--n gives several answers; --chat keeps one answer per turn: use one of them")
     values = []
     for j in range(answers):
         if answers > 1:
