@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from IPython.core.error import UsageError
 
-from .rows import _COLUMN_EXPR
+from .rows import column_target
 
 
 def is_dask(value) -> bool:
@@ -57,17 +57,7 @@ class DaskRows:
         """The Dask DataFrame that `--column` writes into: EXPR must be one of its columns."""
         import dask.dataframe as dd
 
-        match = _COLUMN_EXPR.match(expr.strip())
-        if not match:
-            raise UsageError("--column needs EXPR to be a DataFrame column: ddf.text or ddf['text']")
-        try:
-            frame = shell.ev(match.group("frame"))
-        except Exception as exc:
-            raise UsageError(f"cannot evaluate {match.group('frame')!r}: {type(exc).__name__}: {exc}") from None
-        if not isinstance(frame, dd.DataFrame):
-            raise UsageError(f"--column needs EXPR to be a DataFrame column; {match.group('frame')} is a "
-                             f"{type(frame).__name__}")
-        return frame
+        return column_target(shell, expr, dd.DataFrame, example="ddf")
 
     @staticmethod
     def _report(model: str | None, value, where: str) -> None:

@@ -120,16 +120,20 @@ class Progress:
             self.handle.update(_progress_bundle(done, self.total, time.perf_counter() - self.started), raw=True)
 
 
-def column_target(shell, expr: str):
+def column_target(shell, expr: str, frame_type=None, example: str = "df"):
+    """The DataFrame that `--column` writes into: EXPR must be one of its columns. `frame_type` is the kind
+    of frame expected (a pandas DataFrame unless given: the Dask magics pass theirs)."""
     match = _COLUMN_EXPR.match(expr.strip())
     if not match:
-        raise UsageError("--column needs EXPR to be a DataFrame column: df.text or df['text']")
+        raise UsageError(f"--column needs EXPR to be a DataFrame column: {example}.text or {example}['text']")
     try:
         frame = shell.ev(match.group("frame"))
     except Exception as exc:
         raise UsageError(f"cannot evaluate {match.group('frame')!r}: {type(exc).__name__}: {exc}") from None
-    pd = sys.modules.get("pandas")
-    if pd is None or not isinstance(frame, pd.DataFrame):
+    if frame_type is None:
+        pd = sys.modules.get("pandas")
+        frame_type = pd.DataFrame if pd is not None else ()
+    if not isinstance(frame, frame_type):
         raise UsageError(f"--column needs EXPR to be a DataFrame column; {match.group('frame')} is a "
                          f"{type(frame).__name__}")
     return frame
