@@ -40,14 +40,11 @@ def main(argv=None) -> int:
     import llama_cpp
 
     from universal_kernel import Runtime, RuntimeConfig
-    from universal_kernel.references import BUILTIN_ALIASES
 
-    path = BUILTIN_ALIASES[SMOLLM][0]()
     rt = Runtime(RuntimeConfig(keep_alive=-1, threads=nthreads), reaper=False)
     rt.load(SMOLLM)
     n_ctx = rt.cache.entries()[0].backend.n_ctx
-    raw = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=nthreads, n_threads_batch=nthreads,
-                          n_gpu_layers=0, verbose=False)
+    raw = llama_cpp.Llama(**rt.cache.entries()[0].backend.library_settings(), verbose=False)  # the same settings
     texts = prompts(repeats + 1)
 
     def ours(prompt: str) -> tuple[float, float, int, str]:

@@ -75,11 +75,8 @@ def raw_llama(smollm_path, runtime):
     """llama-cpp-python itself, with the runtime's context size and threads: the reference."""
     import llama_cpp
 
-    from universal_kernel.devices import cpu_threads
-
     entry = next(e for e in runtime.cache.entries() if e.spec.id == SMOLLM)
-    llm = llama_cpp.Llama(model_path=str(smollm_path), n_ctx=entry.backend.n_ctx, n_threads=cpu_threads(),
-                          n_threads_batch=cpu_threads(), n_gpu_layers=0, verbose=False)
+    llm = llama_cpp.Llama(**entry.backend.library_settings(), verbose=False)  # flash attention as ours
     yield llm
     llm.close()
 

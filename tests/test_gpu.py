@@ -63,15 +63,12 @@ def test_llama_cpp_offloads_when_built_with_cuda(gpu_runtime):
 
     if not llama_cpp.llama_supports_gpu_offload():
         pytest.skip("this llama-cpp-python build has no GPU offload")
-    from universal_kernel.devices import cpu_threads
-
     gpu_runtime.load(SMOLLM)
     assert gpu_runtime.status()["models"][0]["device"] == "gpu"
     out = gpu_runtime.generate(SMOLLM, messages=CHAT, params={"temperature": 0, "max_tokens": 24})
     assert np.isfinite(out.stats.tokens_per_s)
     backend = gpu_runtime.cache.entries()[0].backend
-    raw_llama = llama_cpp.Llama(model_path=str(backend.spec.path), n_ctx=backend.n_ctx, n_threads=cpu_threads(),
-                                n_threads_batch=cpu_threads(), n_gpu_layers=-1, verbose=False)
+    raw_llama = llama_cpp.Llama(**backend.library_settings(), verbose=False)
     try:
         raw = raw_chat(raw_llama, CHAT, temperature=0.0, max_tokens=24)
     finally:

@@ -15,7 +15,6 @@ import threading
 import pytest
 
 from universal_kernel.backends.llama_cpp import sampler_seed
-from universal_kernel.devices import cpu_threads
 
 from .conftest import SMOLLM
 from .magics_support import ip, run  # noqa: F401
@@ -38,11 +37,10 @@ def fresh_first_call(smollm_path, runtime):
     """The text a brand-new llama-cpp-python context gives on its first call: the reference."""
     import llama_cpp
 
-    n_ctx = _llama(runtime).n_ctx
+    settings = _llama(runtime).library_settings()  # flash attention as ours
 
     def first_call(prompt: str, seed: int, stop: list[str] | None = None, max_tokens: int = 24) -> str:
-        llm = llama_cpp.Llama(model_path=str(smollm_path), n_ctx=n_ctx, n_threads=cpu_threads(),
-                              n_threads_batch=cpu_threads(), n_gpu_layers=0, verbose=False)
+        llm = llama_cpp.Llama(**settings, verbose=False)
         try:
             out = llm.create_completion(prompt, max_tokens=max_tokens, temperature=1.0, top_p=0.95, top_k=40,
                                         min_p=0.05, repeat_penalty=1.0, seed=seed, stop=stop or None)
@@ -86,12 +84,10 @@ def test_a_seeded_completion_longer_than_a_batch_repeats(runtime, fresh_first_ca
     again = _sampled(runtime, 42, prompt=STORY_A)
     assert first == again == reference
 
-    # What is kept of the context: only whole batches of the prompt, decoded as a fresh context does.
+    # What a slot keeps: only whole batches of the prompt, decoded as a fresh context does.
     _sampled(runtime, 5, prompt=STORY_B)
-    backend._prepare_context(tokens_a)
-    assert backend.llm.n_tokens == shared // batch * batch
-    backend._prepare_context([1, 2, 3])
-    assert backend.llm.n_tokens == 0
+    assert backend.batch.reusable(tokens_a) == shared // batch * batch
+    assert backend.batch.reusable([1, 2, 3]) == 0
 
 
 def test_greedy_text_is_the_same_on_the_first_and_later_calls(runtime, raw_llama):

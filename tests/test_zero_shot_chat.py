@@ -40,9 +40,7 @@ def raw_scorer(backend):
     """llama-cpp-python with the logits of every position: the reference for label log-probabilities."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=str(backend.spec.path), logits_all=True, n_ctx=1024, seed=0,
-                          n_threads=THREADS, n_threads_batch=THREADS, n_gpu_layers=0,
-                          verbose=False)
+    llm = llama_cpp.Llama(**{**backend.library_settings(), "n_ctx": 1024}, logits_all=True, seed=0, verbose=False)
     yield llm
     llm.close()
 
@@ -110,8 +108,7 @@ def test_generate_after_classify_equals_raw_llama_cpp(backend):
 
     # A chat whose prompt is the classification prompt: its first n_batch chunk is kept between calls.
     long_chat = classification_messages(LONG_TEXT, LABELS)
-    raw = llama_cpp.Llama(model_path=str(backend.spec.path), n_ctx=backend.n_ctx, n_threads=THREADS,
-                          n_threads_batch=THREADS, n_gpu_layers=0, verbose=False)
+    raw = llama_cpp.Llama(**backend.library_settings(), verbose=False)
     try:
         expected = {}
         for name, messages in (("short", CHAT), ("long", long_chat)):

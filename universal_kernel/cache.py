@@ -21,7 +21,7 @@ from typing import Callable
 from .devices import gpu_used_bytes, process_rss, release_memory
 from .errors import LoadFailed, MemoryBudgetExceeded, RuntimeFailure
 from .references import ModelSpec
-from .scheduler import ModelWorker, Request
+from .scheduler import ModelWorker, Request, make_worker
 from .stats import RequestStats, RollingFigures
 
 MiB = 2**20
@@ -242,7 +242,7 @@ class ModelCache:
                         worker=None, estimate_bytes=estimate, measured_bytes=measured, footprint_bytes=footprint,
                         load_s=load_s, loaded_at=time.time(), last_used=self.clock(), active=1,
                     )
-                    entry.worker = ModelWorker(spec.id, instance, queue_length=self.queue_length,
+                    entry.worker = make_worker(spec.id, instance, queue_length=self.queue_length,
                                                on_done=lambda request, e=entry: self.release(e, request))
                     self._entries[key] = entry
                     self.loads += 1

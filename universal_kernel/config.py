@@ -48,8 +48,10 @@ class RuntimeConfig:
             int(v) if (v := _env_float("UNIVERSAL_KERNEL_MEMORY_BUDGET", None)) is not None else None
         )
     )
-    #: requests that may wait per model before a new one is refused as Busy
+    #: requests that may wait per model before a new one is refused as Busy (beyond those running)
     queue_length: int = 16
+    #: generations a llama.cpp model decodes together, each in its own KV stream of the model's context
+    parallel: int = field(default_factory=lambda: int(_env_float("UNIVERSAL_KERNEL_PARALLEL", 4)))
     #: "auto" picks CUDA, then MPS, then CPU; UNIVERSAL_KERNEL_DEVICE overrides
     device: str = field(default_factory=lambda: os.environ.get("UNIVERSAL_KERNEL_DEVICE", "auto"))
     #: encoders' precision: "auto" (bf16 on a CPU with AVX512_BF16/AMX, behind a probe), "fp32", "bf16"

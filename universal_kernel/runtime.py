@@ -399,6 +399,8 @@ class Runtime:
             "active": entry.active,
             "queue_depth": entry.worker.queue_depth,
             "running": entry.worker.running is not None,
+            "sequences": len(entry.worker.active),  # requests running now (generations decoded together)
+            "parallel": entry.worker.slots,  # how many may run at once
             "figures": entry.figures.summary(),
         }
 

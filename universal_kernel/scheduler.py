@@ -1,8 +1,11 @@
-"""One worker thread per loaded model: requests run one at a time, in the order they came.
+"""One worker thread per loaded model: requests start in the order they came.
 
 A llama.cpp context is not thread-safe, and a CPU runs one model's matmuls best alone, so each
-model has a single thread that owns its backend. Readers get the results through a `sink`, which
-is a plain queue for the kernel and an asyncio bridge for the server.
+model has a single thread that owns its backend. Most models run one request at a time
+(`ModelWorker`); a backend that decodes generations together (llama.cpp: `backend.batch`) gets a
+`BatchingWorker`, which runs up to `backend.parallel` generations at once and lets a new one join
+at the next step. Readers get the results through a `sink`, which is a plain queue for the kernel
+and an asyncio bridge for the server.
 """
 
 from __future__ import annotations
@@ -54,13 +57,23 @@ class ModelWorker:
         self._queue: queue.Queue[Request | None] = queue.Queue()
         self._lock = threading.Lock()
         self.waiting = 0
-        self.running: Request | None = None
+        self.active: list[Request] = []  # the requests running now
         self.thread = threading.Thread(target=self._run, name=f"universal-kernel:{name}", daemon=True)
         self.thread.start()
 
+    #: requests that run at once
+    slots = 1
+
+    @property
+    def running(self) -> Request | None:
+        """The oldest request running now, if any."""
+        active = self.active
+        return active[0] if active else None
+
     @property
     def queue_depth(self) -> int:
-        return self.waiting + (1 if self.running is not None else 0)
+        """Requests waiting plus those running."""
+        return self.waiting + len(self.active)
 
     def submit(self, request: Request) -> None:
         with self._lock:
@@ -82,47 +95,143 @@ class ModelWorker:
                 return
             with self._lock:
                 self.waiting -= 1
-                self.running = request
-            try:
-                self._serve(request)
-            finally:
-                with self._lock:
-                    self.running = None
-                request.finished.set()
-                self.on_done(request)
+                self.active = [request]
+            self._run_alone(request)
 
-    def _serve(self, request: Request) -> None:
+    def _run_alone(self, request: Request) -> None:
+        try:
+            if self._start(request):
+                try:
+                    outcome = request.work(self.backend, self._emitter(request), request.cancel_event.is_set)
+                except Exception as exc:
+                    self._fail(request, exc)
+                else:
+                    self._succeed(request, outcome)
+        finally:
+            self._end(request)
+
+    def _start(self, request: Request) -> bool:
+        """The request leaves the queue; False (and its error sent) when it was cancelled meanwhile."""
         request.started = time.perf_counter()
         request.stats.queue_wait_s = request.started - request.enqueued
         if request.cancelled:
             request.stats.finish_reason = "cancelled"
             request.sink(("error", Cancelled("the request was cancelled before it started")))
-            return
+            return False
+        return True
 
+    @staticmethod
+    def _emitter(request: Request) -> Callable[[str], None]:
         def emit(text: str) -> None:
             if request.first_token is None:
                 request.first_token = time.perf_counter()
             request.sink(("text", text))
 
-        try:
-            outcome = request.work(self.backend, emit, lambda: request.cancel_event.is_set())
-        except RuntimeFailure as exc:
-            request.stats.finish_reason = "error"
-            request.sink(("error", exc))
-        except Exception as exc:  # a backend bug must reach the reader, never kill the worker
-            request.stats.finish_reason = "error"
+        return emit
+
+    def _end(self, request: Request) -> None:
+        with self._lock:
+            self.active = [r for r in self.active if r is not request]
+        request.finished.set()
+        self.on_done(request)
+
+    @staticmethod
+    def _fail(request: Request, exc: Exception) -> None:
+        request.stats.finish_reason = "error"
+        if not isinstance(exc, RuntimeFailure):  # a backend bug must reach the reader, never kill the worker
             from .errors import GenerationFailed
 
-            request.sink(("error", GenerationFailed(f"{type(exc).__name__}: {exc}")))
-        else:
-            end = time.perf_counter()
-            stats = request.stats
-            stats.total_s = stats.load_s + end - request.enqueued
-            if request.first_token is not None:
-                stats.ttft_s = stats.load_s + request.first_token - request.enqueued
-            stats.prompt_tokens = getattr(outcome, "prompt_tokens", stats.prompt_tokens)
-            tokens = stats.completion_tokens = getattr(outcome, "completion_tokens", stats.completion_tokens)
-            if tokens and end > request.started:
-                stats.tokens_per_s = tokens / (end - request.started)
-            stats.finish_reason = getattr(outcome, "finish_reason", "stop")
-            request.sink(("done", outcome))
+            exc = GenerationFailed(f"{type(exc).__name__}: {exc}")
+        request.sink(("error", exc))
+
+    @staticmethod
+    def _succeed(request: Request, outcome) -> None:
+        end = time.perf_counter()
+        stats = request.stats
+        stats.total_s = stats.load_s + end - request.enqueued
+        if request.first_token is not None:
+            stats.ttft_s = stats.load_s + request.first_token - request.enqueued
+        stats.prompt_tokens = getattr(outcome, "prompt_tokens", stats.prompt_tokens)
+        tokens = stats.completion_tokens = getattr(outcome, "completion_tokens", stats.completion_tokens)
+        if tokens and end > request.started:
+            stats.tokens_per_s = tokens / (end - request.started)
+        stats.finish_reason = getattr(outcome, "finish_reason", "stop")
+        request.sink(("done", outcome))
+
+
+class BatchingWorker(ModelWorker):
+    """The worker of a backend that decodes up to `backend.parallel` generations together.
+
+    Generations (work with a `begin`: tasks/generate.py) join the batch while a slot is free and
+    leave it when they end; the backend's `step()` advances all of them by one token. Other work
+    (zero-shot labels on a chat model, say) needs the context alone: it waits at the head of the
+    queue, no generation joins after it, and it runs once the batch has drained, so requests still
+    start in the order they came.
+    """
+
+    @property
+    def slots(self) -> int:
+        return self.backend.parallel
+
+    def _run(self) -> None:
+        held: Request | None = None  # work that waits for the batch to drain
+        stopping = False
+        sequences: dict[int, Request] = {}  # id(backend sequence) -> request
+        while True:
+            while not stopping and held is None and len(sequences) < self.backend.parallel:
+                try:
+                    request = self._queue.get(block=not sequences)
+                except queue.Empty:
+                    break
+                if request is None:
+                    stopping = True
+                    break
+                with self._lock:
+                    self.waiting -= 1
+                    self.active = self.active + [request]
+                if getattr(request.work, "begin", None) is None:
+                    held = request
+                else:
+                    self._join(request, sequences)
+            if sequences:
+                self._step(sequences)
+            elif held is not None:
+                request, held = held, None
+                self._run_alone(request)
+            elif stopping:
+                return
+
+    def _join(self, request: Request, sequences: dict) -> None:
+        if not self._start(request):
+            self._end(request)
+            return
+        try:
+            sequence = request.work.begin(self.backend, self._emitter(request), request.cancel_event.is_set)
+        except Exception as exc:
+            self._fail(request, exc)
+            self._end(request)
+            return
+        sequences[id(sequence)] = request
+
+    def _step(self, sequences: dict) -> None:
+        try:
+            results = self.backend.step()
+        except Exception as exc:  # the backend frees its batch on its own errors; this is a bug
+            for request in sequences.values():
+                self._fail(request, exc)
+                self._end(request)
+            sequences.clear()
+            return
+        for sequence, outcome in results:
+            request = sequences.pop(id(sequence))
+            if isinstance(outcome, Exception):
+                self._fail(request, outcome)
+            else:
+                self._succeed(request, outcome)
+            self._end(request)
+
+
+def make_worker(name: str, backend, *, queue_length: int, on_done: Callable[[Request], None]) -> ModelWorker:
+    """A batching worker for a backend that decodes generations together, else a one-at-a-time worker."""
+    kind = BatchingWorker if getattr(backend, "batch", None) is not None else ModelWorker
+    return kind(name, backend, queue_length=queue_length, on_done=on_done)

@@ -48,7 +48,8 @@ def create_backend(spec: ModelSpec, backend: str, config: RuntimeConfig, options
     if backend == "llama_cpp":
         from .llama_cpp import LlamaCppBackend
 
-        return LlamaCppBackend(spec, threads=threads, device=config.device, n_ctx=options.get("n_ctx"))
+        return LlamaCppBackend(spec, threads=threads, device=config.device, n_ctx=options.get("n_ctx"),
+                               parallel=options.get("parallel") or config.parallel)
     if backend == "spacy":
         from .spacy_pipeline import SpacyBackend
 

@@ -7,9 +7,12 @@ import secrets
 
 import numpy as np
 
-from ..errors import BackendUnavailable, GenerationFailed, InvalidRequest, LoadFailed
+from ..errors import BackendUnavailable, GenerationFailed, InvalidRequest, LoadFailed, RuntimeFailure
 from ..references import ModelSpec
 from .base import Backend, Emit, GenerationOutcome, GenerationParams, IsCancelled
+from .llama_batch import (  # noqa: F401 - shared_prefix_length is imported from here by others
+    DecodeBatch, SamplingSettings, Sequence, Slot, multi_sequence_context, shared_prefix_length,
+)
 
 
 def _import_llama_cpp():
@@ -59,14 +62,6 @@ def label_probabilities(labels: list[str], logprobs: list[float]) -> dict[str, f
     return {labels[i]: float(probabilities[i]) for i in order}
 
 
-def shared_prefix_length(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
-
-
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     logits = np.asarray(logits, dtype=np.float64)
     shifted = logits - logits.max(axis=-1, keepdims=True)
@@ -101,65 +96,39 @@ def json_or_text_gbnf(schema: dict) -> str:
 class LlamaCppBackend(Backend):
     name = "llama_cpp"
 
-    def __init__(self, spec: ModelSpec, *, threads: int, device: str = "auto", n_ctx: int | None = None):
+    def __init__(self, spec: ModelSpec, *, threads: int, device: str = "auto", n_ctx: int | None = None,
+                 parallel: int = 1):
         super().__init__(spec)
         llama_cpp = _import_llama_cpp()
         gpu = device != "cpu" and bool(llama_cpp.llama_supports_gpu_offload())
         self.device = "gpu" if gpu else "cpu"
         context_length = int(spec.metadata.get(f"{spec.architecture}.context_length", 2048))
+        #: the context of one request (each of the `parallel` sequences has this many cells)
         self.n_ctx = n_ctx or min(context_length, 4096)
+        self._threads = threads
+        generates = spec.task != "embed"
+        self.parallel = max(1, int(parallel)) if generates else 1
         try:
-            self.llm = llama_cpp.Llama(
-                model_path=str(spec.path),
-                n_ctx=self.n_ctx,
-                n_threads=threads,
-                n_threads_batch=threads,
-                n_gpu_layers=-1 if gpu else 0,
-                embedding=spec.task == "embed",
-                verbose=False,
-            )
+            self.llm = llama_cpp.Llama(**self.library_settings(), embedding=not generates, verbose=False)
+            if generates:
+                multi_sequence_context(self.llm, llama_cpp, self.parallel, self.n_ctx)
         except Exception as exc:  # llama.cpp reports a bad file as a bare ValueError
+            llm = getattr(self, "llm", None)
+            if llm is not None:
+                llm.close()
             raise LoadFailed(f"llama.cpp could not load {spec.id!r}: {exc}") from None
+        #: the generations running together (llama_batch.py); None for an embedding model
+        self.batch = DecodeBatch(self.llm, llama_cpp, self.parallel, self.n_ctx) if generates else None
         self._formatter = self._chat_formatter(llama_cpp)
         self._llama_cpp = llama_cpp
-        #: leading tokens of the context decoded in whole `n_batch` batches from a batch boundary
-        self._whole_chunks = 0
 
-    def _prepare_context(self, tokens: list[int]) -> None:
-        """Make this request compute exactly what it would on a fresh context.
-
-        llama-cpp-python reuses the longest prefix that a new prompt shares with what the context
-        holds (`Llama.generate`) and decodes only the rest, in a smaller batch than a fresh context
-        would. On some CPUs (AVX-512 kernels) the batch shape changes the logits in their last bits,
-        so a seeded request gave one text on its first call and another on later ones.
-
-        Here a prefix is kept only in whole `n_batch` chunks that were decoded as whole chunks from
-        a chunk boundary, as a fresh context decodes them (`Llama.eval` cuts the prompt into `n_batch`
-        batches from where it starts); the rest is removed, so `generate` decodes the prompt from a
-        chunk boundary in the same batches as on a fresh context. Generated tokens are never kept:
-        they were decoded one at a time. A prompt shorter than `n_batch` is always decoded whole.
-        """
-        llm = self.llm
-        chunk = llm.n_batch
-        keep = 0
-        limit = min(self._whole_chunks, llm.n_tokens, len(tokens) - 1)
-        if limit >= chunk:
-            held = llm.input_ids[:limit]
-            differ = np.flatnonzero(held != np.asarray(tokens[:limit], dtype=held.dtype))
-            keep = (int(differ[0]) if differ.size else limit) // chunk * chunk
-        self._whole_chunks = 0  # until this prompt has been decoded
-        if keep and llm._ctx.kv_cache_seq_rm(-1, keep, -1):
-            llm.n_tokens = keep  # `generate` finds exactly this prefix and decodes from it
-            return
-        # Nothing to keep: forget every token, as on a fresh context. With n_tokens at 0, `generate`
-        # skips its prefix match and `eval` removes every KV cell from position 0.
-        llm.reset()
-        get_memory = getattr(self._llama_cpp, "llama_get_memory", None)
-        clear = getattr(self._llama_cpp, "llama_memory_clear", None)
-        if get_memory is not None and clear is not None:
-            memory = get_memory(llm._ctx.ctx)
-            if memory is not None:
-                clear(memory, False)
+    def library_settings(self) -> dict:
+        """The `llama_cpp.Llama` arguments of one sequence of this model: raw llama-cpp-python built with them
+        computes what a request computes here. Flash attention makes a sequence's numbers independent of the
+        others in its batch (llama_batch.py); it is off for embedding models, as llama-cpp-python has it."""
+        return {"model_path": str(self.spec.path), "n_ctx": self.n_ctx, "n_threads": self._threads,
+                "n_threads_batch": self._threads, "n_gpu_layers": -1 if self.device == "gpu" else 0,
+                "flash_attn": self.spec.task != "embed"}
 
     def _chat_formatter(self, llama_cpp):
         template = self.llm.metadata.get("tokenizer.chat_template")
@@ -229,19 +198,16 @@ class LlamaCppBackend(Backend):
             shorter = self.llm.detokenize(kept).decode("utf-8", errors="ignore") if kept else ""
             text = shorter if len(shorter) < len(text) else text[:-1]  # always shorter: the loop ends
 
-    def _decode_with_logits(self, tokens: list[int], n_past: int) -> None:
-        """Decode `tokens` from position `n_past` in `n_batch` chunks, as `Llama.eval` does, every row an output.
+    def _decode_with_logits(self, tokens: list[int], n_past: int, seq_id: int) -> None:
+        """Decode `tokens` of sequence `seq_id` from position `n_past` in `n_batch` chunks, as `Llama.eval`
+        does, every row an output.
 
         Every row is an output, as with llama-cpp-python's `logits_all`: llama.cpp computes the last
         layer only for output rows, and a single output row takes other kernels than many, which
         moved label probabilities by up to 1e-2. The KV cells are the same either way (they are
-        written before the output rows are picked), so a later `generate` is not affected.
+        written before the output rows are picked), so a later generation is not affected.
         """
-        llm = self.llm
-        for start in range(0, len(tokens), llm.n_batch):
-            batch = tokens[start:start + llm.n_batch]
-            llm._batch.set_batch(batch=batch, n_past=n_past + start, logits_all=True)
-            llm._ctx.decode(llm._batch)
+        self.batch.decode_chunk(seq_id, tokens, n_past, logits_all=True)
 
     def _next_token_logprobs(self, index: int) -> np.ndarray:
         """Log-probabilities of the next token after the `index`-th token of the last decoded batch."""
@@ -254,27 +220,23 @@ class LlamaCppBackend(Backend):
 
         A label's score is the sum of its tokens' log-probabilities after the prompt (teacher
         forcing); the softmax over the labels is the exact distribution of a decode constrained to
-        the labels. The prompt is decoded once per text, in the chunks in which `generate` decodes a
-        prompt (so that the context's whole chunks stay reusable by the next `generate`); each label
-        is then decoded from the prompt's end and its KV cells removed again, so every label sees
-        only the prompt. The context is left holding the prompt, never a label.
+        the labels. The prompt is decoded once per text in a free slot, in the chunks in which a
+        generation decodes a prompt (so that the slot's whole chunks stay reusable); each label is
+        then decoded from the prompt's end and its KV cells removed again, so every label sees only
+        the prompt. The worker runs this while no generation runs (scheduler.BatchingWorker).
         """
         labels = checked_labels(labels)
-        llm = self.llm
-        chunk = llm.n_batch
+        chunk = self.llm.n_batch
         results: list[dict[str, float]] = []
         prompt_token_count = 0
         for text in texts:
             prompt_tokens, shared, continuations = self._label_tokens(text, labels, truncate=truncate)
             prompt_token_count += len(prompt_tokens)
-            self._prepare_context(shared)
+            slot, kept = self.batch.claim(shared)
+            decoded = shared[:kept]
             try:
-                kept = llm.n_tokens
-                llm._ctx.kv_cache_seq_rm(-1, kept, -1)
-                self._decode_with_logits(shared[kept:], kept)
-                llm.input_ids[kept:len(shared)] = shared[kept:]
-                llm.n_tokens = len(shared)
-                self._whole_chunks = len(shared) // chunk * chunk  # decoded as a fresh context decodes it
+                self._decode_with_logits(shared[kept:], kept, slot.seq_id)
+                decoded = shared
                 after_prompt = self._next_token_logprobs(-1)
                 totals = []
                 for tokens in continuations:
@@ -283,17 +245,15 @@ class LlamaCppBackend(Backend):
                     total = float(after_prompt[tokens[0]])
                     for start in range(0, len(tokens), chunk):
                         batch = tokens[start:start + chunk]
-                        self._decode_with_logits(batch, len(shared) + start)
+                        self._decode_with_logits(batch, len(shared) + start, slot.seq_id)
                         for i in range(min(len(batch), len(tokens) - 1 - start)):
                             total += float(self._next_token_logprobs(i)[tokens[start + i + 1]])
-                    llm._ctx.kv_cache_seq_rm(-1, len(shared), -1)
+                    self.batch.forget(slot, len(shared))
                     totals.append(total)
             except Exception as exc:
                 raise GenerationFailed(f"llama.cpp failed while scoring labels: {exc}") from exc
             finally:
-                # The label tokens were never counted in n_tokens; their cells are removed (again,
-                # after an error), so the context holds no more than the prompt.
-                llm._ctx.kv_cache_seq_rm(-1, len(shared), -1)
+                self.batch.release(slot, decoded)  # the slot keeps the prompt's whole chunks, never a label
             results.append(label_probabilities(labels, totals))
         return results, prompt_token_count
 
@@ -317,8 +277,8 @@ class LlamaCppBackend(Backend):
             raise InvalidRequest(f"cannot build a grammar from response_format: {exc}",
                                  param="response_format") from None
 
-    def generate(self, prompt, messages, params: GenerationParams, emit: Emit,
-                 cancelled: IsCancelled) -> GenerationOutcome:
+    def begin(self, prompt, messages, params: GenerationParams, emit: Emit, cancelled: IsCancelled) -> Sequence:
+        """Add a generation to the batch (llama_batch.py): the next `step`s decode it."""
         stops = list(params.stop)
         if messages is not None:
             prompt, template_stops = self.chat_prompt(messages)
@@ -328,69 +288,74 @@ class LlamaCppBackend(Backend):
         except UnicodeEncodeError:
             raise InvalidRequest("the prompt is not valid Unicode (a lone surrogate?)",
                                  param="messages" if messages is not None else "prompt") from None
-        # The prompt's tokens as create_completion makes them of a string (BOS as the model says),
-        # handed over as tokens so that the context's prefix is judged on the very tokens decoded.
-        tokens = self.llm.tokenize(encoded, add_bos=True, special=True) if prompt else []
-        prompt_tokens = len(tokens) or 1
-        max_tokens = params.max_tokens if params.max_tokens is not None else self.n_ctx - prompt_tokens
-        if prompt_tokens + max_tokens > self.n_ctx:
-            max_tokens = self.n_ctx - prompt_tokens
+        # The prompt's tokens as create_completion makes them of a string (BOS as the model says).
+        tokens = self.llm.tokenize(encoded, add_bos=True, special=True) if prompt else [self.llm.token_bos()]
+        max_tokens = params.max_tokens if params.max_tokens is not None else self.n_ctx - len(tokens)
+        if len(tokens) + max_tokens > self.n_ctx:
+            max_tokens = self.n_ctx - len(tokens)
             if max_tokens < 1:
                 raise InvalidRequest(
-                    f"the prompt has {prompt_tokens} tokens; the context holds {self.n_ctx}", param="messages"
+                    f"the prompt has {len(tokens)} tokens; the context holds {self.n_ctx}", param="messages"
                 )
-        grammar = self._grammar(params.response_format)
-        self._prepare_context(tokens)
-        stream = self.llm.create_completion(
-            tokens or prompt,
-            max_tokens=max_tokens,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            top_k=params.top_k,
-            min_p=params.min_p,
-            repeat_penalty=params.repeat_penalty,
-            presence_penalty=params.presence_penalty,
-            frequency_penalty=params.frequency_penalty,
-            seed=sampler_seed(params.seed),
-            stop=stops or None,
-            grammar=grammar,
-            stream=True,
-        )
-        text_parts: list[str] = []
-        finish = "stop"
-        try:
-            for chunk in stream:
-                self._whole_chunks = len(tokens) // self.llm.n_batch * self.llm.n_batch  # decoded
-                if cancelled():
-                    finish = "cancelled"
-                    break
-                choice = chunk["choices"][0]
-                if choice["text"]:
-                    text_parts.append(choice["text"])
-                    emit(choice["text"])
-                if choice.get("finish_reason"):
-                    finish = choice["finish_reason"]
-            self._whole_chunks = len(tokens) // self.llm.n_batch * self.llm.n_batch
-        except Exception as exc:
-            raise GenerationFailed(f"llama.cpp failed while generating: {exc}") from exc
-        finally:
-            stream.close()
-        # A text cut by max_tokens holds exactly max_tokens tokens; re-tokenising it can merge the last ones.
-        completion_tokens = max_tokens if finish == "length" else self.count_tokens("".join(text_parts))
-        logprobs = None
-        if params.logprobs is not None and finish != "cancelled":
-            logprobs = self._score_text(tokens, "".join(text_parts), params.logprobs)
-        return GenerationOutcome(finish, prompt_tokens, completion_tokens, logprobs)
+        settings = SamplingSettings(
+            temperature=params.temperature, top_k=params.top_k, top_p=params.top_p, min_p=params.min_p,
+            repeat_penalty=params.repeat_penalty, presence_penalty=params.presence_penalty,
+            frequency_penalty=params.frequency_penalty, seed=sampler_seed(params.seed),
+            grammar=self._grammar(params.response_format))
+        sequence = self.batch.begin(tokens, max_tokens, settings, stops, emit, cancelled)
+        sequence.logprobs = params.logprobs
+        return sequence
 
-    def _score_text(self, prompt_tokens: list[int], text: str, top: int) -> list[dict]:
+    def step(self) -> list[tuple[Sequence, GenerationOutcome | RuntimeFailure]]:
+        """One step of the batch: the generations that finished, each with its outcome or its error."""
+        try:
+            finished = self.batch.step()
+        except Exception as exc:  # the batch is lost: every generation in it fails, their slots are freed
+            failed = list(self.batch.active)
+            for sequence in failed:
+                self.batch.end(sequence)
+            error = GenerationFailed(f"llama.cpp failed while generating: {exc}")
+            return [(sequence, error) for sequence in failed]
+        results = []
+        for sequence in finished:
+            try:
+                outcome = self._outcome(sequence)
+            except RuntimeFailure as exc:
+                outcome = exc
+            finally:
+                self.batch.end(sequence)
+            results.append((sequence, outcome))
+        return results
+
+    def _outcome(self, sequence: Sequence) -> GenerationOutcome:
+        text = "".join(sequence.text)
+        # A text cut by max_tokens holds exactly max_tokens tokens; re-tokenising it can merge the last ones.
+        completion_tokens = len(sequence.generated) if sequence.finish == "length" else self.count_tokens(text)
+        logprobs = None
+        if sequence.logprobs is not None and sequence.finish != "cancelled":
+            logprobs = self._score_text(sequence.slot, sequence.prompt, text, sequence.logprobs)
+        return GenerationOutcome(sequence.finish, len(sequence.prompt), completion_tokens, logprobs)
+
+    def generate(self, prompt, messages, params: GenerationParams, emit: Emit,
+                 cancelled: IsCancelled) -> GenerationOutcome:
+        """One generation alone: the batch's own path, stepped to its end."""
+        sequence = self.begin(prompt, messages, params, emit, cancelled)
+        while True:
+            for finished, outcome in self.step():
+                if finished is sequence:
+                    if isinstance(outcome, Exception):
+                        raise outcome
+                    return outcome
+
+    def _score_text(self, slot: Slot, prompt_tokens: list[int], text: str, top: int) -> list[dict]:
         """Each token of a generated `text` with its log-probability after the prompt and the text before it,
         and the `top` most likely tokens there: the model's own distribution (llama.cpp's logits, before
         temperature and the other samplers), by one teacher-forced pass over the text.
 
         The text is tokenised again (a text almost always tokenises as it was generated); each token's
         string is what it adds to the text (a character split over tokens comes with the token that ends
-        it), so the strings concatenate to the text; `bytes` are the token's own bytes. The context is
-        left holding the prompt without its last token, as `_prepare_context` expects.
+        it), so the strings concatenate to the text; `bytes` are the token's own bytes. The slot is left
+        holding the prompt without its last token (decoded again here, in another batch).
         """
         import codecs
 
@@ -410,10 +375,10 @@ class LlamaCppBackend(Backend):
                     "logprob": logprob, "bytes": list(raw)}
 
         try:
-            llm._ctx.kv_cache_seq_rm(-1, n - 1, -1)
+            self.batch.forget(slot, n - 1)
             for start in range(0, len(rows), llm.n_batch):
                 batch = rows[start:start + llm.n_batch]
-                self._decode_with_logits(batch, n - 1 + start)
+                self._decode_with_logits(batch, n - 1 + start, slot.seq_id)
                 for i in range(len(batch)):
                     scores = self._next_token_logprobs(i)
                     token = completion[start + i]
@@ -424,9 +389,7 @@ class LlamaCppBackend(Backend):
         except Exception as exc:
             raise GenerationFailed(f"llama.cpp failed while scoring the text: {exc}") from exc
         finally:
-            llm._ctx.kv_cache_seq_rm(-1, n - 1, -1)
-            llm.n_tokens = n - 1
-            self._whole_chunks = (n - 1) // llm.n_batch * llm.n_batch
+            self.batch.forget(slot, n - 1)
         if out:
             out[-1]["token"] += decoder.decode(b"", final=True)
         return out
@@ -441,6 +404,10 @@ class LlamaCppBackend(Backend):
         return vectors, int(result["usage"]["prompt_tokens"])
 
     def close(self) -> None:
+        batch = getattr(self, "batch", None)
+        if batch is not None:
+            batch.close()
+            self.batch = None
         llm = getattr(self, "llm", None)
         if llm is not None:
             llm.close()

@@ -33,10 +33,19 @@ def check_messages(messages: list[dict]) -> list[dict]:
     return flat
 
 
+class Generation:
+    """A generation's work for a model's worker: run alone (`__call__`), or, on a backend that decodes
+    generations together, join its batch (`begin`; scheduler.BatchingWorker steps it)."""
+
+    def __init__(self, prompt, messages, params):
+        self.prompt, self.messages, self.params = prompt, messages, params
+
+    def __call__(self, instance, emit, cancelled):
+        return instance.generate(self.prompt, self.messages, self.params, emit, cancelled)
+
+    def begin(self, instance, emit, cancelled):
+        return instance.begin(self.prompt, self.messages, self.params, emit, cancelled)
+
+
 def work(ctx):
-    prompt, messages, params = ctx.inputs["prompt"], ctx.inputs["messages"], ctx.inputs["params"]
-
-    def run(instance, emit, cancelled):
-        return instance.generate(prompt, messages, params, emit, cancelled)
-
-    return run
+    return Generation(ctx.inputs["prompt"], ctx.inputs["messages"], ctx.inputs["params"])
