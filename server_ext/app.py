@@ -42,7 +42,10 @@ class UniversalKernelApp(ExtensionApp):
                             "negative keeps it forever.").tag(config=True)
     memory_budget = Integer(None, allow_none=True,
                             help="Bytes that loaded models may take together; None means no budget.").tag(config=True)
-    queue_length = Integer(16, help="Requests that may wait per model before a new one gets 429.").tag(config=True)
+    queue_length = Integer(16, help="Requests that may wait per model, beyond those running, before a new one "
+                                    "gets 429.").tag(config=True)
+    parallel = Integer(help="Generations a llama.cpp model decodes together (continuous batching); each has "
+                            "its own KV stream of the model's full context.").tag(config=True)
     max_body_size = Integer(16 * 2**20, help="Largest request body in bytes; larger ones get 413.").tag(config=True)
     threads = Integer(None, allow_none=True, help="CPU threads for the backends; None: the machine's cores.").tag(
         config=True)
@@ -67,6 +70,18 @@ class UniversalKernelApp(ExtensionApp):
     def _default_keep_alive(self):
         return RuntimeConfig().keep_alive  # honours UNIVERSAL_KERNEL_KEEP_ALIVE
 
+    @default("parallel")
+    def _default_parallel(self):
+        return RuntimeConfig().parallel  # honours UNIVERSAL_KERNEL_PARALLEL
+
+    @validate("parallel")
+    def _at_least_one(self, proposal):
+        if proposal["value"] < 1:
+            from traitlets import TraitError
+
+            raise TraitError("parallel must be at least 1")
+        return proposal["value"]
+
     @default("memory_budget")
     def _default_memory_budget(self):
         return RuntimeConfig().memory_budget  # honours UNIVERSAL_KERNEL_MEMORY_BUDGET
@@ -79,7 +94,7 @@ class UniversalKernelApp(ExtensionApp):
             root = Path(self.serverapp.root_dir) if self.serverapp is not None else Path.cwd()
             folders = [root, Path.home() / ".cache" / "universal-kernel" / "models"]
         return RuntimeConfig(model_folders=folders, aliases=dict(self.model_aliases), keep_alive=self.keep_alive,
-                             memory_budget=self.memory_budget, queue_length=self.queue_length,
+                             memory_budget=self.memory_budget, queue_length=self.queue_length, parallel=self.parallel,
                              allow_downloads=self.allow_downloads, threads=self.threads)
 
     def initialize_settings(self) -> None:

@@ -99,7 +99,9 @@ def hf_runtime(smollm_path, convert_cache, tmp_path_factory):
 # The real `jupyter server` with the extension, shared by the HTTP tests of the session ----------------------
 TOKEN = "universal-kernel-test-token"
 BODY_LIMIT = 2**20
-QUEUE_LENGTH = 3
+QUEUE_LENGTH = 4  # with PARALLEL, 8 concurrent streams fit: 4 run, 4 wait
+#: generations the server's SmolLM2 decodes together; more wait in its queue
+PARALLEL = 4
 
 
 def stop_process(process) -> None:
@@ -195,7 +197,7 @@ def server(smollm_path, minilm_path, tmp_path_factory):
         "--ServerApp.jpserver_extensions=universal_kernel.server_ext=True",
         f'--UniversalKernelApp.preload=["{SMOLLM}", "{MINILM}"]',  # as the README writes it
         "--UniversalKernelApp.keep_alive=-1", f"--UniversalKernelApp.max_body_size={BODY_LIMIT}",
-        f"--UniversalKernelApp.queue_length={QUEUE_LENGTH}",
+        f"--UniversalKernelApp.queue_length={QUEUE_LENGTH}", f"--UniversalKernelApp.parallel={PARALLEL}",
         # one thread: the machines that run this suite are small and busy; llama.cpp's threads spin
         "--UniversalKernelApp.threads=1",
     ]

@@ -23,7 +23,7 @@ from universal_kernel import (
 from universal_kernel.client import RemoteError, RemoteRuntime, ServerUnavailable
 from universal_kernel.wire import ERRORS, error_from_wire, retry_after_seconds
 
-from .conftest import FRANCE, MINILM, QUEUE_LENGTH, SMOLLM, TOKEN, stop_process, wait_for
+from .conftest import FRANCE, MINILM, PARALLEL, QUEUE_LENGTH, SMOLLM, TOKEN, stop_process, wait_for
 
 GREEDY = {"temperature": 0, "max_tokens": 16}
 
@@ -144,9 +144,9 @@ def test_errors_come_back_as_the_runtime_raised_them(runtime, remote, server):
 
 def test_a_full_queue_is_busy_with_retry_after_over_http(remote, server):
     _smollm_idle(server)
-    sockets = [_open_raw(server, "v1/chat/completions", _story(400)) for _ in range(1 + QUEUE_LENGTH)]
+    sockets = [_open_raw(server, "v1/chat/completions", _story(400)) for _ in range(PARALLEL + QUEUE_LENGTH)]
     try:
-        wait_for(lambda: server.model_status(SMOLLM)["queue_depth"] == 1 + QUEUE_LENGTH, 60,
+        wait_for(lambda: server.model_status(SMOLLM)["queue_depth"] == PARALLEL + QUEUE_LENGTH, 60,
                   lambda: f"queue not full: {server.model_status(SMOLLM)}\n{server.log_tail()}")
         with pytest.raises(Busy) as busy:
             remote.generate(SMOLLM, prompt="Hi", params=GREEDY)

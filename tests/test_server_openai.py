@@ -20,7 +20,7 @@ import pytest
 
 from universal_kernel.magics import get_magics
 
-from .conftest import BODY_LIMIT, FRANCE, MINILM, QUEUE_LENGTH, SMOLLM, TOKEN, Server, wait_for
+from .conftest import BODY_LIMIT, FRANCE, MINILM, PARALLEL, QUEUE_LENGTH, SMOLLM, TOKEN, Server, wait_for
 from .magics_support import ip, run  # noqa: F401
 from .test_generation_llama import raw_chat, stop_word
 
@@ -324,9 +324,10 @@ def _open_stream(server: Server, body: dict) -> socket.socket:
 
 
 def test_full_queue_is_429_with_retry_after_and_dropped_clients_free_it(client, server, france):
-    sockets = [_open_stream(server, _long(f"Tell me story number {i} about a dragon.")) for i in range(1 + QUEUE_LENGTH)]
+    sockets = [_open_stream(server, _long(f"Tell me story number {i} about a dragon."))
+               for i in range(PARALLEL + QUEUE_LENGTH)]
     try:
-        wait_for(lambda: server.model_status(SMOLLM)["queue_depth"] == 1 + QUEUE_LENGTH, 20, "queue not full")
+        wait_for(lambda: server.model_status(SMOLLM)["queue_depth"] == PARALLEL + QUEUE_LENGTH, 20, "queue not full")
         with pytest.raises(openai.RateLimitError) as info:
             client.chat.completions.create(**_france())
         assert int(info.value.response.headers["Retry-After"]) >= 1

@@ -77,7 +77,9 @@ class ModelWorker:
 
     def submit(self, request: Request) -> None:
         with self._lock:
-            if self.waiting >= self.queue_length:
+            # a request that a free slot will take at once is not waiting, though the worker has not
+            # taken it yet: the queue holds `queue_length` beyond the slots
+            if self.waiting >= self.queue_length + max(0, self.slots - len(self.active)):
                 raise Busy(f"{self.name!r} has {self.waiting} requests waiting; try again shortly",
                            retry_after=1.0)
             self.waiting += 1
