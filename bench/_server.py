@@ -24,7 +24,7 @@ def server_ext_available() -> bool:
 
 
 class BenchServer:
-    def __init__(self, preload: list[str], threads: int, timeout: float = 240):
+    def __init__(self, preload: list[str], threads: int, timeout: float = 240, extra: tuple[str, ...] = ()):
         import requests
 
         self.tmp = tempfile.TemporaryDirectory()
@@ -42,7 +42,7 @@ class BenchServer:
                    f"--port={self.port}", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={home}",
                    "--ServerApp.jpserver_extensions=universal_kernel.server_ext=True",
                    "--UniversalKernelApp.keep_alive=-1", f"--UniversalKernelApp.threads={threads}"]
-        command += [f"--UniversalKernelApp.preload={m}" for m in preload]
+        command += [f"--UniversalKernelApp.preload={m}" for m in preload] + list(extra)
         self.log = open(home / "server.log", "wb")
         self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=home)
         deadline = time.monotonic() + timeout

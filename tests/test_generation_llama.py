@@ -139,7 +139,8 @@ def test_keyboard_interrupt_while_reading_cancels(runtime):
 
 
 def test_requests_run_one_at_a_time_in_order_and_a_full_queue_is_busy(smollm_path, tmp_path):
-    rt = Runtime(RuntimeConfig(model_folders=[tmp_path], queue_length=2, keep_alive=-1), reaper=False)
+    # parallel=1: one sequence at a time (test_concurrency.py covers generations decoded together)
+    rt = Runtime(RuntimeConfig(model_folders=[tmp_path], queue_length=2, keep_alive=-1, parallel=1), reaper=False)
     try:
         long = {"temperature": 0, "max_tokens": 300}
         first = rt.stream(SMOLLM, prompt="Once upon a time", params=long)

@@ -23,7 +23,9 @@ GREEDY = {"temperature": 0, "max_tokens": 48}
 
 
 def make_runtime(tmp_path, budget):
-    return Runtime(RuntimeConfig(model_folders=[tmp_path], keep_alive=-1, memory_budget=budget), reaper=False)
+    # one sequence: the footprints' proportions below assume SmolLM2's KV cache of one 4096-token context
+    return Runtime(RuntimeConfig(model_folders=[tmp_path], keep_alive=-1, memory_budget=budget, parallel=1),
+                   reaper=False)
 
 
 def loaded(rt):

@@ -185,13 +185,15 @@ def test_the_wire_table_maps_every_runtime_error_both_ways():
 # Tokens/s counts from the first token --------------------------------------------------------------------
 def test_remote_tokens_per_s_is_measured_from_the_first_token(remote, server):
     _smollm_idle(server)
-    blocker = _open_raw(server, "v1/chat/completions", _story(64))
+    blockers = [_open_raw(server, "v1/chat/completions", _story(64)) for _ in range(PARALLEL)]
     try:
-        wait_for(lambda: server.model_status(SMOLLM)["running"], 30, "the blocking request did not start")
-        # this request waits in the queue behind the blocker: its time to first token includes that wait
+        wait_for(lambda: server.model_status(SMOLLM)["sequences"] == PARALLEL, 30,
+                 "the blocking requests did not start")
+        # every slot is taken: this request waits in the queue, and its time to first token includes that wait
         done = remote.generate(SMOLLM, prompt="The weather today", params={"temperature": 0, "max_tokens": 24})
     finally:
-        blocker.close()
+        for blocker in blockers:
+            blocker.close()
     stats, n = done.stats, done.completion_tokens
     assert n >= 8 and stats.ttft_s > 0.2
     ours = next(s for s in reversed(server.status()["recent"]) if s["kind"] == "generate")

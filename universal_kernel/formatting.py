@@ -23,8 +23,8 @@ def expiry(model: dict) -> str:
 
 
 # The status tables: one renderer for `%runtime status` and the monitor -------------------------
-MODEL_HEADERS = ["model", "tasks", "backend", "device", "precision", "size", "memory", "expires in", "queue",
-                 "requests"]
+MODEL_HEADERS = ["model", "tasks", "backend", "device", "precision", "size", "memory", "expires in", "running",
+                 "queue", "requests"]
 REQUEST_HEADERS = ["model", "task", "queue wait", "TTFT", "tokens/s", "tokens", "total", "finish"]
 
 
@@ -35,10 +35,19 @@ def tokens(request: dict) -> str:
     return str(request.get("completion_tokens", 0))
 
 
+def running(model: dict) -> str:
+    """Requests running now, of how many that may run together ("3/4": generations decoded in one batch)."""
+    if "sequences" not in model:  # a runtime from before batching
+        return "1" if model.get("running") else "0"
+    return f"{model['sequences']}/{model.get('parallel', 1)}"
+
+
 def model_rows(models: list[dict]) -> list[list]:
     return [[m.get("id"), ", ".join(m.get("tasks") or [m.get("task") or "-"]), m.get("backend"), m.get("device"),
-             m.get("precision") or "-", mib(m.get("size_bytes")), mib(m.get("footprint_bytes") or m.get("measured_bytes")), expiry(m),
-             m.get("queue_depth", 0), (m.get("figures") or {}).get("requests", 0)] for m in models]
+             m.get("precision") or "-", mib(m.get("size_bytes")),
+             mib(m.get("footprint_bytes") or m.get("measured_bytes")), expiry(m), running(m),
+             m.get("queue_depth", 0) - m.get("sequences", 1 if m.get("running") else 0),
+             (m.get("figures") or {}).get("requests", 0)] for m in models]
 
 
 def precision_notes(models: list[dict]) -> list[str]:

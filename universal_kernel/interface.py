@@ -141,8 +141,10 @@ class ModelStatus(TypedDict, total=False):
     keep_alive: float
     expires_in_s: float | None
     active: int
-    queue_depth: int
+    queue_depth: int  # requests waiting plus those running
     running: bool
+    sequences: int  # requests running now (a llama.cpp model decodes up to `parallel` generations together)
+    parallel: int
     figures: dict
 
 

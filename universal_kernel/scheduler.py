@@ -171,16 +171,16 @@ class BatchingWorker(ModelWorker):
     start in the order they came.
     """
 
-    @property
-    def slots(self) -> int:
-        return self.backend.parallel
+    def __init__(self, name: str, backend, **kwargs):
+        self.slots = backend.parallel  # read once: the backend is closed (and dropped) after the worker stops
+        super().__init__(name, backend, **kwargs)
 
     def _run(self) -> None:
         held: Request | None = None  # work that waits for the batch to drain
         stopping = False
         sequences: dict[int, Request] = {}  # id(backend sequence) -> request
         while True:
-            while not stopping and held is None and len(sequences) < self.backend.parallel:
+            while not stopping and held is None and len(sequences) < self.slots:
                 try:
                     request = self._queue.get(block=not sequences)
                 except queue.Empty:
