@@ -7,6 +7,9 @@
 - Any other CPU: fp32 (bf16 there is emulated, slower than fp32).
 - `precision="fp32"` forces fp32; `precision="bf16"` asks for bf16 on any CPU, still behind the probe.
 
+Classifier heads (classify, rerank's cross-encoders, NER) take the same choice; their probe
+(`probed_close`) compares probabilities on the probe texts to fp32's instead of vectors.
+
 The choice and its reason travel in the model's status (`%runtime status`, the monitor).
 """
 
@@ -98,3 +101,24 @@ def probed(choice: Precision, embed_fp32, embed_bf16, min_cosine: float) -> Prec
                                  f"(>= {min_cosine:g})", autocast=True)
     return Precision("fp32", f"{choice.reason}, but the probe refused bf16: a row at cosine {worst:.6f} "
                              f"of fp32 (< {min_cosine:g})")
+
+
+#: the probe pair's query for cross-encoders (PROBE_TEXTS are its documents)
+PROBE_QUERY = "Where and when was the treaty signed?"
+
+
+def probed_close(choice: Precision, run_fp32, run_bf16, max_error: float, what: str) -> Precision:
+    """Keep a bf16 autocast choice only if no probe value (a probability, a score) is more than
+    `max_error` from fp32's: the check for classifier heads, whose outputs are probabilities, not vectors."""
+    if not choice.autocast:
+        return choice
+    import numpy as np
+
+    reference = np.asarray(run_fp32(), dtype=np.float64)
+    trial = np.asarray(run_bf16(), dtype=np.float64)
+    worst = float(np.abs(reference - trial).max()) if reference.size else 0.0
+    if worst <= max_error:
+        return Precision("bf16", f"{choice.reason}; probe: every {what} within {worst:.2g} of fp32 "
+                                 f"(<= {max_error:g})", autocast=True)
+    return Precision("fp32", f"{choice.reason}, but the probe refused bf16: a {what} {worst:.2g} from fp32 "
+                             f"(> {max_error:g})")

@@ -63,11 +63,13 @@ def create_backend(spec: ModelSpec, backend: str, config: RuntimeConfig, options
     if spec.format == "transformers" and spec.task in ("classify", "rerank"):
         from .transformers_classify import TransformersSequenceClassifier
 
-        return TransformersSequenceClassifier(spec, device=device, threads=threads)
+        return TransformersSequenceClassifier(spec, device=device, threads=threads,
+                                              precision=options.get("precision") or config.precision)
     if spec.format == "transformers" and spec.task == "ner":
         from .transformers_classify import TransformersTokenClassifier
 
-        return TransformersTokenClassifier(spec, device=device, threads=threads)
+        return TransformersTokenClassifier(spec, device=device, threads=threads,
+                                           precision=options.get("precision") or config.precision)
     if spec.task == "embed":
         from .transformers_embed import TransformersEmbedBackend
 
