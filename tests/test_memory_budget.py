@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from universal_kernel import MemoryBudgetExceeded, Runtime, RuntimeConfig
-from universal_kernel.cache import estimate_footprint
 from universal_kernel.wire import wire_error
 
 from .conftest import MINILM, SMOLLM
@@ -53,10 +52,23 @@ def footprints(smollm_path, minilm_path, tmp_path_factory):
             # the issue's finding: the file size is far below what the budget must count
             assert m["footprint_bytes"] > 1.3 * m["size_bytes"], m
             # the least a later load of this kind is counted at (the figure this process learned)
-            result[model] = max(m["footprint_bytes"], estimate_footprint(rt.resolve(model), m["backend"]))
+            result[model] = max(m["footprint_bytes"], rt.cache.estimate(rt.resolve(model), m["backend"], {}))
         return result
     finally:
         rt.close()
+
+
+@pytest.fixture(scope="module")
+def short_smollm(footprints, tmp_path_factory):
+    """What a SmolLM2 of a quarter of the context is counted at: its KV cache comes from the file's metadata."""
+    rt = make_runtime(tmp_path_factory.mktemp("models"), None)
+    try:
+        estimate = rt.cache.estimate(rt.resolve(SMOLLM), "llama_cpp", {"n_ctx": 1024})
+    finally:
+        rt.close()
+    kv_4096 = 30 * 3 * 128 * 2 * 4096  # SmolLM2-135M: 30 layers x 3 KV heads x (64 + 64) f16 numbers a cell
+    assert footprints[SMOLLM] - estimate >= 0.75 * kv_4096 * 0.99  # three quarters of its KV cache fewer
+    return estimate
 
 
 def test_a_budget_for_one_model_evicts_the_idle_one_for_the_other(tmp_path, footprints):
@@ -83,10 +95,10 @@ def test_a_budget_for_one_model_evicts_the_idle_one_for_the_other(tmp_path, foot
         rt.close()
 
 
-def test_the_least_recently_used_idle_model_goes_first(tmp_path, footprints):
-    smol, mini = footprints[SMOLLM], footprints[MINILM]
-    budget = int(smol + mini + 0.5 * smol)  # any two of them, never three
-    assert 2 * smol < budget < 2 * smol + mini
+def test_the_least_recently_used_idle_model_goes_first(tmp_path, footprints, short_smollm):
+    smol, mini, smol_1024 = footprints[SMOLLM], footprints[MINILM], short_smollm
+    budget = int(smol + smol_1024 + 0.5 * mini)  # both SmolLM2 entries, or one of them with MiniLM; never three
+    assert smol + mini < budget < smol + smol_1024 + mini
     rt = make_runtime(tmp_path, budget)
     try:
         rt.load(SMOLLM)
@@ -147,32 +159,49 @@ def test_a_model_busy_streaming_is_not_evicted(tmp_path, footprints):
 AFTER_LOAD = textwrap.dedent("""
     import json
     from universal_kernel import MemoryBudgetExceeded, Runtime, RuntimeConfig
-    rt = Runtime(RuntimeConfig(keep_alive=-1), reaper=False)
-    rt.load("smollm2-135m-instruct", n_ctx=128)  # a small context teaches a small factor
+    rt = Runtime(RuntimeConfig(keep_alive=-1, parallel=1), reaper=False)
+    rt.load("smollm2-135m-instruct", n_ctx=128)  # a small context: about 1.3x its file
     small = rt.status()["models"][0]["footprint_bytes"]
-    rt.cache.memory_budget = int(small * 2.1)  # the estimate of the next load fits beside it
+    # room for MiniLM's file, not for MiniLM loaded (1.8x its file when measured on CPU)
+    rt.cache.memory_budget = int(small * 1.05)
     try:
-        rt.load("smollm2-135m-instruct", n_ctx=8192)  # the KV cache of 8192 tokens does not
+        rt.load("all-minilm-l6-v2")  # no factor learned for its kind yet: loaded, measured, then unloaded
         error = None
     except MemoryBudgetExceeded as exc:
         error = str(exc)
     (entry,) = rt.cache.entries()
     tokens = entry.backend.count_tokens("Hello there")  # the model already loaded still works
-    print(json.dumps({"small": small, "budget": rt.cache.memory_budget, "error": error, "tokens": tokens,
-                      "loaded": [dict(e.key[2]) for e in rt.cache.entries()], "loads": rt.cache.loads,
-                      "used": rt.cache.used_bytes()}))
+    print(json.dumps({"small": small, "budget": rt.cache.memory_budget, "error": error, "loads": rt.cache.loads,
+                      "file": rt.resolve("all-minilm-l6-v2").size_bytes,
+                      "loaded": [e.spec.id for e in rt.cache.entries()], "used": rt.cache.used_bytes(),
+                      "tokens": tokens}))
 """)
 
 
-def test_a_load_measured_over_the_budget_is_unloaded_and_the_rest_kept(smollm_path):
-    """The estimate is only a guess: the measured bytes decide. A fresh process, so that it learns here."""
+def test_a_load_measured_over_the_budget_is_unloaded_and_the_rest_kept(smollm_path, minilm_path):
+    """A default factor is only a guess: the measured bytes decide. A fresh process, which knows no factor."""
     out = subprocess.run([sys.executable, "-c", AFTER_LOAD], capture_output=True, text=True, timeout=300,
                          check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["error"] is not None and "measured" in result["error"], result
-    assert result["loaded"] == [{"n_ctx": 128}] and result["loads"] == 1, result  # the first one still serves
+    assert result["file"] <= result["budget"], result  # the guess let it load
+    assert result["loaded"] == ["smollm2-135m-instruct"] and result["loads"] == 1, result  # MiniLM went again
     assert result["used"] == result["small"] <= result["budget"], result
     assert result["tokens"] > 0
+
+
+def test_a_context_too_large_for_the_budget_is_refused_before_loading(tmp_path, footprints):
+    """The KV cache comes from the file's metadata: a context that cannot fit never loads."""
+    budget = int(footprints[SMOLLM] * 1.5)
+    rt = make_runtime(tmp_path, budget)
+    try:
+        rt.load(SMOLLM)
+        with pytest.raises(MemoryBudgetExceeded, match="of context") as refused:
+            rt.load(SMOLLM, n_ctx=8192 * 4)  # four times the model's context: a KV cache of 720 MiB
+        assert "cannot be loaded" in str(refused.value)
+        assert loaded(rt) == [(SMOLLM, 0)] and rt.cache.loads == 1 and rt.cache.evictions == 0
+    finally:
+        rt.close()
 
 
 def test_two_loads_at_once_never_overrun_the_budget_together(tmp_path, footprints):
@@ -265,7 +294,8 @@ def test_the_server_keeps_its_budget_and_answers_507(tmp_path, smollm_path, mini
         error = refused.json()["error"]
         assert error["code"] == "memory_budget_exceeded" and error["type"] == "server_error"
         assert big_id in error["message"] and "budget" in error["message"]
-        assert "measured" in error["message"]  # no factor known yet: loaded, measured, then unloaded
+        # its KV cache is known from the file before loading: refused up front
+        assert "of context" in error["message"] and "cannot be loaded" in error["message"]
         status = server.status()
         assert [m["id"] for m in status["models"]] == [small_id]  # the loaded model was not harmed
         assert status["budget"]["budget_bytes"] == budget >= status["budget"]["used_bytes"]

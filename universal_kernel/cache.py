@@ -27,11 +27,12 @@ from .stats import RequestStats, RollingFigures
 MiB = 2**20
 
 #: loaded bytes per byte of file, before this process has measured a load of the kind: conservative.
-#: Measured on CPU (llama.cpp, n_ctx 4096; torch fp32): SmolLM2 GGUF 2.2x, MiniLM folder 1.8x at load,
-#: 2.4x after its first batch.
+#: The context a load sets aside (llama.cpp's KV cache) is counted apart, on top (`context_bytes`).
+#: Measured on CPU (llama.cpp; torch fp32): SmolLM2 GGUF 1.3x besides its KV cache, MiniLM folder 1.8x at
+#: load, 2.4x after its first batch.
 DEFAULT_FACTORS = {("gguf", "llama_cpp"): 3.0, ("transformers", "transformers"): 3.0}
 
-_learned: dict[tuple, list[float]] = {}  # (format, backend, task) -> measured/file ratios of this process
+_learned: dict[tuple, list[float]] = {}  # (format, backend, task) -> (measured - context)/file of this process
 _learned_lock = threading.Lock()
 _measuring: dict[int, bool] = {}  # loads being measured in this process -> whether another overlapped it
 _measuring_ids = iter(range(1, 2**62))
@@ -69,19 +70,20 @@ def footprint_factor(spec: ModelSpec, backend: str) -> tuple[float, str]:
     return DEFAULT_FACTORS.get((spec.format, backend), 3.0), "default"
 
 
-def estimate_footprint(spec: ModelSpec, backend: str) -> int:
-    """Bytes a model will take once loaded, before loading it: file size times the factor of its kind."""
+def estimate_footprint(spec: ModelSpec, backend: str, context: int = 0) -> int:
+    """Bytes a model will take once loaded, before loading it: file size times the factor of its kind,
+    plus the `context` bytes the load sets aside."""
     factor, _ = footprint_factor(spec, backend)
-    return int(max(spec.size_bytes, 1) * factor)
+    return int(max(spec.size_bytes, 1) * factor) + context
 
 
-def learn_footprint(spec: ModelSpec, backend: str, measured: int) -> None:
-    """Remember what a load of this kind really took, for the next estimate."""
-    if spec.size_bytes <= 0 or measured < spec.size_bytes:
+def learn_footprint(spec: ModelSpec, backend: str, measured: int, context: int = 0) -> None:
+    """Remember what a load of this kind really took besides its `context` bytes, for the next estimate."""
+    if spec.size_bytes <= 0 or measured - context < spec.size_bytes:
         return  # below the file itself: the allocator reused memory freed before, or pages are not yet read
     with _learned_lock:
         ratios = _learned.setdefault(_kind(spec, backend), [])
-        ratios.append(measured / spec.size_bytes)
+        ratios.append((measured - context) / spec.size_bytes)
         del ratios[:-8]
 
 
@@ -117,8 +119,11 @@ class ModelCache:
     def __init__(self, *, load: Callable[[ModelSpec, str, dict], object], memory_budget: int | None,
                  queue_length: int, clock: Callable[[], float] = time.monotonic, reaper: bool = True,
                  prepare: Callable[[str], None] | None = None,
-                 finished: Callable[[RequestStats], None] | None = None):
+                 finished: Callable[[RequestStats], None] | None = None,
+                 context_bytes: Callable[[ModelSpec, str, dict], int] | None = None):
         self._load = load
+        # what a load sets aside for its context (KV cache), known before loading: counted apart from the file
+        self._context_bytes = context_bytes or (lambda spec, backend, options: 0)
         # imports the backend's libraries before a load is measured: their one-time cost is not the model's
         self._prepare = prepare
         # told of each request a model's worker finished (its final figures): the runtime's listeners
@@ -200,8 +205,9 @@ class ModelCache:
             self.drop_replaced(spec)
             if self._prepare is not None:
                 self._prepare(backend)
-            estimate = estimate_footprint(spec, backend)
-            self._make_room(estimate, spec, backend)
+            context = self._context_bytes(spec, backend, options)
+            estimate = estimate_footprint(spec, backend, context)
+            self._make_room(estimate, spec, backend, context)
             try:
                 release_memory()  # a clean baseline: garbage of earlier requests is not this model's
                 token = _start_measuring()
@@ -222,15 +228,16 @@ class ModelCache:
                 release_memory()
                 raise
             if alone:  # loads that overlapped measured each other too: counted (safe side), never learned
-                learn_footprint(spec, backend, measured)
+                learn_footprint(spec, backend, measured, context)
             # RSS grows less when the allocator reuses memory that an earlier unload freed: a load measured
             # below what its kind took before is counted at that earlier figure, and never below its file.
             # A load measured below its own file says nothing of its size (freed memory was reused): it is
             # counted at its kind's estimate, learned or by default.
             factor, source = footprint_factor(spec, backend)
-            footprint = max(measured, spec.size_bytes)
-            if source == "measured" or measured < spec.size_bytes:
-                footprint = max(footprint, int(spec.size_bytes * factor))
+            least = spec.size_bytes + context
+            footprint = max(measured, least)
+            if source == "measured" or measured < least:
+                footprint = max(footprint, int(spec.size_bytes * factor) + context)
             victims: list[LoadedModel] = []
             try:
                 with self._lock:
@@ -323,7 +330,11 @@ class ModelCache:
             self._close(entry)
         return expired
 
-    def _make_room(self, estimate: int, spec: ModelSpec, backend: str) -> None:
+    def estimate(self, spec: ModelSpec, backend: str, options: dict) -> int:
+        """Bytes a load of `spec` with `options` is expected to take, as the budget counts it before loading."""
+        return estimate_footprint(spec, backend, self._context_bytes(spec, backend, options))
+
+    def _make_room(self, estimate: int, spec: ModelSpec, backend: str, context: int) -> None:
         """Before a load: evict idle models (least recently used first) so the estimate fits, and reserve it.
 
         An estimate learned from this process's loads of the kind is trusted: what cannot fit is refused
@@ -333,14 +344,14 @@ class ModelCache:
         """
         learned = footprint_factor(spec, backend)[1] == "measured"
         with self._lock:
-            victims = self._fit(estimate if learned else spec.size_bytes, spec, backend,
-                                measured=False, learned=learned, evict=learned)
+            victims = self._fit(estimate if learned else spec.size_bytes + context, spec, backend,
+                                measured=False, learned=learned, evict=learned, context=context)
             self._reserved += estimate
         for victim in victims:
             self._close(victim)
 
     def _fit(self, needed: int, spec: ModelSpec, backend: str, *, measured: bool,
-             learned: bool = True, evict: bool = True) -> list[LoadedModel]:
+             learned: bool = True, evict: bool = True, context: int = 0) -> list[LoadedModel]:
         """Under the lock: take the idle models that must go for `needed` more bytes out of the cache and
         return them for closing; or raise MemoryBudgetExceeded and take nothing."""
         budget = self.memory_budget
@@ -349,10 +360,12 @@ class ModelCache:
         if measured:
             what = f"measured {_mib(needed)} once loaded"
         elif learned:
+            kv = f" + {_mib(context)} of context" if context else ""
             what = (f"needs about {_mib(needed)} (its {_mib(spec.size_bytes)} file x "
-                    f"{footprint_factor(spec, backend)[0]:.1f}, as measured here for {spec.format} on {backend})")
+                    f"{footprint_factor(spec, backend)[0]:.1f}, as measured here for {spec.format} on {backend}{kv})")
         else:
-            what = f"needs more than its {_mib(needed)} file"
+            what = (f"needs more than its {_mib(spec.size_bytes)} file and {_mib(context)} of context" if context
+                    else f"needs more than its {_mib(needed)} file")
         if needed > budget:
             raise MemoryBudgetExceeded(
                 f"{spec.id!r} {what}; the memory budget is {_mib(budget)}, so it cannot be loaded; "

@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .backends import GenerationParams, choose_backend, create_backend
+from .backends import GenerationParams, choose_backend, context_bytes, create_backend
 from .cache import LoadedModel, ModelCache
 from .config import RuntimeConfig
 from .devices import memory_report
@@ -120,6 +120,7 @@ class Runtime:
             reaper=reaper,
             prepare=lambda backend: _import_backend_library(backend, self.config.device),
             finished=lambda stats: self._notify("finished", stats),
+            context_bytes=lambda spec, backend, options: context_bytes(spec, backend, self.config, options),
         )
         self.embedding_cache = EmbeddingCache()
         self.embedding_store = _open_embedding_store(self.config)

@@ -11,7 +11,7 @@ from .base import Backend, GenerationOutcome, GenerationParams, StopMatcher
 BACKENDS = ("auto", "llama_cpp", "transformers", "spacy", "rapidocr")
 
 __all__ = ["BACKENDS", "Backend", "GenerationOutcome", "GenerationParams", "StopMatcher",
-           "choose_backend", "create_backend"]
+           "choose_backend", "context_bytes", "create_backend"]
 
 
 def choose_backend(spec: ModelSpec, backend: str = "auto") -> str:
@@ -41,6 +41,17 @@ def choose_backend(spec: ModelSpec, backend: str = "auto") -> str:
     if backend == "transformers" and spec.format == "gguf" and spec.task == "embed":
         raise InvalidRequest("GGUF embedding models are served by llama_cpp", param="backend")
     return backend
+
+
+def context_bytes(spec: ModelSpec, backend: str, config: RuntimeConfig, options: dict) -> int:
+    """Bytes a load sets aside for its context (llama.cpp's KV cache of every sequence), known before
+    loading: the memory budget counts them apart from the file, whose multiple they are not."""
+    if backend != "llama_cpp" or spec.task == "embed":
+        return 0
+    from .llama_cpp import default_context, kv_cache_bytes
+
+    parallel = max(1, int(options.get("parallel") or config.parallel))
+    return kv_cache_bytes(spec, (options.get("n_ctx") or default_context(spec)) * parallel)
 
 
 def create_backend(spec: ModelSpec, backend: str, config: RuntimeConfig, options: dict) -> Backend:

@@ -25,6 +25,29 @@ def _import_llama_cpp():
     return llama_cpp
 
 
+def default_context(spec: ModelSpec) -> int:
+    """Cells of one sequence when a load names no n_ctx: the model's own context, at most 4096."""
+    return min(int(spec.metadata.get(f"{spec.architecture}.context_length", 2048)), 4096)
+
+
+def kv_cache_bytes(spec: ModelSpec, cells: int) -> int:
+    """Bytes of llama.cpp's f16 KV cache of `cells` cells for this GGUF, from its metadata (0 if it lacks
+    the figures). It grows with the context and the sequences, not with the file."""
+    meta, arch = spec.metadata, spec.architecture
+    try:
+        layers = int(meta[f"{arch}.block_count"])
+        heads = meta[f"{arch}.attention.head_count"]
+        kv_heads = meta.get(f"{arch}.attention.head_count_kv", heads)
+        # some models give the heads layer by layer
+        head_width = int(meta[f"{arch}.embedding_length"]) // int(max(heads) if isinstance(heads, list) else heads)
+        key = int(meta.get(f"{arch}.attention.key_length", head_width))
+        value = int(meta.get(f"{arch}.attention.value_length", head_width))
+        kv_heads_all_layers = int(sum(kv_heads)) if isinstance(kv_heads, list) else int(kv_heads) * layers
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return 0
+    return 2 * cells * kv_heads_all_layers * (key + value)  # f16: two bytes a number
+
+
 #: llama.cpp's "pick a random seed" value (LLAMA_DEFAULT_SEED); a request's seed never maps onto it
 _RANDOM_SEED = 0xFFFFFFFF
 
@@ -102,9 +125,8 @@ class LlamaCppBackend(Backend):
         llama_cpp = _import_llama_cpp()
         gpu = device != "cpu" and bool(llama_cpp.llama_supports_gpu_offload())
         self.device = "gpu" if gpu else "cpu"
-        context_length = int(spec.metadata.get(f"{spec.architecture}.context_length", 2048))
         #: the context of one request (each of the `parallel` sequences has this many cells)
-        self.n_ctx = n_ctx or min(context_length, 4096)
+        self.n_ctx = n_ctx or default_context(spec)
         self._threads = threads
         generates = spec.task != "embed"
         self.parallel = max(1, int(parallel)) if generates else 1
