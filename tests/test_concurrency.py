@@ -179,3 +179,35 @@ def test_a_cancelled_generation_frees_its_cells_at_once(runtime):
     assert stream.request.finished.wait(5) and not busy.busy
     assert lib.llama_memory_seq_pos_max(memory, busy.seq_id) == len(busy.held) - 1
     assert len(busy.held) % batch.chunk == 0
+
+
+def test_running_generations_keep_their_slots_in_one_run(runtime):
+    """llama.cpp decodes in one pass only rows of consecutive seq_ids (a KV stream per sequence), so a new
+    request takes the free slot that keeps the busy ones together: here the hole a cancelled one left."""
+    batch = next(e for e in runtime.cache.entries() if e.spec.id == SMOLLM).backend.batch
+
+    def busy_ids() -> set[int]:
+        return {slot.seq_id for slot in batch.slots if slot.busy}
+
+    streams: dict[int, object] = {}  # seq_id -> the stream that runs in it
+
+    def start(prompt: str) -> int:
+        before = busy_ids()
+        stream = runtime.stream(SMOLLM, prompt=prompt, params={"temperature": 0, "max_tokens": 400})
+        next(stream)
+        (seq_id,) = busy_ids() - before
+        streams[seq_id] = stream
+        return seq_id
+
+    try:
+        for prompt in ("Once upon a time", "The river", "In the morning"):
+            start(prompt)
+        ids = sorted(busy_ids())
+        assert ids == list(range(ids[0], ids[0] + 3)), ids
+        middle = streams.pop(ids[1])
+        middle.close()
+        assert middle.request.finished.wait(5) and sorted(busy_ids()) == [ids[0], ids[2]]
+        assert start("A small dog") == ids[1]
+    finally:
+        for stream in streams.values():
+            stream.close()
