@@ -14,6 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from universal_kernel.backends.base import GenerationParams
+
 from .conftest import PARALLEL, SMOLLM, TOKEN, wait_for
 
 QUESTIONS = ["What is the capital of France?", "Count from one to ten.", "Write a haiku about snow.",
@@ -211,3 +213,32 @@ def test_running_generations_keep_their_slots_in_one_run(runtime):
     finally:
         for stream in streams.values():
             stream.close()
+
+
+def test_prompts_that_join_at_one_step_decode_in_one_call(runtime):
+    """The prompts of requests that join at the same step go through one llama_decode while they fit in
+    n_batch tokens, and each request still gets the text it gets alone."""
+    backend = next(e for e in runtime.cache.entries() if e.spec.id == SMOLLM).backend
+    messages = [[{"role": "user", "content": q}] for q in QUESTIONS[:4]]
+    params = [GenerationParams(temperature=0, max_tokens=n) for n in MAX_TOKENS[:4]]
+    alone = [runtime.generate(SMOLLM, messages=m, params={"temperature": 0, "max_tokens": p.max_tokens}).text
+             for m, p in zip(messages, params)]
+    # Nothing is queued, so the model's worker waits on its queue: this thread steps the batch itself,
+    # which makes the four requests join at one step.
+    calls = []
+    decode = backend.batch.decode
+    backend.batch.decode = lambda rows: (calls.append(list(rows)), decode(rows))[1]
+    try:
+        sequences = [backend.begin(None, m, p, lambda piece: None, lambda: False) for m, p in zip(messages, params)]
+        outcomes = {}
+        while len(outcomes) < len(sequences):
+            for sequence, outcome in backend.step():
+                outcomes[id(sequence)] = outcome
+    finally:
+        del backend.batch.decode
+    prompt_rows = calls[0]
+    assert sorted(seq_id for _, _, seq_id, _ in prompt_rows) == sorted(
+        seq_id for s in sequences for seq_id in [s.slot.seq_id] * len(s.prompt))
+    assert sum(wants_logits for *_, wants_logits in prompt_rows) == len(sequences)  # each prompt's last token
+    assert ["".join(s.text) for s in sequences] == alone
+    assert not any(isinstance(outcome, Exception) for outcome in outcomes.values())
