@@ -257,6 +257,11 @@ def print_cpu() -> dict:
 
 
 def parser(description: str) -> argparse.ArgumentParser:
+    """The common flags. Every script calls this first, before any side loads llama.cpp or torch:
+    universal_kernel sets how their OpenMP threads wait (universal_kernel/openmp_policy.py), and the peers
+    in the same process get the same setting."""
+    import universal_kernel  # noqa: F401
+
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the script runs, measures nothing")
     p.add_argument("--repeats", type=int, default=None, help="measured runs per side")

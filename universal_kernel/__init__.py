@@ -4,7 +4,11 @@
 llama_cpp) load only when a backend first needs them.
 """
 
-from .backends import GenerationParams
+from . import openmp_policy
+
+openmp_policy.apply()  # before anything loads libgomp: see openmp_policy.py
+
+from .backends import GenerationParams  # noqa: E402
 from .config import RuntimeConfig
 from .errors import (
     BackendUnavailable, Busy, Cancelled, GenerationFailed, InvalidRequest, LoadFailed, MemoryBudgetExceeded,
