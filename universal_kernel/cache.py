@@ -250,7 +250,8 @@ class ModelCache:
                         load_s=load_s, loaded_at=time.time(), last_used=self.clock(), active=1,
                     )
                     entry.worker = make_worker(spec.id, instance, queue_length=self.queue_length,
-                                               on_done=lambda request, e=entry: self.release(e, request))
+                                               on_finished=lambda request, e=entry: self.count(e, request),
+                                               on_done=lambda request, e=entry: self.release(e))
                     self._entries[key] = entry
                     self.loads += 1
             except BaseException:
@@ -274,11 +275,13 @@ class ModelCache:
                     entry.keep_alive = keep_alive
             return entry
 
-    def release(self, entry: LoadedModel, request: Request | None = None) -> None:
+    def count(self, entry: LoadedModel, request: Request) -> None:
+        """A finished request's figures, in the model's and the runtime's."""
+        entry.figures.add(request.stats)
+        self._finished(request.stats)
+
+    def release(self, entry: LoadedModel) -> None:
         """A request is done with the model: restart its idle timer, unload now if keep_alive is 0."""
-        if request is not None:
-            entry.figures.add(request.stats)
-            self._finished(request.stats)
         with self._lock:
             entry.active -= 1
             entry.last_used = self.clock()

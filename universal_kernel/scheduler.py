@@ -49,11 +49,13 @@ class Request:
 
 
 class ModelWorker:
-    def __init__(self, name: str, backend, *, queue_length: int, on_done: Callable[[Request], None]):
+    def __init__(self, name: str, backend, *, queue_length: int, on_done: Callable[[Request], None],
+                 on_finished: Callable[[Request], None] = lambda request: None):
         self.name = name
         self.backend = backend
         self.queue_length = queue_length
-        self.on_done = on_done
+        self.on_finished = on_finished  # before the reader gets the last message: the figures it may read next
+        self.on_done = on_done  # after it: the model's idle timer (an unload may take a while)
         self._queue: queue.Queue[Request | None] = queue.Queue()
         self._lock = threading.Lock()
         self.waiting = 0
@@ -101,26 +103,27 @@ class ModelWorker:
             self._run_alone(request)
 
     def _run_alone(self, request: Request) -> None:
+        last: tuple[str, Any] | None = None
         try:
-            if self._start(request):
+            last = self._start(request)
+            if last is None:
                 try:
                     outcome = request.work(self.backend, self._emitter(request), request.cancel_event.is_set)
                 except Exception as exc:
-                    self._fail(request, exc)
+                    last = self._fail(request, exc)
                 else:
-                    self._succeed(request, outcome)
+                    last = self._succeed(request, outcome)
         finally:
-            self._end(request)
+            self._end(request, last)
 
-    def _start(self, request: Request) -> bool:
-        """The request leaves the queue; False (and its error sent) when it was cancelled meanwhile."""
+    def _start(self, request: Request) -> tuple[str, Any] | None:
+        """The request leaves the queue; its last message when it was cancelled meanwhile, else None."""
         request.started = time.perf_counter()
         request.stats.queue_wait_s = request.started - request.enqueued
         if request.cancelled:
             request.stats.finish_reason = "cancelled"
-            request.sink(("error", Cancelled("the request was cancelled before it started")))
-            return False
-        return True
+            return "error", Cancelled("the request was cancelled before it started")
+        return None
 
     @staticmethod
     def _emitter(request: Request) -> Callable[[str], None]:
@@ -131,23 +134,30 @@ class ModelWorker:
 
         return emit
 
-    def _end(self, request: Request) -> None:
-        with self._lock:
-            self.active = [r for r in self.active if r is not request]
-        request.finished.set()
-        self.on_done(request)
+    def _end(self, request: Request, last: tuple[str, Any] | None) -> None:
+        """The request leaves the running ones and its figures are counted before its reader gets the
+        last message, so a client that asks for the status once answered never counts itself in it."""
+        try:
+            with self._lock:
+                self.active = [r for r in self.active if r is not request]
+            self.on_finished(request)
+        finally:
+            if last is not None:
+                request.sink(last)
+            request.finished.set()
+            self.on_done(request)
 
     @staticmethod
-    def _fail(request: Request, exc: Exception) -> None:
+    def _fail(request: Request, exc: Exception) -> tuple[str, Any]:
         request.stats.finish_reason = "error"
         if not isinstance(exc, RuntimeFailure):  # a backend bug must reach the reader, never kill the worker
             from .errors import GenerationFailed
 
             exc = GenerationFailed(f"{type(exc).__name__}: {exc}")
-        request.sink(("error", exc))
+        return "error", exc
 
     @staticmethod
-    def _succeed(request: Request, outcome) -> None:
+    def _succeed(request: Request, outcome) -> tuple[str, Any]:
         end = time.perf_counter()
         stats = request.stats
         stats.total_s = stats.load_s + end - request.enqueued
@@ -158,7 +168,7 @@ class ModelWorker:
         if tokens and end > request.started:
             stats.tokens_per_s = tokens / (end - request.started)
         stats.finish_reason = getattr(outcome, "finish_reason", "stop")
-        request.sink(("done", outcome))
+        return "done", outcome
 
 
 class BatchingWorker(ModelWorker):
@@ -204,14 +214,14 @@ class BatchingWorker(ModelWorker):
                 return
 
     def _join(self, request: Request, sequences: dict) -> None:
-        if not self._start(request):
-            self._end(request)
+        last = self._start(request)
+        if last is not None:
+            self._end(request, last)
             return
         try:
             sequence = request.work.begin(self.backend, self._emitter(request), request.cancel_event.is_set)
         except Exception as exc:
-            self._fail(request, exc)
-            self._end(request)
+            self._end(request, self._fail(request, exc))
             return
         sequences[id(sequence)] = request
 
@@ -220,20 +230,19 @@ class BatchingWorker(ModelWorker):
             results = self.backend.step()
         except Exception as exc:  # the backend frees its batch on its own errors; this is a bug
             for request in sequences.values():
-                self._fail(request, exc)
-                self._end(request)
+                self._end(request, self._fail(request, exc))
             sequences.clear()
             return
         for sequence, outcome in results:
             request = sequences.pop(id(sequence))
             if isinstance(outcome, Exception):
-                self._fail(request, outcome)
+                self._end(request, self._fail(request, outcome))
             else:
-                self._succeed(request, outcome)
-            self._end(request)
+                self._end(request, self._succeed(request, outcome))
 
 
-def make_worker(name: str, backend, *, queue_length: int, on_done: Callable[[Request], None]) -> ModelWorker:
+def make_worker(name: str, backend, *, queue_length: int, on_done: Callable[[Request], None],
+                on_finished: Callable[[Request], None] = lambda request: None) -> ModelWorker:
     """A batching worker for a backend that decodes generations together, else a one-at-a-time worker."""
     kind = BatchingWorker if getattr(backend, "batch", None) is not None else ModelWorker
-    return kind(name, backend, queue_length=queue_length, on_done=on_done)
+    return kind(name, backend, queue_length=queue_length, on_done=on_done, on_finished=on_finished)
