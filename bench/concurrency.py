@@ -6,6 +6,8 @@ new request waits instead of cutting the stream in flight), with the same GGUF f
 and flash attention. Each run sends N streamed `/v1/completions` at once (greedy, distinct prompts,
 `max_tokens` each); aggregate tokens/s is all completion tokens over the wall time until the last
 stream ends. One stream is also compared with raw `llama_cpp.Llama.create_completion` in this process.
+The prompts share their first words; every side reuses the cells of the prefix it already holds (raw
+llama-cpp-python and its server their one context's, ours a slot's: llama_shapes.py).
 TTFT of a joiner: a request sent while three others stream, against the same request on an idle model.
 Sides run in turn, the order rotating each run; ratios are of medians.
 
@@ -193,7 +195,7 @@ def main(argv=None) -> int:
         return len(vocab.tokenize(text.encode("utf-8"), add_bos=False, special=True)) if text else 0
 
     def raw_rate(prompt: str) -> float:
-        raw.reset()
+        # no reset: raw llama-cpp-python reuses the prefix its context holds, as our slots do
         start = time.perf_counter()
         text = "".join(c["choices"][0]["text"] for c in raw.create_completion(
             prompt, max_tokens=max_tokens, temperature=0, stream=True))

@@ -14,6 +14,7 @@ import threading
 
 import pytest
 
+from universal_kernel.backends.llama_batch import shared_prefix_length
 from universal_kernel.backends.llama_cpp import sampler_seed
 
 from .conftest import SMOLLM
@@ -62,6 +63,11 @@ def test_a_seeded_chat_repeats_the_fresh_contexts_first_text(runtime, fresh_firs
     assert reference  # the model wrote something to compare
 
     _sampled(runtime, 7, messages=WIND)  # the context now holds a prompt that shares the template's start
+    backend = _llama(runtime)
+    tokens = backend.llm.tokenize(prompt.encode(), add_bos=True, special=True)
+    wind = backend.llm.tokenize(backend.chat_prompt(WIND)[0].encode(), add_bos=True, special=True)
+    if backend.batch.small_rows > len(tokens):  # a short prompt: the template's start is not decoded again
+        assert backend.batch.reusable(tokens) >= shared_prefix_length(tokens, wind) > 0
     first = _sampled(runtime, 42, messages=SEA)
     again = _sampled(runtime, 42, messages=SEA)  # the whole prompt is in the context: a full prefix hit
     runtime.generate(SMOLLM, messages=WIND, params={"temperature": 0, "max_tokens": 8})
@@ -84,10 +90,10 @@ def test_a_seeded_completion_longer_than_a_batch_repeats(runtime, fresh_first_ca
     again = _sampled(runtime, 42, prompt=STORY_A)
     assert first == again == reference
 
-    # What a slot keeps: only whole batches of the prompt, decoded as a fresh context does.
+    # What a long prompt reuses: whole batches of the shared prefix, decoded as a fresh context decodes them
     _sampled(runtime, 5, prompt=STORY_B)
     assert backend.batch.reusable(tokens_a) == shared // batch * batch
-    assert backend.batch.reusable([1, 2, 3]) == 0
+    assert backend.batch.reusable([t + 1 for t in tokens_a[:3]]) == 0
 
 
 def test_greedy_text_is_the_same_on_the_first_and_later_calls(runtime, raw_llama):

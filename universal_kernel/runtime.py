@@ -103,6 +103,17 @@ def _precision_status(entry) -> dict:
     return {"precision": None, "precision_reason": None}
 
 
+def _prompt_reuse_status(entry) -> dict:
+    """How much of a slot's last prompt a new prompt may reuse (llama_batch.py); only batching backends."""
+    batch = getattr(entry.backend, "batch", None)
+    if batch is None:
+        return {}
+    if batch.small_rows:
+        return {"prompt_reuse": f"any prefix of prompts under {batch.small_rows} tokens, "
+                                f"else whole batches of {batch.chunk}"}
+    return {"prompt_reuse": f"whole batches of {batch.chunk} tokens"}
+
+
 class Runtime:
     """The in-process runtime (`InferenceRuntime`)."""
 
@@ -402,6 +413,7 @@ class Runtime:
             "running": entry.worker.running is not None,
             "sequences": len(entry.worker.active),  # requests running now (generations decoded together)
             "parallel": entry.worker.slots,  # how many may run at once
+            **_prompt_reuse_status(entry),
             "figures": entry.figures.summary(),
         }
 

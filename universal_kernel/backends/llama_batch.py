@@ -5,11 +5,13 @@ generation owns a slot while it runs. Every step decodes the next token of every
 one `llama_decode` call, and each is then sampled by its own sampler chain (its seed, temperature,
 penalties, grammar). A generation that arrives while others run joins at the next step: its prompt is
 decoded one `n_batch` chunk per step between the others' steps, together with the chunks of other joiners
-that fit in the same `n_batch` tokens (continuous batching).
+that fit in the same `n_batch` tokens (continuous batching). A new prompt reuses the cells of the longest
+prefix a free slot holds of its last prompt, as far as that keeps every number (llama_shapes.py).
 
 Why a stream per slot, and flash attention: a sequence then sits in cells 0..n of its own stream, in
 order, and flash attention skips masked cells, so its numbers do not depend on what else runs; greedy
-text alone equals greedy text in a batch. With one unified cache shared by the sequences, the softmax
+text alone equals greedy text in a batch, as long as each sequence's rows per micro-batch stay on the
+same kernel (llama_shapes.py). With one unified cache shared by the sequences, the softmax
 summed each row over cells of other sequences in other groupings, and 5 of 8 greedy texts of SmolLM2
 changed within 48 tokens (Zen 1).
 
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .base import StopMatcher
+from .llama_shapes import may_share, small_rows
 
 
 def shared_prefix_length(a: list[int], b: list[int]) -> int:
@@ -61,9 +64,12 @@ class Slot:
     """A KV stream and what it holds."""
 
     seq_id: int
-    #: tokens whose cells the stream keeps for the next prompt that starts with them: whole `n_batch`
-    #: chunks from position 0, decoded as a fresh context decodes them (so reusing them changes no number)
+    #: tokens whose cells the stream keeps, from position 0, for the next prompt that starts with them: the
+    #: prompt decoded last, never generated tokens
     held: list[int] = field(default_factory=list)
+    #: whether those cells all come from micro-batches of fewer than `DecodeBatch.small_rows` rows, so that
+    #: any prefix of them is what a fresh context computes for a short prompt (llama_shapes.py)
+    held_small: bool = False
     busy: bool = False
     last_used: float = 0.0
 
@@ -116,6 +122,9 @@ class DecodeBatch:
         self._vocab = llm._model.vocab
         self._n_vocab = llm.n_vocab()
         self._pieces: dict[int, bytes] = {}
+        self.n_ubatch = llm.context_params.n_ubatch
+        #: below this many rows of one sequence, every micro-batch computes the same numbers (llama_shapes.py)
+        self.small_rows = small_rows(self)
 
     @property
     def parallel(self) -> int:
@@ -138,6 +147,7 @@ class DecodeBatch:
         keep = self._reusable(slot, tokens)
         self.forget(slot, keep)
         slot.held = list(tokens[:keep])
+        slot.held_small = len(tokens) < self.small_rows
         slot.busy = True
         return slot, keep
 
@@ -153,9 +163,10 @@ class DecodeBatch:
     def _reusable(self, slot: Slot, tokens: list[int]) -> int:
         # At least the last prompt token is decoded again: its logits are what the first sample needs.
         limit = min(len(slot.held), len(tokens) - 1)
-        if limit < self.chunk:
-            return 0
-        return shared_prefix_length(slot.held[:limit], tokens[:limit]) // self.chunk * self.chunk
+        shared = shared_prefix_length(slot.held[:limit], tokens[:limit]) if limit > 0 else 0
+        if slot.held_small and len(tokens) < self.small_rows:
+            return shared  # every cell on either side from the one small-batch kernel
+        return shared // self.chunk * self.chunk  # whole chunks from 0, decoded alike whatever came before
 
     def forget(self, slot: Slot, keep: int) -> None:
         """Remove the stream's cells from position `keep` on."""
@@ -164,10 +175,12 @@ class DecodeBatch:
         del slot.held[keep:]
 
     def release(self, slot: Slot, decoded_prompt: list[int] | None) -> None:
-        """The slot is free again; it keeps the whole chunks of `decoded_prompt` (a prompt decoded from
-        position 0 in chunks), and every other cell it held is freed now."""
-        keep = min(len(decoded_prompt or []), shared_prefix_length(slot.held, decoded_prompt or []))
-        keep = keep // self.chunk * self.chunk
+        """The slot is free again; it keeps the cells of `decoded_prompt` (the tokens its stream holds from
+        position 0, decoded in chunks that end at multiples of `n_batch`), and every other cell it held is
+        freed now."""
+        keep = len(decoded_prompt or [])
+        if not slot.held_small:
+            keep = keep // self.chunk * self.chunk
         slot.held = list((decoded_prompt or [])[:keep])
         memory = self.lib.llama_get_memory(self.llm._ctx.ctx)
         self.lib.llama_memory_seq_rm(memory, slot.seq_id, keep, -1)
@@ -238,8 +251,8 @@ class DecodeBatch:
             sequence.finish = "cancelled"
         joining = self._prefill()
         for sequence, row in joining:
+            sequence.slot.held = sequence.prompt[:sequence.pos]  # the cells decoded so far
             if not sequence.pending:
-                sequence.slot.held = list(sequence.prompt[:len(sequence.prompt) // self.chunk * self.chunk])
                 self._sample(sequence, row)
                 if sequence.finish is not None:
                     finished.append(sequence)
@@ -262,23 +275,23 @@ class DecodeBatch:
 
     def _prefill(self) -> list[tuple[Sequence, int]]:
         """Decode, in one `llama_decode`, the next chunk of the joining generations' prompts: the oldest
-        joiner's always, then each next joiner's whose chunk still fits in `n_batch` tokens. Returns each
+        joiner's always, then each next joiner's while the parts still fit in `n_batch` tokens and may share
+        a call without changing a number (llama_shapes.py: all short, or all the same length). Returns each
         joiner decoded with the batch row of its last token (whose logits its first sample needs).
 
-        A chunk ends where `Llama.eval` would end it (a multiple of `n_batch` from position 0), so a slot's
-        held chunks are decoded whole as before. Joiners at once, not one a step: eight streams that start
-        together spent about 1 s of 6-7 s on eight prefills one after the other (Zen 1). Rows go in seq_id
-        order for the same reason as the running rows' (see `step`); llama.cpp's cells, and so the text,
-        are the same whichever prompts share the call (checked equal, bit for bit, on the logits)."""
-        parts, budget = [], self.chunk
+        A chunk ends at a multiple of `n_batch` from position 0, where `Llama.eval` cuts a fresh prompt.
+        Joiners at once, not one a step: eight streams that start together spent about 1 s of 6-7 s on
+        eight prefills one after the other (Zen 1). Rows go in seq_id order for the same reason as the
+        running rows' (see `step`)."""
+        parts = []
         for sequence in self.active:
             if not sequence.pending or sequence.finish is not None:
                 continue
             size = min(len(sequence.pending), self.chunk - sequence.pos % self.chunk)
-            if size > budget:
+            sizes = [len(part) for _, part in parts] + [size]
+            if parts and (sum(sizes) > self.chunk or not may_share(sizes, self.small_rows, self.n_ubatch)):
                 break  # joiners keep their order: a later one never overtakes one that waits
             parts.append((sequence, sequence.pending[:size]))
-            budget -= size
         if not parts:
             return []
         parts.sort(key=lambda part: part[0].slot.seq_id)
@@ -332,7 +345,7 @@ class DecodeBatch:
             sequence.emit(text)
 
     def end(self, sequence: Sequence) -> None:
-        """Free a finished generation's slot and sampler; the slot keeps the prompt's whole chunks."""
+        """Free a finished generation's slot and sampler; the slot keeps the prompt's cells."""
         if sequence in self.active:
             self.active.remove(sequence)
         decoded = sequence.prompt if not sequence.pending else sequence.prompt[:sequence.pos]
