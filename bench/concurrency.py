@@ -209,7 +209,7 @@ def main(argv=None) -> int:
         anchor = LlamaCppServer(settings, nthreads)
         endpoints["llama_cpp.server"] = Endpoint(anchor.base, TOKEN, SMOLLM)
     try:
-        texts = prompts(max(levels) * (repeats + 1) + 8, seed=11)
+        texts = prompts(max(levels) * (repeats + 1) + 2 * repeats + 8, seed=11)
         for endpoint in endpoints.values():  # warm-up
             together(endpoint, texts[:2], max_tokens, count)
         raw_rate(texts[0])
@@ -229,9 +229,10 @@ def main(argv=None) -> int:
                       flush=True)
             if not args.smoke:
                 for name, endpoint in endpoints.items():
-                    joiner = texts[-1 - i]
-                    ttft[name, "idle"].append(_ttft(endpoint, joiner))
-                    ttft[name, "join"].append(joiner_ttft(endpoint, batch[1:4], joiner, max_tokens))
+                    # two prompts of one shape, each new to the server: the second must not find the
+                    # first one's cells in a slot
+                    ttft[name, "idle"].append(_ttft(endpoint, texts[-1 - 2 * i]))
+                    ttft[name, "join"].append(joiner_ttft(endpoint, batch[1:4], texts[-2 - 2 * i], max_tokens))
     finally:
         ours.close()
         if anchor is not None:
