@@ -122,7 +122,7 @@ class DecodeBatch:
         self._vocab = llm._model.vocab
         self._n_vocab = llm.n_vocab()
         self._pieces: dict[int, bytes] = {}
-        self.n_ubatch = llm.context_params.n_ubatch
+        self.n_ubatch = min(llm.context_params.n_ubatch, self.chunk)  # llama.cpp caps it at n_batch too
         #: below this many rows of one sequence, every micro-batch computes the same numbers (llama_shapes.py)
         self.small_rows = small_rows(self)
 
@@ -288,8 +288,7 @@ class DecodeBatch:
             if not sequence.pending or sequence.finish is not None:
                 continue
             size = min(len(sequence.pending), self.chunk - sequence.pos % self.chunk)
-            sizes = [len(part) for _, part in parts] + [size]
-            if parts and (sum(sizes) > self.chunk or not may_share(sizes, self.small_rows, self.n_ubatch)):
+            if parts and not may_share([len(part) for _, part in parts] + [size], self.small_rows, self.n_ubatch):
                 break  # joiners keep their order: a later one never overtakes one that waits
             parts.append((sequence, sequence.pending[:size]))
         if not parts:

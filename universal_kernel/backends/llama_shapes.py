@@ -37,9 +37,8 @@ def small_rows(batch) -> int:
     model file and settings in a process (about `SMALL_ROWS` tokens of prefill)."""
     llm = batch.llm
     params = llm.context_params
-    key = (llm.model_path, params.n_threads, params.n_ubatch, int(params.flash_attn_type)
-           if hasattr(params, "flash_attn_type") else bool(getattr(params, "flash_attn", False)),
-           llm.model_params.n_gpu_layers)
+    flash_attention = getattr(params, "flash_attn_type", getattr(params, "flash_attn", None))
+    key = (llm.model_path, params.n_threads, params.n_ubatch, flash_attention, llm.model_params.n_gpu_layers)
     if key not in _checked:
         _checked[key] = SMALL_ROWS if _same_logits(batch, SMALL_ROWS - 1) else 0
     return _checked[key]
@@ -71,7 +70,8 @@ def _same_logits(batch, n: int) -> bool:
 
 
 def may_share(sizes: list[int], small: int, n_ubatch: int) -> bool:
-    """Whether prompt parts of these row counts (one per sequence) may be decoded in one call."""
+    """Whether prompt parts of these row counts (one per sequence) may be decoded in one call: more than one
+    only within one micro-batch (`n_ubatch`, at most `n_batch`, which also bounds the call)."""
     if sum(sizes) > n_ubatch and len(sizes) > 1:
         return False
     return all(size < small for size in sizes) or len(set(sizes)) == 1
