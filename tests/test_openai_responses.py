@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import jsonschema
 import openai
 import pytest
+import requests
 from openai.types.responses import Response
 
-from .conftest import SMOLLM
+from .conftest import SMOLLM, TOKEN, Server, _free_port, stop_process, wait_for
+
+STORY = "Write a very long story about a lighthouse keeper and the storms of one winter."
 
 TOOL = {"type": "function", "name": "get_weather", "description": "The current weather in a city.",
         "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
@@ -88,11 +95,66 @@ def test_stateless_and_bad_requests_are_400s(client):
         _create(client, model="no-such-model", stream=True)
 
 
-def test_a_failure_after_the_stream_began_is_a_failed_event(server):
-    """The server stopping a running stream is covered for chat; here the shape of a failed stream:
-    an unknown model fails before the stream begins, so it is an HTTP error, not an event."""
-    response = server.post("universal/v1/responses", {"model": SMOLLM, "input": "Hi", "stream": True,
-                                                      "max_output_tokens": 2})
-    assert response.status_code == 200
-    lines = [line for line in response.text.splitlines() if line]
-    assert lines[0] == "event: response.created" and "[DONE]" not in response.text
+@pytest.fixture
+def own_server(smollm_path, tmp_path):
+    """A `jupyter server` of this test's own, SmolLM2 only, as conftest's `server` starts one: the test
+    stops it under a stream, so it cannot be the shared one."""
+    home = tmp_path / "jupyter"
+    port = _free_port()
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
+               JUPYTER_DATA_DIR=str(home / "data"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               UNIVERSAL_KERNEL_CONVERT_CACHE=str(home / "converted"))
+    env.pop("UNIVERSAL_KERNEL_SERVER_URL", None)
+    command = [sys.executable, "-m", "jupyter_server", "--allow-root", "--no-browser", "--ip=127.0.0.1",
+               f"--port={port}", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={tmp_path}",
+               "--ServerApp.jpserver_extensions=universal_kernel.server_ext=True",
+               f"--UniversalKernelApp.preload={SMOLLM}", "--UniversalKernelApp.keep_alive=-1",
+               "--UniversalKernelApp.threads=1"]
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    srv = Server(port, process, log)
+
+    def serving() -> bool:
+        assert process.poll() is None, f"jupyter server exited with {process.returncode}:\n{srv.log_tail()}"
+        try:
+            return srv.model_status(SMOLLM) is not None
+        except requests.RequestException:
+            return False
+
+    try:
+        wait_for(serving, 240, lambda: f"the server did not load {SMOLLM} in time:\n{srv.log_tail()}")
+        yield srv
+    finally:
+        stop_process(process)
+
+
+def test_a_failure_after_the_stream_began_is_a_failed_event(own_server):
+    """The server stops (SIGTERM) while a response streams: the stream has begun, so the failure is not an
+    HTTP error but its last events, `error` then `response.failed`, with the text that had arrived."""
+    stream = _create(own_server.client(), input=STORY, instructions=None, max_output_tokens=1500, temperature=0.8,
+                     extra_body={"seed": 1}, stream=True)
+    events, stopped = [], False
+    for event in stream:
+        events.append(event)
+        if not stopped and sum(e.type == "response.output_text.delta" for e in events) == 4:
+            own_server.process.send_signal(signal.SIGTERM)
+            stopped = True
+    assert stopped, f"the response ended before the server was stopped: {[e.type for e in events]}"
+    code = own_server.process.wait(timeout=60)
+    log = own_server.log_tail()
+    assert code == 0 and "universal_kernel: stopping 1 running generation(s)" in log, log
+
+    types = [e.type for e in events]
+    assert types[:4] == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.content_part.added"], types
+    assert types[-2:] == ["error", "response.failed"], types
+    assert set(types[4:-2]) == {"response.output_text.delta"}  # nothing was closed or completed
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    error, failed = events[-2], events[-1].response
+    assert error.code == "server_shutting_down" and "shutting down" in error.message
+    assert failed.status == "failed" and failed.id == events[0].response.id
+    assert failed.error.code == error.code and failed.error.message == error.message
+    streamed = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert streamed and failed.output[0].content[0].text == streamed == failed.output_text
+    assert failed.output[0].status == "in_progress"
