@@ -30,6 +30,8 @@ from pathlib import Path
 from _common import SMOLLM, Row, median, mixed_texts, parser, print_cpu, print_table, threads
 from _server import TOKEN, BenchServer
 
+from universal_kernel.backends.llama_amx import LLAMA_SERVER
+
 LEVELS = (1, 4, 8)
 
 
@@ -142,7 +144,7 @@ class LlamaCppServer:
                   "models": [model]}
         (folder / "config.json").write_text(json.dumps(config))
         self.log = open(folder / "server.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--config_file",
+        self.proc = subprocess.Popen([sys.executable, "-c", LLAMA_SERVER, "--config_file",
                                       str(folder / "config.json")], stdout=self.log, stderr=subprocess.STDOUT,
                                      cwd=folder)
         self.base = f"http://127.0.0.1:{self.port}/v1"
@@ -180,7 +182,10 @@ def main(argv=None) -> int:
     nthreads = threads(args)
     levels = (1, 4) if args.smoke else LEVELS
 
-    import llama_cpp
+    from universal_kernel.backends.llama_cpp import llama_library
+
+
+    llama_cpp = llama_library()  # the AMX guard (backends/llama_amx.py), as the runtime loads
 
     from universal_kernel import Runtime, RuntimeConfig
 

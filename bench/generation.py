@@ -37,7 +37,10 @@ def main(argv=None) -> int:
     repeats = args.repeats or (1 if args.smoke else 7)
     nthreads = threads(args)
 
-    import llama_cpp
+    from universal_kernel.backends.llama_cpp import llama_library
+
+
+    llama_cpp = llama_library()  # the AMX guard (backends/llama_amx.py), as the runtime loads
 
     from universal_kernel import Runtime, RuntimeConfig
 

@@ -1,5 +1,5 @@
 """`%runtime use server URL` and `--server` on OpenAI-compatible servers: llama-cpp-python's own server
-(`python -m llama_cpp.server`, no runtime API of ours) and a second Jupyter server with this extension.
+(`llama_cpp.server`, started with the runtime's AMX guard, no runtime API of ours) and a second Jupyter server with this extension.
 
 llama-cpp-python's server serves the SmolLM2 GGUF twice from one config file: as a chat model, and with
 `embedding: true` as an embedding model (the minilm package ships no GGUF). A causal model has no pooling,
@@ -19,6 +19,7 @@ import pytest
 import requests
 from IPython.core.error import UsageError
 
+from universal_kernel.backends.llama_amx import LLAMA_SERVER
 from universal_kernel.client import NoRuntimeApi, RemoteRuntime, ServerUnavailable
 from universal_kernel.magics import get_magics
 
@@ -62,7 +63,7 @@ def llama_server(smollm_path, tmp_path_factory):
     (folder / "config.json").write_text(json.dumps(config))
     log = folder / "server.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--config_file",
+        process = subprocess.Popen([sys.executable, "-c", LLAMA_SERVER, "--config_file",
                                     str(folder / "config.json")], stdout=out, stderr=subprocess.STDOUT, cwd=folder)
     srv = LlamaServer(port, process, log)
 

@@ -38,7 +38,9 @@ def backend():
 @pytest.fixture(scope="module")
 def raw_scorer(backend):
     """llama-cpp-python with the logits of every position: the reference for label log-probabilities."""
-    import llama_cpp
+    from universal_kernel.backends.llama_cpp import llama_library
+
+    llama_cpp = llama_library()  # the AMX guard (backends/llama_amx.py), as the runtime loads
 
     llm = llama_cpp.Llama(**{**backend.library_settings(), "n_ctx": 1024}, logits_all=True, seed=0, verbose=False)
     yield llm
@@ -104,7 +106,9 @@ def test_probabilities_equal_raw_llama_cpp_teacher_forcing(backend, raw_scorer):
 
 
 def test_generate_after_classify_equals_raw_llama_cpp(backend):
-    import llama_cpp
+    from universal_kernel.backends.llama_cpp import llama_library
+
+    llama_cpp = llama_library()  # the AMX guard (backends/llama_amx.py), as the runtime loads
 
     # A chat whose prompt is the classification prompt: its first n_batch chunk is kept between calls.
     long_chat = classification_messages(LONG_TEXT, LABELS)

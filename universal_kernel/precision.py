@@ -5,6 +5,7 @@
   layer norm and softmax stay fp32, as autocast keeps them), but only once a probe at load shows
   every row of a fixed probe set within cosine `min_cosine` (0.9999) of fp32. Otherwise fp32.
 - Any other CPU: fp32 (bf16 there is emulated, slower than fp32).
+- The CPU's flags come through machine.py, the one seam tests set (`UNIVERSAL_KERNEL_CPU_FLAGS`).
 - `precision="fp32"` forces fp32; `precision="bf16"` asks for bf16 on any CPU, still behind the probe.
 
 Classifier heads (classify, rerank's cross-encoders, NER) take the same choice; their probe
@@ -16,7 +17,8 @@ The choice and its reason travel in the model's status (`%runtime status`, the m
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+
+from .machine import cpu_flags, cpu_has_bf16  # noqa: F401  (the seam tests set)
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -38,24 +40,6 @@ class Precision:
     name: str  # "fp32", "bf16", "fp16"
     reason: str
     autocast: bool = False  # bf16 matrix products under torch.autocast on the CPU
-
-
-@lru_cache(maxsize=1)
-def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset:
-    try:
-        with open(path) as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return frozenset(value.split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def cpu_has_bf16(flags=None) -> bool:
-    flags = cpu_flags() if flags is None else flags
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def check(requested: str | None) -> str:

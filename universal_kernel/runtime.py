@@ -53,7 +53,9 @@ def _import_backend_library(backend: str, device: str = "auto") -> None:
     GPU memory for a CUDA context), not the footprint of the model being loaded."""
     try:
         if backend == "llama_cpp":
-            import llama_cpp  # noqa: F401
+            from .backends.llama_cpp import llama_library
+
+            llama_library()
         elif backend == "spacy":
             import spacy  # noqa: F401
         elif backend == "rapidocr":

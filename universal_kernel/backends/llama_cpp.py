@@ -15,14 +15,20 @@ from .llama_batch import (  # noqa: F401 - shared_prefix_length is imported from
 )
 
 
-def _import_llama_cpp():
+def llama_library():
+    """llama_cpp, imported the runtime's way: every import of it by the runtime (and a test's raw reference,
+    or a script that starts `llama_cpp.server` beside it) goes through here (llama_amx.py says why)."""
     try:
         import llama_cpp
     except ImportError as exc:
         raise BackendUnavailable(
             "llama-cpp-python is not installed (pip install llama-cpp-python)"
         ) from exc
+    from .llama_amx import keep_weights_out_of_amx_buffers
+
+    keep_weights_out_of_amx_buffers(llama_cpp)
     return llama_cpp
+
 
 
 def default_context(spec: ModelSpec) -> int:
@@ -122,7 +128,7 @@ class LlamaCppBackend(Backend):
     def __init__(self, spec: ModelSpec, *, threads: int, device: str = "auto", n_ctx: int | None = None,
                  parallel: int = 1):
         super().__init__(spec)
-        llama_cpp = _import_llama_cpp()
+        llama_cpp = llama_library()
         gpu = device != "cpu" and bool(llama_cpp.llama_supports_gpu_offload())
         self.device = "gpu" if gpu else "cpu"
         #: the context of one request (each of the `parallel` sequences has this many cells)
