@@ -38,16 +38,14 @@ def rec(ip, runtime):
     return recorder
 
 
-def test_load_ext_is_fast_and_imports_no_heavy_library():
-    code = ("import sys, time; from IPython.core.interactiveshell import InteractiveShell; "
-            "ip = InteractiveShell.instance(); t = time.perf_counter(); "
-            "ip.run_line_magic('load_ext', 'universal_kernel'); dt = time.perf_counter() - t; "
+def test_load_ext_imports_no_heavy_library():
+    code = ("import sys; from IPython.core.interactiveshell import InteractiveShell; "
+            "ip = InteractiveShell.instance(); ip.run_line_magic('load_ext', 'universal_kernel'); "
             "heavy = [m for m in ('torch', 'transformers', 'llama_cpp', 'pandas', 'ipywidgets') if m in sys.modules]; "
-            "print(dt, heavy, sorted(ip.magics_manager.magics['cell']).count('generate'), "
+            "print(heavy, sorted(ip.magics_manager.magics['cell']).count('generate'), "
             "'embed' in ip.magics_manager.magics['line'], 'runtime' in ip.magics_manager.magics['line'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert float(out[0]) < 1.0
-    assert out[1:] == ["[]", "1", "True", "True"]
+    assert out == ["[]", "1", "True", "True"]
 
 
 def test_streams_then_renders_markdown_with_footer(ip, rec, runtime):

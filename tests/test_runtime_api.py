@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,21 +14,24 @@ from universal_kernel.devices import Device, memory_report, pick_device
 from .conftest import MINILM, SMOLLM
 
 
-def test_status_reports_models_memory_and_figures(runtime):
+def test_status_reports_models_memory_and_figures(runtime, smollm_path):
+    requests = next(m for m in runtime.status()["models"] if m["id"] == SMOLLM)["figures"]["requests"]
     runtime.generate(SMOLLM, prompt="Hi", params={"max_tokens": 3, "temperature": 0})
     runtime.embed(["status probe"], MINILM)
     status = runtime.status()
     by_id = {m["id"]: m for m in status["models"]}
     smol, mini = by_id[SMOLLM], by_id[MINILM]
     assert smol["backend"] == "llama_cpp" and mini["backend"] == "transformers"
-    assert smol["size_bytes"] > 50 * 2**20 and smol["queue_depth"] == 0 and smol["running"] is False
+    assert smol["size_bytes"] == Path(smollm_path).stat().st_size  # the file on disk
+    assert smol["queue_depth"] == 0 and smol["running"] is False
     assert smol["expires_in_s"] is None  # keep_alive=-1 in the session runtime
     figures = smol["figures"]
-    assert figures["requests"] >= 1 and figures["median_ttft_s"] > 0 and figures["median_tokens_per_s"] > 0
+    assert figures["requests"] == requests + 1  # counted before generate() returned
+    assert figures["median_ttft_s"] > 0 and figures["median_tokens_per_s"] > 0
     last = figures["last"]
     assert last["completion_tokens"] == 3 and last["prompt_tokens"] > 0 and last["total_s"] >= last["ttft_s"]
     memory = status["memory"]
-    assert memory["process_rss_bytes"] > 100 * 2**20
+    assert 0 < memory["process_rss_bytes"] <= memory["system_total_bytes"]
     assert 0 < memory["system_available_bytes"] <= memory["system_total_bytes"]
     assert isinstance(memory["gpus"], list)
     assert status["recent"][-1]["kind"] == "embed"
@@ -60,15 +64,11 @@ def test_memory_report_has_the_process_and_the_system():
     assert set(report) >= {"process_rss_bytes", "system_available_bytes", "system_total_bytes", "gpus"}
 
 
-def test_importing_the_package_loads_no_heavy_library_and_is_fast():
+def test_importing_the_package_loads_no_heavy_library():
     code = (
-        "import sys, time; t = time.perf_counter(); import universal_kernel; "
+        "import sys; import universal_kernel; "
         "from universal_kernel import get_runtime; rt = get_runtime(); rt.resolve('smollm2-135m-instruct'); "
-        "elapsed = time.perf_counter() - t; "
-        "heavy = [m for m in ('torch', 'transformers', 'llama_cpp') if m in sys.modules]; "
-        "print(heavy, elapsed)"
+        "print([m for m in ('torch', 'transformers', 'llama_cpp') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    heavy, elapsed = out.rsplit(" ", 1)
-    assert heavy == "[]"
-    assert float(elapsed) < 3.0  # generous for a loaded 2-core CI machine; typically ~0.3 s
+    assert out.strip() == "[]"
