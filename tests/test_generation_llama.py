@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -107,12 +106,16 @@ def test_json_schema_is_grammar_constrained(runtime):
 
 def test_closing_a_stream_stops_within_one_token_and_frees_the_model(runtime):
     entry = next(e for e in runtime.cache.entries() if e.spec.id == SMOLLM)
+    cancelled = entry.figures.summary()["cancelled"]
     stream = runtime.stream(SMOLLM, prompt="Once upon a time",
                             params={"temperature": 0, "max_tokens": 400})
     for _ in range(3):
         next(stream)
     stream.close()
-    assert entry.worker.running is None
+    # close() waits a few seconds at most; a busy machine may need longer to end the step under way
+    assert stream.request.finished.wait(120)
+    # the model is free: nothing runs and nothing waits, so the next request starts at once
+    assert entry.worker.running is None and entry.worker.queue_depth == 0
     # The worker stops at the first token after the cancel: at most one more piece came through.
     extra = 0
     while not stream._inbox.empty():
@@ -120,11 +123,9 @@ def test_closing_a_stream_stops_within_one_token_and_frees_the_model(runtime):
         extra += kind == "text"
     assert extra <= 1
     assert stream.stats.finish_reason == "cancelled"
-    started = time.perf_counter()
     nxt = runtime.generate(SMOLLM, prompt="Hello", params={"temperature": 0, "max_tokens": 2})
-    assert nxt.stats.queue_wait_s < 0.5
-    assert time.perf_counter() - started < 10
-    assert entry.figures.summary()["cancelled"] >= 1
+    assert nxt.completion_tokens == 2
+    assert entry.figures.summary()["cancelled"] == cancelled + 1
 
 
 def test_keyboard_interrupt_while_reading_cancels(runtime):
@@ -134,7 +135,7 @@ def test_keyboard_interrupt_while_reading_cancels(runtime):
     stream._inbox.put(("error", KeyboardInterrupt()))  # what a kernel interrupt raises inside the read
     with pytest.raises(KeyboardInterrupt):
         list(stream)
-    assert stream.request.finished.wait(5)
+    assert stream.request.finished.wait(120)
     assert stream.stats.finish_reason == "cancelled" and entry.worker.running is None
 
 
