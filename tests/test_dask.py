@@ -10,6 +10,8 @@ import os
 import signal
 import time
 
+import dask.dataframe as dd
+import distributed
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,9 +20,6 @@ from IPython.core.error import UsageError
 from universal_kernel import ModelNotFound, dask_cluster
 
 from .magics_support import ip, run  # noqa: F401,F811
-
-dd = pytest.importorskip("dask.dataframe")
-distributed = pytest.importorskip("distributed")
 
 WORDS = ["cats purr on the sofa", "the striker scored in the final", "Angela Merkel visited Paris in May",
          "interest rates rose again", "a recipe for lemon cake", "Berlin and Madrid signed a treaty"]

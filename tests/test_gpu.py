@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from universal_kernel import Runtime, RuntimeConfig
 
@@ -15,7 +16,6 @@ from .test_generation_transformers import raw_transformers
 # runtime with the raw library on the same GPU, never with an answer written here.
 CHAT = [{"role": "user", "content": FRANCE}]
 
-torch = pytest.importorskip("torch")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
@@ -59,10 +59,14 @@ def test_transformers_generation_on_cuda(gpu_runtime):
 
 
 def test_llama_cpp_offloads_when_built_with_cuda(gpu_runtime):
-    import llama_cpp
+    from universal_kernel.backends.llama_cpp import llama_library
 
-    if not llama_cpp.llama_supports_gpu_offload():
-        pytest.skip("this llama-cpp-python build has no GPU offload")
+    llama_cpp = llama_library()  # the AMX guard (backends/llama_amx.py), as the runtime loads
+
+    # On a machine with CUDA, a CPU-only llama-cpp-python is a broken install, not a reason to skip.
+    assert llama_cpp.llama_supports_gpu_offload(), (
+        "this machine has CUDA but llama-cpp-python was built without GPU offload: reinstall it with "
+        'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python')
     gpu_runtime.load(SMOLLM)
     assert gpu_runtime.status()["models"][0]["device"] == "gpu"
     out = gpu_runtime.generate(SMOLLM, messages=CHAT, params={"temperature": 0, "max_tokens": 24})
