@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import jsonschema
@@ -268,20 +267,26 @@ def test_runtime_api_load_unload(server, client):
 
 
 def test_loading_runs_off_the_event_loop(server, client):
-    assert server.post("universal/api/unload", {"model": MINILM}).json()["results"] == ["unloaded"]
-    latencies = []
-    with ThreadPoolExecutor(1) as pool:
-        loading = pool.submit(server.post, "universal/api/load", {"model": MINILM, "keep_alive": -1})
-        while True:  # at least one probe, however fast the load (a warm MiniLM load can take 0.15 s)
-            started = time.perf_counter()
-            assert server.get("api/status", timeout=10).status_code == 200
-            latencies.append(time.perf_counter() - started)
-            if loading.done():
-                break
-            time.sleep(0.02)
-    assert loading.result().status_code == 200, loading.result().text
-    assert loading.result().json()["load_s"] > 0
-    assert max(latencies) < 2.0, latencies
+    """Jupyter answers while a model loads: a status taken during the load shows the load under way.
+
+    A warm MiniLM load can be shorter than one status request: each try unloads and loads again, until a
+    status lands inside a load (a load on the event loop would never let one through).
+    """
+    def answered_during_a_load() -> bool:
+        assert server.post("universal/api/unload", {"model": MINILM}).json()["results"] == ["unloaded"]
+        seen_loading = False
+        with ThreadPoolExecutor(1) as pool:
+            loading = pool.submit(server.post, "universal/api/load", {"model": MINILM, "keep_alive": -1})
+            while not loading.done():
+                assert server.get("api/status").status_code == 200  # Jupyter's own handler
+                status = server.status()
+                seen_loading |= (status["budget"]["loading_bytes"] > 0
+                                 and all(m["id"] != MINILM for m in status["models"]))
+        assert loading.result().status_code == 200, loading.result().text
+        assert loading.result().json()["load_s"] > 0
+        return seen_loading
+
+    wait_for(answered_during_a_load, 600, "no status was answered while MiniLM loaded")
     assert client.embeddings.create(model=MINILM, input="back again").data[0].embedding
 
 
@@ -300,13 +305,9 @@ def test_closed_stream_cancels_and_frees_the_model(client, server):
         if received >= 3:
             break
     stream.close()
-    closed = time.monotonic()
-    while True:
-        model = server.model_status(SMOLLM)
-        if model["figures"]["cancelled"] > before and not model["running"] and model["active"] == 0:
-            break
-        assert time.monotonic() - closed < 1.0, model
-        time.sleep(0.02)
+    model = wait_for(lambda: (m := server.model_status(SMOLLM))["figures"]["cancelled"] == before + 1
+                     and not m["running"] and m["active"] == 0 and m,
+                     120, lambda: f"the closed stream was not cancelled: {server.model_status(SMOLLM)}")
     assert model["figures"]["last"]["finish_reason"] == "cancelled"
     assert model["figures"]["last"]["completion_tokens"] < 400
 
@@ -324,10 +325,12 @@ def _open_stream(server: Server, body: dict) -> socket.socket:
 
 
 def test_full_queue_is_429_with_retry_after_and_dropped_clients_free_it(client, server, france):
+    cancelled = server.model_status(SMOLLM)["figures"]["cancelled"]
     sockets = [_open_stream(server, _long(f"Tell me story number {i} about a dragon."))
                for i in range(PARALLEL + QUEUE_LENGTH)]
     try:
-        wait_for(lambda: server.model_status(SMOLLM)["queue_depth"] == PARALLEL + QUEUE_LENGTH, 20, "queue not full")
+        wait_for(lambda: server.model_status(SMOLLM)["queue_depth"] == PARALLEL + QUEUE_LENGTH, 120,
+                 lambda: f"queue not full: {server.model_status(SMOLLM)}")
         with pytest.raises(openai.RateLimitError) as info:
             client.chat.completions.create(**_france())
         assert int(info.value.response.headers["Retry-After"]) >= 1
@@ -337,8 +340,8 @@ def test_full_queue_is_429_with_retry_after_and_dropped_clients_free_it(client, 
         for sock in sockets:
             sock.close()
     model = wait_for(lambda: (m := server.model_status(SMOLLM))["queue_depth"] == 0 and m["active"] == 0 and m,
-                      5, "dropped clients did not free the queue")
-    assert model["figures"]["cancelled"] >= 1
+                     120, lambda: f"dropped clients did not free the queue: {server.model_status(SMOLLM)}")
+    assert model["figures"]["cancelled"] > cancelled  # the running ones, at least
     assert client.chat.completions.create(**_france()).choices[0].message.content == france.text
 
 
@@ -355,18 +358,15 @@ def test_four_concurrent_streams_while_jupyter_answers(client, server):
                                                 temperature=0, max_tokens=12, stream=True)
         return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
 
-    latencies = []
+    decoding = []  # the sequences the model ran at each answer of Jupyter's own status
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(run, q) for q in questions]
         while not all(f.done() for f in futures):
-            started = time.perf_counter()
-            response = server.get("api/status", timeout=10)
-            latencies.append(time.perf_counter() - started)
-            assert response.status_code == 200
-            time.sleep(0.05)
+            assert server.get("api/status").status_code == 200
+            decoding.append(server.model_status(SMOLLM)["sequences"])
         texts = [f.result() for f in futures]
     assert texts == expected
-    assert latencies and max(latencies) < 2.0, latencies
+    assert max(decoding, default=0) >= 1, decoding  # Jupyter answered while the streams decoded
 
 
 # One prompt through every door -------------------------------------------------------------------------
