@@ -106,7 +106,8 @@ def run_anomaly(runtime, shell, expr: str, args):
         warn_missing(n_rows - len(present), n_rows, "their anomaly score is NaN")
     where = f" ({runtime.where})" if runtime.where != "local" else ""
     kept = f" \u00b7 kept as {args.fit!r}" if args.fit else ""
-    print(f"{args.model or args.backend} \u00b7 {n_rows} rows \u00b7 {int(flags.sum())} anomalies "
+    print(f"{args.model or args.backend} \u00b7 {n_rows} row{'s' * (n_rows != 1)} \u00b7 "
+          f"{int(flags.sum())} anomal{'y' if flags.sum() == 1 else 'ies'} "
           f"(score \u2265 {result.threshold:.3f}){kept} \u00b7 {elapsed:.2f} s{where}")
     if frame is not None:
         store_column(frame, args.column, scores.tolist(), index)

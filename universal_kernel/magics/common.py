@@ -1,4 +1,5 @@
-"""What every magic shares: user mistakes as one-line `UsageError`s, and option parsing."""
+"""What every magic shares: user mistakes as one-line `UsageError`s, and option parsing (a trailing
+`# comment` on a magic's line is dropped here, for every magic)."""
 
 from __future__ import annotations
 
@@ -27,10 +28,32 @@ def user_errors(func):
     return wrapper
 
 
+def drop_comment(line: str) -> str:
+    """The line without its trailing `# comment`: IPython hands a magic the rest of its line, comment
+    included, and people annotate their lines. As in bash, `#` starts a comment only at the start of a
+    word and outside quotes, so `"#1"`, `'a # b'` and `df#1` stay. Inside quotes a backslash escapes the
+    next character (a Python string), and `\\#` outside quotes is a literal `#`."""
+    quote, escaped, previous = None, False, " "
+    for i, ch in enumerate(line):
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif quote:
+            if ch == quote:
+                quote = None
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and previous.isspace():
+            return line[:i].rstrip()
+        previous = ch
+    return line
+
+
 def split_args(parser, line: str):
     """Parse a magic's line with shell quoting (quotes removed), errors as UsageError."""
     try:
-        argv = shlex.split(line)
+        argv = shlex.split(drop_comment(line))
     except ValueError as exc:
         raise UsageError(f"cannot parse the options: {exc}") from None
     return parser.parse_args(argv)

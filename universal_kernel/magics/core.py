@@ -84,7 +84,7 @@ class UniversalKernelMagics(Magics):
 
     # Magics ---------------------------------------------------------------------------------
     @no_var_expand
-    @magic_arguments()
+    @magic_arguments("%generate")  # the usage line's prefix adds the other `%`: `%%generate` (a cell magic)
     @argument("-m", "--model", default=None, help="model reference (default: smollm2-135m-instruct)")
     @argument("--system", default=None, help="system message")
     @argument("--max-tokens", type=int, default=None, help="most tokens to generate (default 256)")
@@ -151,7 +151,8 @@ class UniversalKernelMagics(Magics):
 
     @magic_arguments()
     @argument("action", help="status | models | load | unload | alias | monitor | use")
-    @argument("args", nargs="*", help="load/unload: MODEL; alias: NAME REF; use: local | server [URL]")
+    @argument("args", nargs="*",
+              help="load/unload: MODEL; alias: NAME REF; use: local | server [URL] | dask [ADDRESS]")
     @argument("--backend", default="auto", help="load: auto, llama_cpp or transformers")
     @argument("--keep-alive", type=float, default=None, help="load: seconds to stay loaded, -1 forever")
     @argument("--token", default=None, help="use server: the Jupyter token, or an OpenAI-compatible server's API key")
@@ -159,8 +160,20 @@ class UniversalKernelMagics(Magics):
     @argument("--server", action="store_true", help="act on the Jupyter server's runtime")
     @line_magic
     def runtime(self, line):
-        """Inspect and drive the runtime: status, models, load M, unload M, alias NAME REF, monitor,
-        use local, use server [URL]."""
+        """Inspect and drive the runtime:
+
+          %runtime status                       memory, loaded models, recent requests
+          %runtime models                       every servable model
+          %runtime load MODEL [--backend B] [--keep-alive S]
+          %runtime unload MODEL                 (or `all`)
+          %runtime alias NAME REF               a short name for a model reference
+          %runtime monitor [--interval S]       a live widget: memory, models, latencies
+          %runtime use local                    the magics run in this kernel's runtime
+          %runtime use server [URL] [--token TOKEN]
+                                                the magics run on a Jupyter server or OpenAI-compatible server
+          %runtime use dask [ADDRESS]           Dask collections go to this cluster (tcp://host:8786)
+
+        `--server` acts on the Jupyter server's runtime."""
         from .runtime_magic import run_runtime
 
         args = split_args(UniversalKernelMagics.runtime.parser, line)

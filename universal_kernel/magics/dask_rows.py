@@ -37,8 +37,7 @@ class DaskRows:
         client = dask_cluster.current_client(getattr(self.magics, "dask_client", None))
         if client is None:
             return "lazy; computed by the scheduler you compute it with"
-        config = self.magics.local_runtime().config if self.magics is not None else _process_config()
-        dask_cluster.install(client, config)
+        dask_cluster.install(client, self._config())
         if task is None:
             return f"lazy on the Dask cluster at {client.scheduler.address}"
         workers = dask_cluster.check_workers(client, task, model)
@@ -59,10 +58,22 @@ class DaskRows:
 
         return column_target(shell, expr, dd.DataFrame, example="ddf")
 
+    def _config(self):
+        return self.magics.local_runtime().config if self.magics is not None else _process_config()
+
+    def _model_name(self, task: str, model: str | None) -> str:
+        """The model the workers will use: `model`, else the task's default (the workers' runtimes are
+        installed with this runtime's config), named as the eager magics name it."""
+        if model:
+            return model
+        from ..tasks import task_parts
+
+        return task_parts(task).default_model(self._config())
+
     @staticmethod
-    def _report(model: str | None, value, where: str) -> None:
+    def _report(model: str, value, where: str) -> None:
         parts = value.npartitions
-        print(f"{model or 'default model'} \u00b7 {parts} partition{'s' if parts != 1 else ''} \u00b7 {where}: "
+        print(f"{model} \u00b7 {parts} partition{'s' if parts != 1 else ''} \u00b7 {where}: "
               f"call .compute() (or .persist()) for the rows")
 
     @staticmethod
@@ -82,7 +93,7 @@ class DaskRows:
         where = self._prepare("embed", model, args)
         result = series.map_partitions(embed_partition, model=model, normalize=not args.no_normalize,
                                        meta=pd.Series([], dtype=object, name=series.name))
-        self._report(model, series, where)
+        self._report(self._model_name("embed", model), series, where)
         if frame is not None:
             frame[args.column] = result
         return self._deliver(shell, result, args, frame is not None)
@@ -98,7 +109,7 @@ class DaskRows:
         meta = pd.DataFrame({"label": pd.Series([], dtype=object), "score": pd.Series([], dtype="float64")})
         result = series.map_partitions(classify_partition, model=args.model, labels=labels,
                                        truncate=args.truncate, meta=meta)
-        self._report(args.model, series, where)
+        self._report(self._model_name("classify", args.model), series, where)
         if frame is not None:
             frame[args.column] = result["label"]
             frame[f"{args.column}_score"] = result["score"]
@@ -112,7 +123,7 @@ class DaskRows:
         series = self._series(value, "%ner")
         frame = self._frame(shell, expr) if args.column else None
         where = self._prepare("ner", args.model, args)
-        self._report(args.model, series, where)
+        self._report(self._model_name("ner", args.model), series, where)
         if frame is not None:
             frame[args.column] = series.map_partitions(ner_column_partition, model=args.model,
                                                        truncate=args.truncate,
@@ -137,7 +148,7 @@ class DaskRows:
             raise UsageError("%ocr on a Dask collection: --boxes gives a long DataFrame of lines; "
                              "--column stores texts (leave out --boxes)")
         where = self._prepare("ocr", args.model, args)
-        self._report(args.model, series, where)
+        self._report(self._model_name("ocr", args.model), series, where)
         if args.boxes:
             meta = pd.DataFrame({"row": pd.Series([], dtype=series._meta.index.dtype),
                                  "page": pd.Series([], dtype="int64"),
@@ -164,11 +175,14 @@ class DaskRows:
                              "that fits in memory (%anomaly --fit NAME sample), then %anomaly ddf --model NAME")
         if isinstance(value, dd.DataFrame):
             texts = False
+            frame = value if args.column else None
+            # a cell run again: the columns its first run wrote are its output, not data
+            own = [c for c in (args.column, f"{args.column}_is_anomaly") if args.column and c in value.columns]
+            value = value.drop(columns=own) if own else value
             other = [str(c) for c, dtype in value.dtypes.items() if not pd.api.types.is_numeric_dtype(dtype)]
             if other:
                 raise UsageError(f"%anomaly takes numeric columns; {', '.join(other)} are not: select them "
                                  f"(ddf.select_dtypes('number')) or pass one text column (ddf.text)")
-            frame = value if args.column else None
         else:
             texts = not pd.api.types.is_numeric_dtype(value.dtype)
             frame = self._frame(shell, expr) if args.column else None

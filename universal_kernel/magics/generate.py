@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+import sys
 from dataclasses import replace
 
 from IPython.core.error import UsageError
@@ -110,9 +111,10 @@ def run_generate(runtime, shell, args, cell: str, *, model: str | None, default_
     if not prompt.strip():
         raise UsageError("%%generate needs a prompt: write it in the cell below the magic's line")
     system = args.system
+    left: list[str] = []  # the {name}s with no such name here: sent as written
     if not args.no_interpolate:
-        prompt = interpolate(prompt, ns)
-        system = interpolate(system, ns) if system else system
+        prompt = interpolate(prompt, ns, left)
+        system = interpolate(system, ns, left) if system else system
     fmt = args.format or default_format
     params = _params(args, fmt)
     if args.n is not None and not 1 <= args.n <= 16:
@@ -122,6 +124,9 @@ def run_generate(runtime, shell, args, cell: str, *, model: str | None, default_
 
     if (args.n or 1) > 1 and args.chat:  # refused before the conversation is made or touched
         raise UsageError("--n gives several answers; --chat keeps one answer per turn: use one of them")
+    if left:  # the model would answer about a literal "{country}" without a word here
+        print(f"warning: {', '.join(left)} left as written: not defined in the namespace "
+              f"(--no-interpolate sends every {{name}} as written, without this line)", file=sys.stderr)
     chat = _conversation(ns, args.chat, system) if args.chat else None
     if chat is not None:
         messages = chat.messages + [{"role": "user", "content": prompt}]

@@ -13,6 +13,8 @@ import time
 import numpy as np
 from IPython.core.error import UsageError
 
+from .common import drop_comment
+
 _COLUMN_EXPR = re.compile(r"^(?P<frame>.+?)\s*(?:\.\s*(?P<attr>[A-Za-z_]\w*)|\[\s*(?P<q>['\"])(?P<key>.+?)(?P=q)\s*\])$",
                           re.S)
 
@@ -20,7 +22,7 @@ _COLUMN_EXPR = re.compile(r"^(?P<frame>.+?)\s*(?:\.\s*(?P<attr>[A-Za-z_]\w*)|\[\
 def split_line(line: str, options_with_value: set[str], flags: set[str]) -> tuple[str, list[str]]:
     """(EXPR, option argv): top-level chunks that are known options go to argparse, the rest is EXPR."""
     chunks, depth, quote, current = [], 0, None, ""
-    for ch in line:
+    for ch in drop_comment(line):
         if quote:
             current += ch
             if ch == quote:

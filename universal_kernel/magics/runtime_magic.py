@@ -1,4 +1,4 @@
-"""`%runtime status|models|load M|unload M|alias NAME REF|monitor|use local|use server [URL]`."""
+"""`%runtime status|models|load M|unload M|alias NAME REF|monitor|use local|use server [URL]|use dask [ADDRESS]`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from ..formatting import (
 from .common import one_line
 
 ACTIONS = ("status", "models", "load", "unload", "alias", "monitor", "use")
+#: where `%runtime use` sends the magics' work
+USE_TARGETS = ("local", "server", "dask")
 
 
 class RuntimeStatus(dict):
@@ -141,7 +143,7 @@ def run_runtime(magics, args):
 
 
 def _use(magics, args):
-    if not args.args or args.args[0] not in ("local", "server", "dask"):
+    if not args.args or args.args[0] not in USE_TARGETS:
         raise UsageError("usage: %runtime use local | %runtime use server [URL] [--token TOKEN] | "
                          "%runtime use dask [ADDRESS]")
     if args.args[0] == "dask":
