@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -185,23 +186,33 @@ def test_the_wire_table_maps_every_runtime_error_both_ways():
 # Tokens/s counts from the first token --------------------------------------------------------------------
 def test_remote_tokens_per_s_is_measured_from_the_first_token(remote, server):
     _smollm_idle(server)
-    blockers = [_open_raw(server, "v1/chat/completions", _story(64)) for _ in range(PARALLEL)]
+    blockers = [_open_raw(server, "v1/chat/completions", _story(400)) for _ in range(PARALLEL)]
     try:
-        wait_for(lambda: server.model_status(SMOLLM)["sequences"] == PARALLEL, 30,
-                 "the blocking requests did not start")
-        # every slot is taken: this request waits in the queue, and its time to first token includes that wait
-        done = remote.generate(SMOLLM, prompt="The weather today", params={"temperature": 0, "max_tokens": 24})
+        wait_for(lambda: server.model_status(SMOLLM)["sequences"] == PARALLEL, 120,
+                 lambda: f"the blocking requests did not start: {server.model_status(SMOLLM)}")
+        with ThreadPoolExecutor(1) as pool:
+            # every slot is taken: this request waits in the queue until the blockers go
+            waiting = pool.submit(remote.generate, SMOLLM, prompt="The weather today",
+                                  params={"temperature": 0, "max_tokens": 24})
+            wait_for(lambda: server.model_status(SMOLLM)["queue_depth"] == PARALLEL + 1 or waiting.done(), 120,
+                     lambda: f"the request did not reach the queue: {server.model_status(SMOLLM)}")
+            assert not waiting.done(), waiting.result()
+            for blocker in blockers:
+                blocker.close()
+            done = waiting.result(timeout=300)
     finally:
         for blocker in blockers:
             blocker.close()
     stats, n = done.stats, done.completion_tokens
-    assert n >= 8 and stats.ttft_s > 0.2
-    ours = next(s for s in reversed(server.status()["recent"]) if s["kind"] == "generate")
-    assert ours["completion_tokens"] == n and ours["queue_wait_s"] > 0.1  # it really waited
-    # the rate of decoding, not diluted by the queue wait (which the old figure divided by)
+    assert n >= 8
+    ours = next(s for s in reversed(server.status()["recent"])
+                if s["kind"] == "generate" and s["finish_reason"] == done.finish_reason
+                and (s["prompt_tokens"], s["completion_tokens"]) == (done.prompt_tokens, n))
+    assert ours["queue_wait_s"] > 0  # it waited: seen in the queue above
+    # the client's time to first token holds the server's queue wait, and its rate is the decoding's alone:
+    # the tokens after the first over the time since the first (the old figure divided by the queue wait too)
+    assert stats.ttft_s > ours["queue_wait_s"]
     assert stats.tokens_per_s == pytest.approx((n - 1) / (stats.total_s - stats.ttft_s))
-    assert stats.tokens_per_s > 1.5 * n / stats.total_s
-    assert stats.tokens_per_s > 0.5 * ours["tokens_per_s"]
     _smollm_idle(server)
 
 
@@ -227,13 +238,11 @@ def test_aembed_fails_instead_of_hanging_when_the_worker_died(minilm_path, tmp_p
         entry.worker.stop()  # the model's worker thread ends; the cache still lists the model
         assert not entry.worker.thread.is_alive()
 
-        async def embed():
-            return await asyncio.wait_for(rt.aembed(["a worker that is gone"], MINILM), timeout=20)
+        async def embed():  # a hang would end in TimeoutError, not in the runtime's error
+            return await asyncio.wait_for(rt.aembed(["a worker that is gone"], MINILM), timeout=300)
 
-        started = time.monotonic()
         with pytest.raises(GenerationFailed, match="stopped"):
             asyncio.run(embed())
-        assert time.monotonic() - started < 10
         with pytest.raises(GenerationFailed, match="stopped"):  # the synchronous form, as before
             rt.embed(["a worker that is gone"], MINILM)
     finally:
