@@ -12,8 +12,10 @@ line, up to the next fence), together with the `<!-- name -->` marker right abov
 - `editable-server-command` runs the same way on this test run's own (editable) environment.
 - `test-command` is what CI runs; it is never run from inside the suite: the test checks that
   `.ci/run`'s own awk line extracts exactly that block and that `.ci/run` runs what it extracted.
-- the curl example needs $TOKEN and a running server: it runs against the main command's server,
-  with only the port substituted when the server is not on 8888.
+- the curl examples (a chat completion, the Prometheus metrics) need $TOKEN and a running server: they
+  run against the main command's server, with only the port substituted when the server is not on 8888
+  (tests/test_readme_examples.py runs them against the session's server too, with the README's
+  Python and IPython blocks).
 
 A bash block that no test knows fails `test_every_bash_block_is_run`.
 """
@@ -246,6 +248,9 @@ def test_main_command_serves_both_models_and_the_curl_and_python_examples_work(t
             out = subprocess.run(["bash", "-c", ran], env=dict(server.env, TOKEN=server.token),
                                  capture_output=True, text=True, timeout=300)
             assert out.returncode == 0, out.stderr
+            if "/metrics" in curl:  # the Prometheus example: the extension's metrics on Jupyter's /metrics
+                assert "universal_kernel_requests_total" in out.stdout, out.stdout[-2000:]
+                continue
             reply = json.loads(out.stdout)
             assert reply["object"] == "chat.completion" and reply["model"] == SMOLLM, reply
             content = reply["choices"][0]["message"]["content"]
