@@ -10,14 +10,24 @@ import time
 
 import pytest
 
+# The environment is the tests' own: a user's settings never leak in (set, not setdefault).
 # Never reach a hub from a test: the models come from PyPI packages.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# Fitted anomaly detectors of this session (kernel runtimes and the server alike) stay out of ~/.cache.
-os.environ.setdefault("UNIVERSAL_KERNEL_ANOMALY_FOLDER", tempfile.mkdtemp(prefix="uk-anomaly-"))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# Fitted anomaly detectors of this session (kernel runtimes and the server alike) stay out of ~/.cache;
+# the folder goes at the end of the session (remove_the_anomaly_folder).
+ANOMALY_FOLDER = tempfile.mkdtemp(prefix="uk-anomaly-")
+os.environ["UNIVERSAL_KERNEL_ANOMALY_FOLDER"] = ANOMALY_FOLDER
 # The embedding cache on disk would carry vectors from one test's runtime to the next (and from one test
-# session to the next): off, except in the tests of that cache (test_embedding_store.py).
-os.environ.setdefault("UNIVERSAL_KERNEL_EMBEDDING_CACHE", "off")
+# session to the next): off, except in the tests of that cache (test_embedding_store.py), which set their own.
+os.environ["UNIVERSAL_KERNEL_EMBEDDING_CACHE"] = "off"
+# No other runtime setting of the user's applies: the machine as the runtime reads it is the CPU's own unless
+# a test sets the seam (universal_kernel/machine.py), and device, precision, slots, budget, keep_alive and a
+# remote server are the defaults. Only where the tests' artifacts go is CI's to say.
+for _name in [n for n in os.environ if n.startswith("UNIVERSAL_KERNEL_")]:
+    if _name not in ("UNIVERSAL_KERNEL_ANOMALY_FOLDER", "UNIVERSAL_KERNEL_EMBEDDING_CACHE",
+                     "UNIVERSAL_KERNEL_TEST_ARTIFACTS"):
+        os.environ.pop(_name)
 
 from universal_kernel import Runtime, RuntimeConfig  # noqa: E402
 from universal_kernel.references import BUILTIN_ALIASES  # noqa: E402
@@ -25,6 +35,15 @@ from universal_kernel.references import BUILTIN_ALIASES  # noqa: E402
 SMOLLM = "smollm2-135m-instruct"
 MINILM = "all-minilm-l6-v2"
 FRANCE = "Which city is the capital of France?"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def remove_the_anomaly_folder():
+    """The session's temporary folder of fitted detectors goes when the session ends."""
+    import shutil
+
+    yield
+    shutil.rmtree(ANOMALY_FOLDER, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -73,7 +92,9 @@ def runtime(smollm_path, minilm_path, tmp_path_factory):
 @pytest.fixture(scope="session")
 def raw_llama(smollm_path, runtime):
     """llama-cpp-python itself, with the runtime's context size and threads: the reference."""
-    import llama_cpp
+    from universal_kernel.backends.llama_cpp import llama_library
+
+    llama_cpp = llama_library()  # the AMX guard (backends/llama_amx.py), as the runtime loads
 
     entry = next(e for e in runtime.cache.entries() if e.spec.id == SMOLLM)
     llm = llama_cpp.Llama(**entry.backend.library_settings(), verbose=False)  # flash attention as ours
@@ -173,6 +194,41 @@ class Server:
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def start_server(folder, *options: str, env: dict | None = None, ready=lambda status: True,
+                 timeout: float = 240) -> Server:
+    """A `jupyter server` of a test's own, with the extension and `--UniversalKernelApp` `options`, its root,
+    config and log in `folder`; returned once its status answers and `ready(status)` holds."""
+    import sys
+
+    import requests
+
+    port = _free_port()
+    log = folder / "server.log"
+    full_env = dict(os.environ, JUPYTER_CONFIG_DIR=str(folder / "config"), JUPYTER_RUNTIME_DIR=str(folder / "runtime"),
+                    JUPYTER_DATA_DIR=str(folder / "data"), **(env or {}))
+    command = [sys.executable, "-m", "jupyter_server", "--allow-root", "--no-browser", "--ip=127.0.0.1",
+               f"--port={port}", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={folder}",
+               "--ServerApp.jpserver_extensions=universal_kernel.server_ext=True", "--UniversalKernelApp.threads=1",
+               *options]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=folder)
+    srv = Server(port, process, log)
+
+    def answered():
+        assert process.poll() is None, f"jupyter server exited with {process.returncode}:\n{srv.log_tail()}"
+        try:
+            return ready(srv.status())
+        except requests.RequestException:
+            return False
+
+    try:
+        wait_for(answered, timeout, lambda: f"the server did not start in time:\n{srv.log_tail()}")
+    except BaseException:
+        stop_process(process)
+        raise
+    return srv
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,8 @@
 """The memory budget holds on measured bytes: a loaded model takes 2-4x its file.
 
-Every budget here is derived from footprints measured in this process, with margins: RSS deltas are noisy.
+Every budget here is derived from footprints measured in this process (how much a load adds to RSS depends
+on the allocator and the CPU's kernels, so no test assumes a ratio to the file), or from what the project
+computes itself: the KV cache of a context, from the GGUF's metadata.
 """
 
 from __future__ import annotations
@@ -49,8 +51,9 @@ def footprints(smollm_path, minilm_path, tmp_path_factory):
         result = {}
         for model in (SMOLLM, MINILM):
             m = status[model]
-            # the issue's finding: the file size is far below what the budget must count
-            assert m["footprint_bytes"] > 1.3 * m["size_bytes"], m
+            print(f"{model}: file {m['size_bytes']:,} bytes, measured {m['measured_bytes']:,}, "
+                  f"counted {m['footprint_bytes']:,}")
+            assert m["footprint_bytes"] >= max(m["measured_bytes"], m["size_bytes"]), m  # at least the file
             # the least a later load of this kind is counted at (the figure this process learned)
             result[model] = max(m["footprint_bytes"], rt.cache.estimate(rt.resolve(model), m["backend"], {}))
         return result
@@ -71,9 +74,13 @@ def short_smollm(footprints, tmp_path_factory):
     return estimate
 
 
+def one_at_a_time(footprints) -> int:
+    """A budget with room for either model, never for both, whatever each measured."""
+    return max(footprints.values()) + min(footprints.values()) // 2
+
+
 def test_a_budget_for_one_model_evicts_the_idle_one_for_the_other(tmp_path, footprints):
-    budget = int(max(footprints.values()) * 1.15)
-    assert budget < sum(footprints.values())  # room for either model, not for both
+    budget = one_at_a_time(footprints)
     rt = make_runtime(tmp_path, budget)
     try:
         rt.load(SMOLLM)
@@ -86,7 +93,7 @@ def test_a_budget_for_one_model_evicts_the_idle_one_for_the_other(tmp_path, foot
         assert share["used_bytes"] == status["used_bytes"] <= budget
         (model,) = share["models"]
         assert model["id"] == MINILM and model["footprint_bytes"] == share["used_bytes"]
-        assert model["footprint_bytes"] >= model["measured_bytes"] and model["footprint_bytes"] > model["size_bytes"]
+        assert model["footprint_bytes"] >= max(model["measured_bytes"], model["size_bytes"])
         assert model["fraction"] == pytest.approx(model["footprint_bytes"] / budget)
         assert status["models"][0]["budget_fraction"] == pytest.approx(model["fraction"])
         use(rt, SMOLLM)  # and back
@@ -97,8 +104,8 @@ def test_a_budget_for_one_model_evicts_the_idle_one_for_the_other(tmp_path, foot
 
 def test_the_least_recently_used_idle_model_goes_first(tmp_path, footprints, short_smollm):
     smol, mini, smol_1024 = footprints[SMOLLM], footprints[MINILM], short_smollm
-    budget = int(smol + smol_1024 + 0.5 * mini)  # both SmolLM2 entries, or one of them with MiniLM; never three
-    assert smol + mini < budget < smol + smol_1024 + mini
+    # SmolLM2 with either MiniLM or the short SmolLM2, never all three
+    budget = smol + max(mini, smol_1024) + min(mini, smol_1024) // 2
     rt = make_runtime(tmp_path, budget)
     try:
         rt.load(SMOLLM)
@@ -112,13 +119,21 @@ def test_the_least_recently_used_idle_model_goes_first(tmp_path, footprints, sho
 
 
 def test_a_model_larger_than_the_budget_is_refused_and_nothing_loaded_is_harmed(tmp_path, footprints):
-    (small_id, small), (big_id, big) = sorted(footprints.items(), key=lambda kv: kv[1])
-    assert big > 1.1 * small, footprints  # the two models differ enough for a budget between them
+    small_id, small, big_id = MINILM, footprints[MINILM], SMOLLM
+    rt = make_runtime(tmp_path, None)
+    try:  # a SmolLM2 whose KV cache (from its metadata) alone takes twice MiniLM: larger, on any machine
+        kv_cell = rt.cache.estimate(rt.resolve(SMOLLM), "llama_cpp", {"n_ctx": 2048}) - \
+            rt.cache.estimate(rt.resolve(SMOLLM), "llama_cpp", {"n_ctx": 1024})
+        big_ctx = 1024 * (1 + 2 * small // kv_cell)
+        big = rt.cache.estimate(rt.resolve(SMOLLM), "llama_cpp", {"n_ctx": big_ctx})
+    finally:
+        rt.close()
+    assert big > 2 * small, (small, big)
     rt = make_runtime(tmp_path, (small + big) // 2)
     try:
         before = use(rt, small_id)
         with pytest.raises(MemoryBudgetExceeded, match="cannot be loaded") as refused:
-            rt.load(big_id)
+            rt.load(big_id, n_ctx=big_ctx)
         assert big_id in str(refused.value) and "MiB" in str(refused.value)
         assert wire_error(refused.value)[1:4] == (507, "server_error", "memory_budget_exceeded")  # over HTTP
         # refused before loading, and the idle model was not evicted for a load that could never fit
@@ -127,7 +142,10 @@ def test_a_model_larger_than_the_budget_is_refused_and_nothing_loaded_is_harmed(
         assert np.array_equal(before, after) if small_id == MINILM else before == after
     finally:
         rt.close()
-    rt = make_runtime(tmp_path, small // 2)  # smaller than any single model
+    rt = make_runtime(tmp_path, None)
+    smallest_file = min(rt.resolve(model).size_bytes for model in (SMOLLM, MINILM))
+    rt.close()
+    rt = make_runtime(tmp_path, smallest_file // 2)  # smaller than any model's file: nothing can fit
     try:
         for model in (SMOLLM, MINILM):
             with pytest.raises(MemoryBudgetExceeded, match="the memory budget is"):
@@ -138,7 +156,7 @@ def test_a_model_larger_than_the_budget_is_refused_and_nothing_loaded_is_harmed(
 
 
 def test_a_model_busy_streaming_is_not_evicted(tmp_path, footprints):
-    budget = int(max(footprints.values()) * 1.15)  # MiniLM fits only if SmolLM2 goes
+    budget = one_at_a_time(footprints)  # MiniLM fits only if SmolLM2 goes
     rt = make_runtime(tmp_path, budget)
     try:
         stream = rt.stream(SMOLLM, prompt="Once upon a time", params=GREEDY)
@@ -162,8 +180,8 @@ AFTER_LOAD = textwrap.dedent("""
     rt = Runtime(RuntimeConfig(keep_alive=-1, parallel=1), reaper=False)
     rt.load("smollm2-135m-instruct", n_ctx=128)  # a small context: about 1.3x its file
     small = rt.status()["models"][0]["footprint_bytes"]
-    # room for MiniLM's file, not for MiniLM loaded (1.8x its file when measured on CPU)
-    rt.cache.memory_budget = int(small * 1.05)
+    # room for MiniLM's file and not a byte more: MiniLM loaded (weights, tokenizer, buffers) takes more
+    rt.cache.memory_budget = small + rt.resolve("all-minilm-l6-v2").size_bytes
     try:
         rt.load("all-minilm-l6-v2")  # no factor learned for its kind yet: loaded, measured, then unloaded
         error = None
@@ -207,7 +225,7 @@ def test_a_context_too_large_for_the_budget_is_refused_before_loading(tmp_path, 
 def test_two_loads_at_once_never_overrun_the_budget_together(tmp_path, footprints):
     import threading
 
-    budget = int(max(footprints.values()) * 1.15)  # one model at a time
+    budget = one_at_a_time(footprints)
     rt = make_runtime(tmp_path, budget)
     barrier = threading.Barrier(2)
     outcomes = {}
@@ -258,8 +276,10 @@ def test_the_server_keeps_its_budget_and_answers_507(tmp_path, smollm_path, mini
     out = subprocess.run([sys.executable, "-c", FRESH_FOOTPRINTS], capture_output=True, text=True, timeout=300,
                          check=True)
     fresh = json.loads(out.stdout.strip().splitlines()[-1])
-    (small_id, small), (big_id, big) = sorted(fresh.items(), key=lambda kv: kv[1])
-    assert big > 1.1 * small, fresh  # room for a budget that holds one and refuses the other
+    # SmolLM2 with the server's 4 slots counts a KV cache of 4 x 4096 cells (377 MiB, from its metadata)
+    # besides its file: the larger of the two on any machine
+    (small_id, small), (big_id, big) = (MINILM, fresh[MINILM]), (SMOLLM, fresh[SMOLLM])
+    assert big > small, fresh
     budget = (small + big) // 2
     port = _free_port()
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp_path / "config"), JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"),

@@ -3,7 +3,9 @@ where the CPU has it or where asked, behind a probe against fp32 whose refusal k
 
 The heads sit on a real encoder: all-MiniLM-L6-v2's weights (the suite's embedding model) with seeded
 classifier layers on top, large enough (std 0.5) that the probabilities are far from uniform, so a
-probe difference means something. Each model loads once per precision."""
+probe difference means something. Each model loads once per precision. The reference is fp32 asked for,
+never "auto" (which is bf16 on a bf16 CPU); "auto" runs as both kinds of CPU on every machine, through
+the capability seam (universal_kernel/machine.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from universal_kernel import Runtime, RuntimeConfig
 from universal_kernel.backends import choose_backend, create_backend
 from universal_kernel.backends.transformers_classify import TransformersTokenClassifier
 from universal_kernel.devices import pick_device
-from universal_kernel.precision import cpu_has_bf16
+from universal_kernel.machine import cpu_acts_as
 from universal_kernel.references import Resolver
 
 SENTENCES = [
@@ -64,10 +66,21 @@ def _load(spec, precision: str | None):
 
 
 @pytest.fixture(scope="module")
-def auto(specs):
-    """The heads as the runtime loads them by default (config precision "auto")."""
-    loaded = {name: _load(spec, None) for name, spec in specs.items()}
+def fp32_heads(specs):
+    """The heads in fp32, asked for: the reference every other precision is compared with."""
+    loaded = {name: _load(spec, "fp32") for name, spec in specs.items()}
     yield loaded
+    for backend in loaded.values():
+        backend.close()
+
+
+@pytest.fixture(scope="module", params=["bf16-cpu", "no-bf16-cpu"])
+def auto(specs, request):
+    """The heads as the runtime loads them by default (config precision "auto"), on a CPU that acts as
+    one with AVX512_BF16/AMX and as one without: both branches run on every machine."""
+    with cpu_acts_as(bf16=request.param == "bf16-cpu"):
+        loaded = {name: _load(spec, None) for name, spec in specs.items()}
+    yield request.param, loaded
     for backend in loaded.values():
         backend.close()
 
@@ -94,20 +107,33 @@ def run(name: str, backend):
     return backend.ner(SENTENCES)[0]
 
 
-def test_auto_follows_this_cpu(auto, specs):
+def test_auto_follows_the_cpu(auto, specs, fp32_heads):
+    cpu, loaded = auto
     assert {spec.task for spec in specs.values()} == {"classify", "rerank", "ner"}
-    for backend in auto.values():
-        if cpu_has_bf16():
-            assert backend.precision.name in ("bf16", "fp32") and "probe" in backend.precision.reason
-        else:  # this AVX2 machine: fp32, no probe run, and the reason says the CPU lacks bf16
-            assert backend.precision.name == "fp32" and not backend.precision.autocast
-            assert "no AVX512_BF16 or AMX" in backend.precision.reason
+    for name, backend in loaded.items():
+        precision = backend.precision
+        if cpu == "no-bf16-cpu":  # fp32, no probe run, and the reason says the CPU lacks bf16
+            assert precision.name == "fp32" and not precision.autocast
+            assert precision.reason == "the CPU has no AVX512_BF16 or AMX"
+        else:  # bf16 tried, and the probe decided: kept within its tolerance, or refused for fp32
+            assert precision.reason.startswith("the CPU has AVX512_BF16/AMX")
+            assert (precision.name == "bf16" and precision.autocast and "; probe: every" in precision.reason) or (
+                precision.name == "fp32" and not precision.autocast and "the probe refused bf16" in precision.reason
+            ), precision
+        if precision.name == "fp32":  # the same numbers as fp32 asked for
+            if name == "tagger":
+                assert run(name, backend) == run(name, fp32_heads[name])
+            else:
+                assert np.allclose(run(name, backend), run(name, fp32_heads[name]), atol=1e-6)
+        elif name != "tagger":  # bf16: within the probe's default tolerance of fp32, and really bf16
+            assert not np.array_equal(run(name, backend), run(name, fp32_heads[name]))
+            assert np.abs(run(name, backend) - run(name, fp32_heads[name])).max() <= 0.01 + 1e-6
 
 
-def test_the_probes_refusal_keeps_fp32(specs, auto):
+def test_the_probes_refusal_keeps_fp32(specs, fp32_heads):
     device = pick_device("cpu")
     for name, spec in specs.items():
-        kind = type(auto[name])
+        kind = type(fp32_heads[name])
         # bf16 must match fp32 exactly: no bf16 run can, so the probe refuses and the model stays fp32
         refused = kind(spec, device=device, threads=2, precision="bf16", max_probe_error=0.0)
         try:
@@ -115,25 +141,25 @@ def test_the_probes_refusal_keeps_fp32(specs, auto):
             assert refused.precision.reason.startswith("bf16 asked for, but the probe refused bf16: a ")
             assert "from fp32 (> 0)" in refused.precision.reason
             if name == "tagger":
-                assert run(name, refused) == run(name, auto[name])
+                assert run(name, refused) == run(name, fp32_heads[name])
             else:
-                assert np.allclose(run(name, refused), run(name, auto[name]), atol=1e-6)
+                assert np.allclose(run(name, refused), run(name, fp32_heads[name]), atol=1e-6)
         finally:
             refused.close()
 
 
-def test_bf16_behind_a_lenient_probe_stays_close_to_fp32(forced_bf16, auto):
+def test_bf16_behind_a_lenient_probe_stays_close_to_fp32(forced_bf16, fp32_heads):
     for name, backend in forced_bf16.items():
         assert backend.precision.name == "bf16" and backend.precision.autocast, backend.precision
         assert "bf16 asked for; probe: every" in backend.precision.reason
     for name in ("classifier", "cross-encoder"):
-        fp32, bf16 = run(name, auto[name]), run(name, forced_bf16[name])
+        fp32, bf16 = run(name, fp32_heads[name]), run(name, forced_bf16[name])
         assert not np.array_equal(fp32, bf16)  # it really ran in bf16
         assert np.abs(fp32 - bf16).max() <= 0.01
-    fp32, bf16 = run("classifier", auto["classifier"]), run("classifier", forced_bf16["classifier"])
+    fp32, bf16 = run("classifier", fp32_heads["classifier"]), run("classifier", forced_bf16["classifier"])
     decided = np.sort(fp32, axis=1)[:, -1] - np.sort(fp32, axis=1)[:, -2] > 0.02
     assert (fp32.argmax(axis=1) == bf16.argmax(axis=1))[decided].all()
-    fp32_scores, bf16_scores = run("cross-encoder", auto["cross-encoder"]), run("cross-encoder", forced_bf16["cross-encoder"])
+    fp32_scores, bf16_scores = run("cross-encoder", fp32_heads["cross-encoder"]), run("cross-encoder", forced_bf16["cross-encoder"])
     # documents whose fp32 scores are more than 0.02 apart keep their order (nearer ones are ties)
     for i in range(len(SENTENCES)):
         for j in range(len(SENTENCES)):
@@ -142,7 +168,7 @@ def test_bf16_behind_a_lenient_probe_stays_close_to_fp32(forced_bf16, auto):
     # NER: the entities (text, label, offsets) agree but where a random head's labels were near ties
     # (the lenient probe allows 0.1), and the shared ones score close; the pipeline ran under autocast
     fp32_entities = {(i, e["text"], e["label"], e["start"], e["end"]): e["score"]
-                     for i, row in enumerate(run("tagger", auto["tagger"])) for e in row}
+                     for i, row in enumerate(run("tagger", fp32_heads["tagger"])) for e in row}
     bf16_entities = {(i, e["text"], e["label"], e["start"], e["end"]): e["score"]
                      for i, row in enumerate(run("tagger", forced_bf16["tagger"])) for e in row}
     shared = fp32_entities.keys() & bf16_entities.keys()
@@ -151,16 +177,19 @@ def test_bf16_behind_a_lenient_probe_stays_close_to_fp32(forced_bf16, auto):
     assert max(gaps) <= 0.05 and max(gaps) > 0
 
 
-def test_the_runtime_status_says_which_precision_and_why(folders, tmp_path):
+@pytest.mark.parametrize("cpu", ["bf16-cpu", "no-bf16-cpu"])
+def test_the_runtime_status_says_which_precision_and_why(folders, cpu):
     root, paths = folders
-    runtime = Runtime(RuntimeConfig(model_folders=[root], embedding_cache_folder=None, device="cpu"))
-    try:
-        result = runtime.classify(SENTENCES[:2], str(paths["classifier"]))
-        assert len(result.rows if hasattr(result, "rows") else result) == 2
-        model = next(m for m in runtime.status()["models"] if m["task"] == "classify")
-        if not cpu_has_bf16():
-            assert model["precision"] == "fp32" and "no AVX512_BF16" in model["precision_reason"]
-        else:
-            assert model["precision"] in ("bf16", "fp32") and "probe" in model["precision_reason"]
-    finally:
-        runtime.close()
+    with cpu_acts_as(bf16=cpu == "bf16-cpu"):
+        runtime = Runtime(RuntimeConfig(model_folders=[root], embedding_cache_folder=None, device="cpu"))
+        try:
+            result = runtime.classify(SENTENCES[:2], str(paths["classifier"]))
+            assert len(result.rows) == 2
+            model = next(m for m in runtime.status()["models"] if m["task"] == "classify")
+            if cpu == "no-bf16-cpu":
+                assert model["precision"] == "fp32" and model["precision_reason"] == "the CPU has no AVX512_BF16 or AMX"
+            else:
+                assert model["precision"] in ("bf16", "fp32") and "probe" in model["precision_reason"]
+                assert model["precision_reason"].startswith("the CPU has AVX512_BF16/AMX")
+        finally:
+            runtime.close()

@@ -146,13 +146,15 @@ def tiny_folders(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny(tiny_folders):
-    """name -> (spec, backend), each loaded once."""
+    """name -> (spec, backend), each loaded once, in fp32 asked for: these tests compare with transformers'
+    own fp32 numbers, and "auto" is bf16 on a bf16 CPU (tests/test_precision_encoders.py runs both)."""
     root, folders = tiny_folders
     resolver = Resolver([root])
     loaded = {}
     for name, folder in folders.items():
         spec = resolver.resolve(str(folder))
-        loaded[name] = (spec, create_backend(spec, choose_backend(spec), RuntimeConfig(device="cpu"), {}))
+        loaded[name] = (spec, create_backend(spec, choose_backend(spec), RuntimeConfig(device="cpu"),
+                                             {"precision": "fp32"}))
     yield loaded
     for _, backend in loaded.values():
         backend.close()
