@@ -95,7 +95,8 @@ class UniversalKernelApp(ExtensionApp):
             folders = [root, Path.home() / ".cache" / "universal-kernel" / "models"]
         return RuntimeConfig(model_folders=folders, aliases=dict(self.model_aliases), keep_alive=self.keep_alive,
                              memory_budget=self.memory_budget, queue_length=self.queue_length, parallel=self.parallel,
-                             allow_downloads=self.allow_downloads, threads=self.threads)
+                             allow_downloads=self.allow_downloads, threads=self.threads,
+                             data_folders=folders)  # HTTP clients read no file outside these folders
 
     def initialize_settings(self) -> None:
         self.runtime = Runtime(self.runtime_config())

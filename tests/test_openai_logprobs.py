@@ -68,6 +68,7 @@ def test_bad_logprobs_are_400s(client):
         client.completions.create(model=SMOLLM, prompt="x", max_tokens=2, logprobs=21)
 
 
+@pytest.mark.slow
 def test_transformers_logprobs_concatenate_to_the_text(hf_runtime):
     out = hf_runtime.generate(SMOLLM, messages=ASK, params={"temperature": 0, "max_tokens": 10, "logprobs": 2},
                               backend="transformers")

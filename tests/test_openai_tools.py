@@ -145,6 +145,7 @@ def test_n_choices_differ_repeat_with_a_seed_and_count_in_usage(client):
     assert [c.index for c in completions.choices] == [0, 1, 2, 3]
 
 
+@pytest.mark.slow
 def test_transformers_refuses_constrained_tool_calls_by_name(hf_runtime):
     from universal_kernel.errors import InvalidRequest
     from universal_kernel.server_ext.tools import plan_tools

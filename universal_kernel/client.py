@@ -352,14 +352,15 @@ class RemoteRuntime:
 
     def ocr(self, images, model: str | None = None, *, boxes: bool = False, backend: str = "auto",
             keep_alive: float | None = None) -> OcrResult:
-        """Images are read here (paths in this kernel's folders) and sent as base64; the server's limits apply."""
+        """Images are read here (any path this kernel can read, as in the local runtime) and sent as base64;
+        the server's limits apply: the server reads no path."""
         self.require_runtime_api("%ocr")  # before any image is read
         from .tasks import ocr as ocr_task  # Pillow and pypdfium2 load with the first image
 
         from .config import default_model_folders
         from .references import Resolver
 
-        folders = Resolver(default_model_folders())  # the kernel's own folders, as in the local runtime
+        folders = Resolver(default_model_folders())  # a relative path: the kernel's folder, then its model folders
         return self.run(ocr_task.call(images, model, boxes=boxes, backend=backend, keep_alive=keep_alive,
                                       path_check=folders.check_path))
 

@@ -38,6 +38,9 @@ def _embedding_cache_folder() -> Path | None:
 class RuntimeConfig:
     #: folders that path references must stay inside
     model_folders: list[Path] = field(default_factory=default_model_folders)
+    #: folders that data files named by path (OCR images) must stay inside; None: any file this process can
+    #: read, as in a kernel (its user's own process). The server sets its model folders: its disk is not its clients'
+    data_folders: list[Path] | None = None
     #: user aliases: name -> reference
     aliases: dict[str, str] = field(default_factory=dict)
     #: seconds a model stays loaded after its last use; 0 unloads at once, negative never

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
-from .errors import ModelNotFound, ReferenceRefused
+from .errors import InvalidRequest, ModelNotFound, ReferenceRefused
 from .gguf_metadata import read_gguf_metadata
 
 Format = Literal["gguf", "transformers", "spacy", "rapidocr"]
@@ -291,27 +291,39 @@ class Resolver:
             return describe(ref, path)
         return describe(ref, self._locate(ref))
 
-    def check_path(self, value: str | os.PathLike, param: str = "input") -> Path:
-        """A data file (an image, a PDF) named like a model path: inside the model folders, or refused."""
+    def check_path(self, value: str | os.PathLike, param: str = "input", inside: list[Path] | None = None) -> Path:
+        """A data file (an image, a PDF) by path, `~` expanded. `inside` None: any file this process can
+        read, a relative path from the working folder, then the model folders: a kernel is its user's own
+        process. Otherwise the file must resolve inside those folders: the server's disk is not its clients'."""
         try:
             raw = Path(value).expanduser()
         except RuntimeError:
             raw = Path(value)
-        candidates = [raw] if raw.is_absolute() else [folder / raw for folder in self.model_folders]
+        if inside is None:
+            bases = [Path.cwd(), *self.model_folders]
+            for candidate in [raw] if raw.is_absolute() else [base / raw for base in bases]:
+                if candidate.exists():
+                    if not candidate.is_file():
+                        raise InvalidRequest(f"{str(value)!r} is not a file", param=param)
+                    return candidate.resolve()
+            where = "" if raw.is_absolute() else f" in {', '.join(map(str, dict.fromkeys(bases)))}"
+            raise InvalidRequest(f"no file {str(value)!r}{where}", param=param)
+        folders = [Path(f).expanduser().resolve() for f in inside]
+        candidates = [raw] if raw.is_absolute() else [folder / raw for folder in folders]
         for candidate in candidates:
             if os.path.lexists(candidate):
                 real = candidate.resolve()
-                if not any(_inside(real, folder) for folder in self.model_folders):
+                if not any(_inside(real, folder) for folder in folders):
                     break
                 if not real.is_file():
-                    raise ModelNotFound(f"{str(value)!r} is not a file")
+                    raise InvalidRequest(f"{str(value)!r} is not a file", param=param)
                 return real
         else:
             if not raw.is_absolute() and ".." not in raw.parts:
-                raise ModelNotFound(f"no file {str(value)!r} in the allowed folders "
-                                    f"({', '.join(map(str, self.model_folders))})")
-        raise ReferenceRefused(f"{str(value)!r} is outside the allowed folders "
-                               f"({', '.join(map(str, self.model_folders))})")
+                raise InvalidRequest(f"no file {str(value)!r} in the allowed folders "
+                                     f"({', '.join(map(str, folders))})", param=param)
+        raise ReferenceRefused(f"{str(value)!r} is outside the allowed folders ({', '.join(map(str, folders))})",
+                               param=param)
 
     def _locate(self, ref: str) -> Path:
         try:

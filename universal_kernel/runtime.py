@@ -344,7 +344,8 @@ class Runtime:
 
         return self.run(ocr_task.call(images, model, boxes=boxes, backend=backend, keep_alive=keep_alive,
                                       max_pixels=self.config.ocr_max_pixels, max_pages=self.config.ocr_max_pages,
-                                      path_check=self.resolver.check_path))
+                                      path_check=lambda path, param: self.resolver.check_path(
+                                          path, param, inside=self.config.data_folders)))
 
     # Anomaly detection: detectors fitted and kept by name (tasks/anomaly.py) -----------------------
     def anomaly_fit(self, name: str, data, *, backend: str = "isolation_forest", contamination: float = 0.1,

@@ -1,7 +1,8 @@
 """`%ocr EXPR [--boxes] [--column NAME] [-m M] [--server] [--out VAR]`: the text of images and PDFs.
 
-EXPR is a path (inside the model folders), the bytes of a PNG, JPEG or PDF, a PIL image or a numpy
-array, or a list or Series of them. The result is text: a str for one input, a Series of texts aligned
+EXPR is a path (any file the kernel can read, `~` expanded; a relative one from the notebook's folder,
+then the model folders), the bytes of a PNG, JPEG or PDF, a PIL image or a numpy array, or a list or
+Series of them. The result is text: a str for one input, a Series of texts aligned
 with the input's index for a list or Series; a PDF's pages are joined by a form feed ("\\f"). With
 `--boxes`, a DataFrame `row, page, x1, y1, x2, y2, text, confidence` (one row per line read, `row` =
 the input's index). Missing values (None/NaN) give empty text.

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import Cancelled, InvalidRequest
+from ..errors import Cancelled, InvalidRequest, RuntimeFailure
 from . import TaskCall
 
 #: PDF pages are rendered at 144 dpi (PDF points are 1/72 inch): small print stays readable
@@ -71,8 +71,8 @@ class PdfInput:
 def call(images, model: str | None = None, *, boxes: bool = False, backend: str = "auto",
          keep_alive: float | None = None, max_pixels: int | None = None, max_pages: int | None = None,
          path_check: Callable | None = None) -> TaskCall:
-    """Read and check every input; nothing loads for a bad one. `path_check` refuses paths outside the
-    allowed folders (None: paths are not taken); `max_pixels`/`max_pages` None: no limit of ours."""
+    """Read and check every input; nothing loads for a bad one. `path_check(path, param)` finds a path's
+    file or refuses it (None: paths are not taken); `max_pixels`/`max_pages` None: no limit of ours."""
     items = _as_list(images)
     if not items:
         raise InvalidRequest("images must not be empty", param="images")
@@ -104,7 +104,10 @@ def _read_input(item, i: int, limits: _Limits, path_check):
     if isinstance(item, (str, os.PathLike)):
         if path_check is None:
             raise InvalidRequest(f"{name}: paths are not taken here; send the file's bytes", param="images")
-        path = path_check(item, "images")
+        try:
+            path = path_check(item, "images")
+        except RuntimeFailure as exc:  # which input it was, as for every other refusal
+            raise type(exc)(f"{name}: {exc.message}", param="images") from None
         try:
             item = path.read_bytes()
         except OSError as exc:
@@ -250,6 +253,9 @@ def decode_image(value: str, i: int) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except ValueError:
+        if any(mark in text for mark in ".~\\"):  # never in base64, common in a path
+            raise InvalidRequest(f"images[{i}]: {text[:200]!r} is not base64: the server reads no path; send the "
+                                 f"file's bytes as base64 or a data URL", param="images") from None
         raise InvalidRequest(f"images[{i}]: not valid base64", param="images") from None
 
 
