@@ -16,12 +16,17 @@ import pytest
 
 from universal_kernel.backends.llama_batch import shared_prefix_length
 from universal_kernel.backends.llama_cpp import sampler_seed
+from universal_kernel.backends.llama_shapes import SMALL_ROWS
 
 from .conftest import SMOLLM
 from .magics_support import ip, run  # noqa: F401
 
 SEA = [{"role": "user", "content": "Write a short poem about the sea."}]
 WIND = [{"role": "user", "content": "Write a short poem about the sea and the wind."}]  # same template prefix
+# Over SMALL_ROWS tokens, under n_batch: the shape check's threshold lies between SEA and LONG_SEA on every machine
+LONG_SEA = [{"role": "user", "content": SEA[0]["content"] + " Mention the waves that break on the rocks, the gulls "
+             "that cry above the harbour, the fishing boats that come home at dusk, and the lighthouse that keeps "
+             "watch through the night."}]
 SAMPLED = {"temperature": 1.0, "max_tokens": 24}
 # A prompt longer than llama.cpp's batch (512 tokens), so that whole batches of it can be kept.
 STORY = "Here is a list of things to remember: " + ", ".join(f"item {i} is {i * 7 % 13}" for i in range(90))
@@ -57,22 +62,28 @@ def _sampled(rt, seed, backend="auto", **given):
 
 
 # llama_cpp through the runtime ---------------------------------------------------------------------------------
-def test_a_seeded_chat_repeats_the_fresh_contexts_first_text(runtime, fresh_first_call):
-    prompt, stops = _llama(runtime).chat_prompt(SEA)
+@pytest.mark.parametrize("messages", [SEA, LONG_SEA], ids=["short", "long"])
+def test_a_seeded_chat_repeats_the_fresh_contexts_first_text(runtime, fresh_first_call, messages):
+    backend = _llama(runtime)
+    prompt, stops = backend.chat_prompt(messages)
     reference = fresh_first_call(prompt, 42, stops)
     assert reference  # the model wrote something to compare
 
     _sampled(runtime, 7, messages=WIND)  # the context now holds a prompt that shares the template's start
-    backend = _llama(runtime)
     tokens = backend.llm.tokenize(prompt.encode(), add_bos=True, special=True)
     wind = backend.llm.tokenize(backend.chat_prompt(WIND)[0].encode(), add_bos=True, special=True)
+    shared = shared_prefix_length(tokens, wind)
+    assert 0 < shared and len(tokens) < backend.batch.chunk
+    assert (len(tokens) < SMALL_ROWS) == (messages is SEA)
     if backend.batch.small_rows > len(tokens):  # a short prompt: the template's start is not decoded again
-        assert backend.batch.reusable(tokens) >= shared_prefix_length(tokens, wind) > 0
-    first = _sampled(runtime, 42, messages=SEA)
-    again = _sampled(runtime, 42, messages=SEA)  # the whole prompt is in the context: a full prefix hit
+        assert backend.batch.reusable(tokens) >= shared
+    else:  # `small_rows` tokens or more: only whole n_batch chunks are kept, so the template's start is decoded again
+        assert backend.batch.reusable(tokens) == 0
+    first = _sampled(runtime, 42, messages=messages)
+    again = _sampled(runtime, 42, messages=messages)  # the whole prompt is in the context: a full prefix hit
     runtime.generate(SMOLLM, messages=WIND, params={"temperature": 0, "max_tokens": 8})
-    _sampled(runtime, 43, messages=SEA)  # another seed on the same prompt in between
-    later = _sampled(runtime, 42, messages=SEA)
+    _sampled(runtime, 43, messages=messages)  # another seed on the same prompt in between
+    later = _sampled(runtime, 42, messages=messages)
     assert first == again == later == reference
 
 
