@@ -19,6 +19,7 @@ from IPython.core.error import UsageError
 
 from universal_kernel import ModelNotFound, dask_cluster
 
+from .conftest import MINILM
 from .magics_support import ip, run  # noqa: F401,F811
 
 WORDS = ["cats purr on the sofa", "the striker scored in the final", "Angela Merkel visited Paris in May",
@@ -118,14 +119,22 @@ def test_column_is_added_lazily(ip, client, frames):
     assert np.isnan(computed.vector.loc[105]).all()
 
 
-def test_classify_and_ner_equal_local(ip, client, frames):
+def test_classify_and_ner_equal_local(ip, client, frames, runtime):
     _, lazy_labels = ran(ip, f"%classify ddf.text --labels {LABELS}")
     _, local_labels = ran(ip, f"%classify df.text --labels {LABELS}")
     remote = lazy_labels.compute()
-    assert remote.label.tolist()[:5] == local_labels.label.tolist()[:5]
-    assert remote.label.fillna("-").tolist() == local_labels.label.fillna("-").tolist()
-    assert np.allclose(remote.score.to_numpy(), local_labels.score.to_numpy(), atol=1e-4, equal_nan=True)
     assert list(remote.index) == list(local_labels.index)
+    # Zero-shot scores are a softmax of cosines at temperature 0.05. In fp32 a row's vector hardly depends on
+    # the batch it came in; in bf16 (a CPU with AVX512_BF16/AMX: auto) it does, within the probe's promise,
+    # and the softmax magnifies that: the tolerance the project gives classifier outputs under bf16 applies.
+    bf16 = any(m["id"] == MINILM and m.get("precision") == "bf16" for m in runtime.status()["models"])
+    tolerance = 0.01 if bf16 else 1e-4
+    local, far = local_labels.score.to_numpy(dtype=float), remote.score.to_numpy(dtype=float)
+    assert np.allclose(far, local, atol=tolerance, equal_nan=True), np.nanmax(np.abs(far - local))
+    # labels agree wherever the local winner led by more than the tolerance allows to move
+    decided = np.isnan(local) | (local > 0.5 + 2 * tolerance)
+    assert remote.label.fillna("-")[decided].tolist() == local_labels.label.fillna("-")[decided].tolist()
+    assert decided.sum() >= len(local) // 2, local  # the check above is not empty
 
     _, lazy_entities = ran(ip, "%ner ddf.text")
     _, local_entities = ran(ip, "%ner df.text")
