@@ -41,7 +41,9 @@ def _llama(runtime):
 @pytest.fixture(scope="module")
 def fresh_first_call(smollm_path, runtime):
     """The text a brand-new llama-cpp-python context gives on its first call: the reference."""
-    import llama_cpp
+    from universal_kernel.backends.llama_cpp import llama_library
+
+    llama_cpp = llama_library()  # the AMX guard (backends/llama_amx.py), as the runtime loads
 
     settings = _llama(runtime).library_settings()  # flash attention as ours
 
