@@ -30,7 +30,8 @@ class UniversalKernelApp(ExtensionApp):
     name = "universal_kernel"
     load_other_extensions = True
 
-    preload = List(Unicode(), help="Models to load when the server starts (in the background).").tag(config=True)
+    preload = List(Unicode(), help="Models to load when the server starts (in the background). They stay "
+                                   "loaded (pinned) until a keep_alive is given for them.").tag(config=True)
     model_folders = List(
         Unicode(),
         help="Folders that path references must stay inside. Default: the server's root_dir and "
@@ -38,8 +39,9 @@ class UniversalKernelApp(ExtensionApp):
     ).tag(config=True)
     # `aliases` is taken by traitlets' Application (command-line aliases)
     model_aliases = Dict(value_trait=Unicode(), help="Extra model names: alias -> reference.").tag(config=True)
-    keep_alive = Float(help="Seconds a model stays loaded after its last use; 0 unloads at once, "
-                            "negative keeps it forever.").tag(config=True)
+    keep_alive = Float(help="Seconds a model stays loaded after its last use (default 300, or "
+                            "UNIVERSAL_KERNEL_KEEP_ALIVE); 0 unloads at once, negative keeps it forever. "
+                            "Preloaded models are pinned: this default does not unload them.").tag(config=True)
     memory_budget = Integer(None, allow_none=True,
                             help="Bytes that loaded models may take together; None means no budget.").tag(config=True)
     queue_length = Integer(16, help="Requests that may wait per model, beyond those running, before a new one "
@@ -118,7 +120,8 @@ class UniversalKernelApp(ExtensionApp):
         loop = asyncio.get_running_loop()
         for model in self.preload:
             try:
-                entry = await loop.run_in_executor(None, lambda m=model: self.runtime.load(m))
+                # pinned: the default keep_alive does not unload what the server was asked to preload
+                entry = await loop.run_in_executor(None, lambda m=model: self.runtime.load(m, pin=True))
                 self.log.info("universal_kernel: loaded %s (%s) in %.1f s", entry["id"], entry["backend"],
                               entry["load_s"])
             except Exception as exc:  # noqa: BLE001 - a bad preload must not stop the server

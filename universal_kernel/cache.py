@@ -2,7 +2,9 @@
 
 Keyed by resolved model, backend and load options. `keep_alive` follows Ollama: seconds to stay
 loaded after the last use; 0 unloads after the request; negative keeps the model forever. The idle
-timer runs only while no request holds the model, so nothing is unloaded mid-generation.
+timer runs only while no request holds the model, so nothing is unloaded mid-generation. A pinned model
+(the server's preloads) stays loaded whatever the default keep_alive, until a keep_alive is given for it
+(a load or a request with `keep_alive`): from then on that one applies.
 
 The memory budget counts measured bytes: the process RSS (and GPU memory) that each load added, taken
 after the backend's libraries are imported. Before a load, an estimate (file size times a factor that
@@ -107,6 +109,7 @@ class LoadedModel:
     last_used: float  # cache clock
     active: int = 0
     unload_when_idle: bool = False
+    pinned: bool = False  # kept loaded (keep_alive -1) until a keep_alive is given for it
     figures: RollingFigures = field(default_factory=RollingFigures)
 
     def expires_at(self) -> float | None:
@@ -273,7 +276,15 @@ class ModelCache:
                 entry.unload_when_idle = False
                 if keep_alive is not None:
                     entry.keep_alive = keep_alive
+                    entry.pinned = False
             return entry
+
+    def pin(self, entry: LoadedModel) -> None:
+        """Keep `entry` loaded however long it idles, until a request or load gives it a keep_alive."""
+        with self._lock:
+            entry.keep_alive = -1.0
+            entry.pinned = True
+            self._wake.notify_all()
 
     def count(self, entry: LoadedModel, request: Request) -> None:
         """A finished request's figures, in the model's and the runtime's."""
@@ -373,7 +384,8 @@ class ModelCache:
             raise MemoryBudgetExceeded(
                 f"{spec.id!r} {what}; the memory budget is {_mib(budget)}, so it cannot be loaded; "
                 f"models already loaded are kept")
-        idle = sorted((e for e in self._entries.values() if not e.active), key=lambda e: e.last_used)
+        # pinned models go last: they were asked for up front
+        idle = sorted((e for e in self._entries.values() if not e.active), key=lambda e: (e.pinned, e.last_used))
         used = self.used_bytes()
         victims = []
         while used + needed > budget and idle:

@@ -15,6 +15,8 @@ def duration(seconds) -> str:
 
 def expiry(model: dict) -> str:
     """When a loaded model (a `status()["models"]` entry) will be unloaded."""
+    if model.get("pinned"):  # preloaded: until a keep_alive is given for it
+        return "pinned"
     if model.get("active") or model.get("running"):
         return "in use"
     if model.get("expires_in_s") is None:

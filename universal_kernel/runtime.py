@@ -208,11 +208,14 @@ class Runtime:
         return spec, entry, load_s
 
     def load(self, model: str | None = None, *, backend: str = "auto", keep_alive: float | None = None,
-             task: str | None = None, **options) -> dict:
-        """Load a model ahead of use; returns its status entry."""
+             task: str | None = None, pin: bool = False, **options) -> dict:
+        """Load a model ahead of use; returns its status entry. `pin` keeps it loaded until a keep_alive
+        is given for it (the server's preloads): the default keep_alive does not unload it."""
         spec = self.resolve(self.config.default_generation_model if model is None else model)
         task = task or (spec.task if spec.task in ("generate", "embed") else tasks_of(spec)[0])
-        _, entry, _ = self._acquire(spec.id, backend, task, keep_alive, options)
+        _, entry, _ = self._acquire(spec.id, backend, task, -1 if pin else keep_alive, options)
+        if pin:
+            self.cache.pin(entry)
         self.cache.release(entry)
         return self._entry_status(entry)
 
@@ -410,6 +413,7 @@ class Runtime:
             "load_s": entry.load_s,
             "loaded_at": entry.loaded_at,
             "keep_alive": entry.keep_alive,
+            "pinned": entry.pinned,
             "expires_in_s": None if expires is None else max(0.0, expires - self.cache.clock()),
             "active": entry.active,
             "queue_depth": entry.worker.queue_depth,

@@ -81,10 +81,15 @@ def run_anomaly(runtime, shell, expr: str, args):
     frame = None
     if args.column:
         frame = value if isinstance(value, pd.DataFrame) else column_target(shell, expr)
+    if isinstance(value, pd.DataFrame):
+        value = _without_own_columns(value, args.column)
     data, index, present, n_rows, is_text = _rows(value, pd)
 
     started = time.perf_counter()
     name = args.model or args.fit or f"magic-{uuid.uuid4().hex}"
+    # a server without the runtime API is refused by anomaly_fit, with the reason
+    replaced = bool(args.fit) and getattr(runtime, "has_runtime_api", True) and any(
+        d.name == args.fit for d in runtime.anomaly_models())
     if not args.model:
         runtime.anomaly_fit(name, data, backend=args.backend, contamination=args.contamination,
                             model=args.embedding_model)
@@ -106,10 +111,30 @@ def run_anomaly(runtime, shell, expr: str, args):
         warn_missing(n_rows - len(present), n_rows, "their anomaly score is NaN")
     where = f" ({runtime.where})" if runtime.where != "local" else ""
     kept = f" \u00b7 kept as {args.fit!r}" if args.fit else ""
+    if replaced:
+        kept += " (replacing the detector fitted before under that name)"
     print(f"{args.model or args.backend} \u00b7 {n_rows} row{'s' * (n_rows != 1)} \u00b7 "
           f"{int(flags.sum())} anomal{'y' if flags.sum() == 1 else 'ies'} "
           f"(score \u2265 {result.threshold:.3f}){kept} \u00b7 {elapsed:.2f} s{where}")
     if frame is not None:
         store_column(frame, args.column, scores.tolist(), index)
         store_column(frame, f"{args.column}_is_anomaly", flags.tolist(), index)
+        frame.attrs[OWN_COLUMNS] = sorted({*frame.attrs.get(OWN_COLUMNS, ()), *_output_columns(args.column)})
     return deliver(shell, series, args.out, frame is not None)
+
+
+#: `DataFrame.attrs` key: the columns that `%anomaly --column` wrote into the frame (pandas copies attrs
+#: along with the frame), so that a later run reads them as its output, never as data
+OWN_COLUMNS = "universal_kernel.anomaly_columns"
+
+
+def _output_columns(column: str | None) -> list[str]:
+    return [column, f"{column}_is_anomaly"] if column else []
+
+
+def _without_own_columns(frame, column: str | None):
+    """`frame` without the score and flag columns of %anomaly (this run's --column NAME, and those earlier
+    runs wrote): a cell run twice reads the same data columns as the first time, not its own output."""
+    own = {*frame.attrs.get(OWN_COLUMNS, ()), *_output_columns(column)}
+    drop = [c for c in frame.columns if c in own]
+    return frame.drop(columns=drop) if drop else frame

@@ -17,7 +17,8 @@ def use_dask(magics, rest: list[str]):
 
     before = getattr(magics, "dask_client", None)
     try:
-        client = connect(rest[0] if rest else None)
+        # run again with the same address: the client in use stays (no second connection to the cluster)
+        client = before if rest and _connected_to(before, rest[0]) else connect(rest[0] if rest else None)
     except RuntimeFailure as exc:  # nothing changed: say where Dask work still goes
         still = (f"the cluster at {before.scheduler.address}" if before is not None and before.status == "running"
                  else "the current distributed.Client, if any")
@@ -29,3 +30,15 @@ def use_dask(magics, rest: list[str]):
           f"({len(workers)} worker{'' if len(workers) == 1 else 's'}, {threads} thread{'' if threads == 1 else 's'}); "
           f"other work stays on the {'server' if magics.use_server else 'in-process'} runtime")
     return None
+
+
+def _connected_to(client, address: str) -> bool:
+    """Whether `client` is running and talks to the scheduler at `address` (tcp:// assumed, as Dask does)."""
+    if client is None or client.status != "running":
+        return False
+    from distributed.comm.addressing import normalize_address
+
+    try:
+        return normalize_address(address) == client.scheduler.address
+    except ValueError:
+        return False

@@ -131,8 +131,11 @@ def run_runtime(magics, args):
         return None
     if action == "alias":
         name, ref = _expect(args, 2, "alias NAME REF")
+        before = getattr(getattr(runtime, "resolver", None), "aliases", {}).get(name)
         spec = runtime.alias(name, ref)
-        print(f"{name} -> {spec.path} ({spec.format}, {spec.task})")
+        # run again, the same line says the same; a new target for the name says what it replaced
+        was = f"; it was {before}" if before is not None and before != ref else ""
+        print(f"{name} -> {spec.path} ({spec.format}, {spec.task}){was}")
         return None
     if action == "monitor":
         _expect(args, 0, "monitor [--interval S] [--server]")
@@ -163,6 +166,9 @@ def _use(magics, args):
         remote = magics.connect_remote(url, args.token)
     except RuntimeFailure as exc:
         raise UsageError(one_line(f"{exc.message}; magics still use {magics.runtime_in_use()}")) from None
+    current = magics._remote if magics.use_server else None
+    if _same_server(current, remote):  # run again: the runtime in use stays, with what it measured and
+        remote = current               # the monitors that watch it
     magics.use_remote(remote)
     if remote.has_runtime_api:
         print(f"magics use the Jupyter server's runtime at {remote.base}")
@@ -172,3 +178,8 @@ def _use(magics, args):
               f"for %embed); it has no universal-kernel runtime API: load, unload, alias and the task magics "
               f"are not available there")
     return None
+
+
+def _same_server(current, probed) -> bool:
+    return current is not None and (current.base, current.token, current.has_runtime_api) == (
+        probed.base, probed.token, probed.has_runtime_api)

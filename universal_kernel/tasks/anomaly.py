@@ -3,8 +3,9 @@
 Backends are scikit-learn's `IsolationForest` (default) and `LocalOutlierFactor(novelty=True)`, each
 the last step of a `Pipeline` whose first step standardises numeric columns. Scores are in 0..1,
 higher = more anomalous: the detector's raw outlyingness (-score_samples) mapped through the
-empirical CDF of the training rows' own outlyingness, so the threshold, the (1 - contamination)
-quantile of the training scores, flags about `contamination` of the training rows.
+empirical CDF of the training rows' own outlyingness. The threshold flags at most
+ceil(contamination * n) of the training rows: about `contamination` of them, fewer where repeated rows
+tie at the boundary (a tie block is never split, and never flagged whole past that share).
 
 `data` is a numpy array, a DataFrame of numeric columns (their names are kept and checked when
 scoring), a list of rows ([x, ..] or {column: x}, the wire's shapes), or texts (a list or Series of
@@ -14,6 +15,7 @@ scikit-learn is imported only when a detector is fitted or loaded.
 
 from __future__ import annotations
 
+import math
 import numbers
 import sys
 import time
@@ -175,14 +177,17 @@ def _outlyingness(pipeline, matrix: np.ndarray) -> np.ndarray:
 
 class _Calibration:
     """A monotone map of raw outlyingness to 0..1: the training rows' empirical CDF, interpolated, with
-    exponential tails beyond the training range so rows past anything seen keep their order."""
+    exponential tails beyond the training range so rows past anything seen keep their order. Rows that
+    tie (repeated rows) share one level, their block's middle rank: interpolation over repeated x
+    values would give each an arbitrary end of its block."""
 
     def __init__(self, training: np.ndarray):
-        self.sorted = np.sort(training)
-        n = len(self.sorted)
-        self.levels = np.arange(1, n + 1) / (n + 1)
-        spread = np.subtract(*np.percentile(self.sorted, [75, 25]))
-        self.scale = float(spread) if spread > 0 else float(np.std(self.sorted)) or 1.0
+        ordered = np.sort(training)
+        n = len(ordered)
+        self.sorted, first, counts = np.unique(ordered, return_index=True, return_counts=True)
+        self.levels = (first + (counts + 1) / 2) / (n + 1)
+        spread = np.subtract(*np.percentile(ordered, [75, 25]))
+        self.scale = float(spread) if spread > 0 else float(np.std(ordered)) or 1.0
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         low, high = self.sorted[0], self.sorted[-1]
@@ -191,6 +196,26 @@ class _Calibration:
         scores[below] = self.levels[0] * np.exp((raw[below] - low) / self.scale)
         scores[above] = 1 - (1 - self.levels[-1]) * np.exp(-(raw[above] - high) / self.scale)
         return np.clip(scores, 0.0, 1.0)
+
+
+def _threshold(scores: np.ndarray, contamination: float) -> float:
+    """The score from which rows are anomalies: at most ceil(contamination * n) training rows reach it.
+
+    Repeated rows share a score, so a block of ties that straddles the (1 - contamination) quantile is
+    either flagged whole or not at all: it stays normal (a quantile would flag all of it, half of the
+    data when the rows are two repeated texts). The threshold lies halfway between the lowest flagged
+    score and the highest normal one, so a row scored again (another process, another BLAS) keeps its
+    side; when even the top block is too large, nothing of the training data is flagged."""
+    allowed = math.ceil(contamination * len(scores) - 1e-9)
+    values, counts = np.unique(scores, return_counts=True)  # ascending
+    at_least = np.cumsum(counts[::-1])[::-1]  # rows scoring >= each value
+    flagged = np.flatnonzero(at_least <= allowed)
+    if not flagged.size:
+        return float((values[-1] + 1.0) / 2)
+    lowest = flagged[0]
+    if lowest == 0:
+        return float(values[0])
+    return float((values[lowest - 1] + values[lowest]) / 2)
 
 
 def fit(runtime, name: str, data, *, backend: str = "isolation_forest", contamination: float = 0.1,
@@ -218,7 +243,7 @@ def fit(runtime, name: str, data, *, backend: str = "isolation_forest", contamin
     else:
         training = _outlyingness(pipeline, matrix)
     calibration = _Calibration(training)
-    threshold = float(np.quantile(calibration(training), 1 - contamination))
+    threshold = _threshold(calibration(training), contamination)
     detector = AnomalyDetector(name=name, backend=backend, n_samples=n_rows, n_features=int(matrix.shape[1]),
                                threshold=threshold, contamination=contamination, columns=rows.columns,
                                text_model=text_model, created_at=time.time())
