@@ -146,8 +146,8 @@ def test_a_failed_load_leaves_no_entry_and_a_clear_error(tmp_path):
         rt.close()
 
 
-RSS_PROBE = textwrap.dedent("""
-    import json, sys
+UNLOAD_PROBE = textwrap.dedent("""
+    import gc, json, sys, weakref
     from universal_kernel import Runtime, RuntimeConfig
     from universal_kernel.devices import process_rss, release_memory
     model, backend = sys.argv[1], sys.argv[2]
@@ -157,28 +157,39 @@ RSS_PROBE = textwrap.dedent("""
         release_memory()
         before = process_rss()
         rt.load(model, backend=backend)
+        entry = next(e for e in rt.cache.entries() if e.spec.id == model)
+        # what holds the weights: llama-cpp-python's Llama (its C model), or the torch module
+        weights = weakref.ref(entry.backend.llm if backend == "llama_cpp" else entry.backend.model)
+        del entry
         if rt.resolve(model).task == "embed":
             rt.embed(["warm up the model %d" % cycle] * 8, model)
         else:
             rt.generate(model, prompt="Hello", params={"max_tokens": 4}, backend=backend)
         loaded = process_rss()
         rt.unload(model)
-        rows.append([before, loaded, process_rss()])
+        gc.collect()
+        rows.append({"freed": weights() is None, "rss_before": before, "rss_loaded": loaded,
+                     "rss_after": process_rss()})
     print(json.dumps(rows))
 """)
 
 
 @pytest.mark.parametrize("model,backend", [(SMOLLM, "llama_cpp"), (MINILM, "transformers")])
-def test_unloading_returns_rss_near_its_level_before_the_load(model, backend, smollm_path, minilm_path):
+def test_unloading_frees_the_models_weights(model, backend, smollm_path, minilm_path):
+    """Nothing of the runtime holds an unloaded model's weights: the objects that own them are gone.
+
+    What RSS does then is the allocator's (glibc keeps freed arenas, a CPU's kernels differ): measured and
+    reported, never asserted (run with -s to see it).
+    """
     import json
 
-    out = subprocess.run([sys.executable, "-c", RSS_PROBE, model, backend], capture_output=True, text=True,
-                         timeout=300, check=True)
+    out = subprocess.run([sys.executable, "-c", UNLOAD_PROBE, model, backend], capture_output=True, text=True,
+                         timeout=600, check=True)
     rows = json.loads(out.stdout.strip().splitlines()[-1])
-    before, loaded, after = rows[-1]
-    grew = loaded - before
-    assert grew > 20 * 2**20, rows  # the load was real
-    assert after - before < max(0.1 * grew, 16 * 2**20), rows
+    for row in rows:
+        mib = {key: f"{value / 2**20:.0f} MiB" for key, value in row.items() if key.startswith("rss_")}
+        print(f"{model} on {backend}: {mib}")
+    assert [row["freed"] for row in rows] == [True, True], rows
 
 
 def _replace_file(source, target):
