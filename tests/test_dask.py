@@ -187,10 +187,8 @@ def test_a_missing_model_is_a_clear_error_not_a_hang(ip, client, frames):
     # a graph built without the check (another client's, say) fails at compute, with the runtime's error
     lazy = frames[1].text.map_partitions(dask_cluster.embed_partition, model="no-such-model",
                                          meta=pd.Series([], dtype=object))
-    started = time.monotonic()
-    with pytest.raises(ModelNotFound):
+    with pytest.raises(ModelNotFound):  # raised, not hung (the suite's timeout ends a hang)
         lazy.compute()
-    assert time.monotonic() - started < 60
 
 
 def test_a_worker_killed_mid_partition_is_retried_and_the_result_complete(ip, client, frames):

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 
 import jsonschema
 import openai
 import pytest
-import requests
 from openai.types.responses import Response
 
-from .conftest import SMOLLM, TOKEN, Server, _free_port, stop_process, wait_for
+from .conftest import SMOLLM, start_server, stop_process
 
 STORY = "Write a very long story about a lighthouse keeper and the storms of one winter."
 
@@ -99,34 +95,12 @@ def test_stateless_and_bad_requests_are_400s(client):
 def own_server(smollm_path, tmp_path):
     """A `jupyter server` of this test's own, SmolLM2 only, as conftest's `server` starts one: the test
     stops it under a stream, so it cannot be the shared one."""
-    home = tmp_path / "jupyter"
-    port = _free_port()
-    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
-               JUPYTER_DATA_DIR=str(home / "data"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               UNIVERSAL_KERNEL_CONVERT_CACHE=str(home / "converted"))
-    env.pop("UNIVERSAL_KERNEL_SERVER_URL", None)
-    command = [sys.executable, "-m", "jupyter_server", "--allow-root", "--no-browser", "--ip=127.0.0.1",
-               f"--port={port}", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={tmp_path}",
-               "--ServerApp.jpserver_extensions=universal_kernel.server_ext=True",
-               f"--UniversalKernelApp.preload={SMOLLM}", "--UniversalKernelApp.keep_alive=-1",
-               "--UniversalKernelApp.threads=1"]
-    log = tmp_path / "server.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
-    srv = Server(port, process, log)
-
-    def serving() -> bool:
-        assert process.poll() is None, f"jupyter server exited with {process.returncode}:\n{srv.log_tail()}"
-        try:
-            return srv.model_status(SMOLLM) is not None
-        except requests.RequestException:
-            return False
-
+    srv = start_server(tmp_path, f"--UniversalKernelApp.preload={SMOLLM}", "--UniversalKernelApp.keep_alive=-1",
+                       ready=lambda status: any(m["id"] == SMOLLM for m in status["models"]))
     try:
-        wait_for(serving, 240, lambda: f"the server did not load {SMOLLM} in time:\n{srv.log_tail()}")
         yield srv
     finally:
-        stop_process(process)
+        stop_process(srv.process)
 
 
 def test_a_failure_after_the_stream_began_is_a_failed_event(own_server):
