@@ -35,6 +35,8 @@ from universal_kernel.references import BUILTIN_ALIASES  # noqa: E402
 SMOLLM = "smollm2-135m-instruct"
 MINILM = "all-minilm-l6-v2"
 FRANCE = "Which city is the capital of France?"
+#: the encoders' precision of the shared runtime and server (see `runtime`)
+SHARED_PRECISION = "fp32"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -79,9 +81,14 @@ def minilm_path():
 
 @pytest.fixture(scope="session")
 def runtime(smollm_path, minilm_path, tmp_path_factory):
-    """A runtime shared by the session's tests, with both default models loaded once."""
+    """A runtime shared by the session's tests, with both default models loaded once.
+
+    It (and the shared `server`) asks for fp32: tests compare its numbers across doors and with the libraries'
+    fp32 references, and a bf16 row's numbers depend on the batch it was computed in (within the probe's
+    promise), which a shared runtime's in-memory cache mixes. bf16 is tested on its own, on both kinds of CPU
+    (test_precision*.py)."""
     config = RuntimeConfig(model_folders=[tmp_path_factory.mktemp("models")], keep_alive=-1,
-                           convert_cache=tmp_path_factory.mktemp("converted"))
+                           convert_cache=tmp_path_factory.mktemp("converted"), precision=SHARED_PRECISION)
     rt = Runtime(config)
     rt.load(SMOLLM)
     rt.load(MINILM)
@@ -246,7 +253,7 @@ def server(smollm_path, minilm_path, tmp_path_factory):
     log = home / "server.log"
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
                JUPYTER_DATA_DIR=str(home / "data"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               UNIVERSAL_KERNEL_CONVERT_CACHE=str(home / "converted"))
+               UNIVERSAL_KERNEL_CONVERT_CACHE=str(home / "converted"), UNIVERSAL_KERNEL_PRECISION=SHARED_PRECISION)
     command = [
         sys.executable, "-m", "jupyter_server", "--allow-root", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
         f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}",

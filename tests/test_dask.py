@@ -18,6 +18,7 @@ import pytest
 from IPython.core.error import UsageError
 
 from universal_kernel import ModelNotFound, dask_cluster
+from universal_kernel.machine import cpu_has_bf16
 
 from .conftest import MINILM
 from .magics_support import ip, run  # noqa: F401,F811
@@ -125,9 +126,11 @@ def test_classify_and_ner_equal_local(ip, client, frames, runtime):
     remote = lazy_labels.compute()
     assert list(remote.index) == list(local_labels.index)
     # Zero-shot scores are a softmax of cosines at temperature 0.05. In fp32 a row's vector hardly depends on
-    # the batch it came in; in bf16 (a CPU with AVX512_BF16/AMX: auto) it does, within the probe's promise,
-    # and the softmax magnifies that: the tolerance the project gives classifier outputs under bf16 applies.
-    bf16 = any(m["id"] == MINILM and m.get("precision") == "bf16" for m in runtime.status()["models"])
+    # the batch it came in; in bf16 (the workers' auto on a CPU with AVX512_BF16/AMX) it does, within the
+    # probe's promise, and the softmax magnifies that: the tolerance the project gives classifier outputs
+    # under bf16 applies.
+    bf16 = cpu_has_bf16() or any(m["id"] == MINILM and m.get("precision") == "bf16"
+                                 for m in runtime.status()["models"])
     tolerance = 0.01 if bf16 else 1e-4
     local, far = local_labels.score.to_numpy(dtype=float), remote.score.to_numpy(dtype=float)
     assert np.allclose(far, local, atol=tolerance, equal_nan=True), np.nanmax(np.abs(far - local))
