@@ -16,7 +16,7 @@ from pathlib import Path
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Dict, Float, Integer, List, Unicode, default, validate
 
-from universal_kernel.config import RuntimeConfig
+from universal_kernel.config import SERVER_PARALLEL, RuntimeConfig, env_parallel
 from universal_kernel.runtime import Runtime
 
 from . import handlers
@@ -74,7 +74,8 @@ class UniversalKernelApp(ExtensionApp):
 
     @default("parallel")
     def _default_parallel(self):
-        return RuntimeConfig().parallel  # honours UNIVERSAL_KERNEL_PARALLEL
+        # many clients at once: 4 streams (a kernel's runtime has 1); honours UNIVERSAL_KERNEL_PARALLEL
+        return env_parallel(SERVER_PARALLEL)
 
     @validate("parallel")
     def _at_least_one(self, proposal):

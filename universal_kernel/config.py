@@ -20,6 +20,16 @@ def _env_float(name: str, default: float | None) -> float | None:
     return float(raw) if raw not in (None, "") else default
 
 
+#: generations decoded together by default: a kernel's runtime, and the server's (its trait's default)
+KERNEL_PARALLEL = 1
+SERVER_PARALLEL = 4
+
+
+def env_parallel(default: int) -> int:
+    """UNIVERSAL_KERNEL_PARALLEL when set, else `default`."""
+    return int(_env_float("UNIVERSAL_KERNEL_PARALLEL", default))
+
+
 def default_model_folders() -> list[Path]:
     folders = _env_list("UNIVERSAL_KERNEL_MODEL_FOLDERS")
     if folders:
@@ -53,8 +63,10 @@ class RuntimeConfig:
     )
     #: requests that may wait per model before a new one is refused as Busy (beyond those running)
     queue_length: int = 16
-    #: generations a llama.cpp model decodes together, each in its own KV stream of the model's context
-    parallel: int = field(default_factory=lambda: int(_env_float("UNIVERSAL_KERNEL_PARALLEL", 4)))
+    #: generations a llama.cpp model decodes together, each in its own KV stream of the model's context.
+    #: A kernel runs one cell at a time: one stream, so its KV cache is one context's, not four's. The server
+    #: (many clients at once) keeps SERVER_PARALLEL. UNIVERSAL_KERNEL_PARALLEL overrides both.
+    parallel: int = field(default_factory=lambda: env_parallel(KERNEL_PARALLEL))
     #: "auto" picks CUDA, then MPS, then CPU; UNIVERSAL_KERNEL_DEVICE overrides
     device: str = field(default_factory=lambda: os.environ.get("UNIVERSAL_KERNEL_DEVICE", "auto"))
     #: encoders' precision: "auto" (bf16 on a CPU with AVX512_BF16/AMX, behind a probe), "fp32", "bf16"
