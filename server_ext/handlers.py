@@ -284,6 +284,8 @@ def task_routes() -> list[tuple[str, type]]:
 
 def routes() -> list[tuple[str, type]]:
     """URL patterns, relative to the server's base_url."""
+    from .upstream import routes as upstream_routes  # its handlers subclass those here
+
     return [
         (r"universal/v1/models/?", ModelsHandler),
         (r"universal/v1/models/(.+)", ModelHandler),
@@ -295,5 +297,6 @@ def routes() -> list[tuple[str, type]]:
         (r"universal/api/load/?", LoadHandler),
         (r"universal/api/unload/?", UnloadHandler),
         *task_routes(),
+        *upstream_routes(),  # the compatibility door (server_ext/upstream)
         (r"universal/(.*)", NotFoundHandler),  # last: after every task's routes
     ]
