@@ -254,7 +254,9 @@ def test_two_loads_at_once_never_overrun_the_budget_together(tmp_path, footprint
 FRESH_FOOTPRINTS = textwrap.dedent("""
     import json, tempfile
     from universal_kernel import Runtime, RuntimeConfig
-    rt = Runtime(RuntimeConfig(model_folders=[tempfile.mkdtemp()], keep_alive=-1), reaper=False)
+    from universal_kernel.config import SERVER_PARALLEL  # the server's slots (a kernel's default is 1)
+    rt = Runtime(RuntimeConfig(model_folders=[tempfile.mkdtemp()], keep_alive=-1, parallel=SERVER_PARALLEL),
+                 reaper=False)
     for model in ("smollm2-135m-instruct", "all-minilm-l6-v2"):
         rt.load(model)
     print(json.dumps({m["id"]: m["footprint_bytes"] for m in rt.status()["models"]}))
