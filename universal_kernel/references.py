@@ -265,6 +265,8 @@ class Resolver:
         self.model_folders = [Path(f).expanduser().resolve() for f in model_folders]
         self.aliases: dict[str, str] = dict(aliases or {})
         self.allow_downloads = allow_downloads
+        #: progress of a pull on first use (`hub_pull.Progress` reports); a kernel sets its progress bar here
+        self.pull_progress: Callable | None = None
 
     def add_alias(self, name: str, ref: str) -> ModelSpec:
         """Add a user alias; the target must resolve now, so a typo is caught at once."""
@@ -325,6 +327,27 @@ class Resolver:
         raise ReferenceRefused(f"{str(value)!r} is outside the allowed folders ({', '.join(map(str, folders))})",
                                param=param)
 
+    def _hub(self, ref: str) -> Path | None:
+        """A Hub id (`hub_refs`): its pulled files in the HF cache, or a pull when downloads are allowed."""
+        from . import hub_pull
+        from .hub_refs import parse_hub_ref
+
+        hub_ref = parse_hub_ref(ref)
+        if hub_ref is None:
+            return None
+        found = hub_pull.find_pulled(hub_ref)
+        if found is not None:
+            return found.path
+        if _looks_like_hub_id(ref):
+            snapshot = find_in_hub_cache(ref)  # a model folder another tool fetched whole (a .bin-only one too)
+            if snapshot is not None and (snapshot / "config.json").is_file():
+                return snapshot
+        if not self.allow_downloads:
+            raise ModelNotFound(f"no model named {ref!r}: not in the model folders, and as a Hub id not in the "
+                                f"Hugging Face cache ({hub_pull.hub_cache_dir()}); downloads are off "
+                                f"(allow_downloads)")
+        return hub_pull.pull(ref, progress=self.pull_progress).path
+
     def _locate(self, ref: str) -> Path:
         try:
             raw = Path(ref).expanduser()
@@ -343,13 +366,8 @@ class Resolver:
             raise ReferenceRefused(
                 f"{ref!r} is outside the model folders ({', '.join(map(str, self.model_folders))})"
             )
-        if _looks_like_hub_id(ref):
-            snapshot = find_in_hub_cache(ref)
-            if snapshot is not None:
-                return snapshot
-            if self.allow_downloads:
-                from huggingface_hub import snapshot_download
-
-                return Path(snapshot_download(ref))
+        hub_path = self._hub(ref)
+        if hub_path is not None:
+            return hub_path
         known = ", ".join(self.names()) or "none"
         raise ModelNotFound(f"no model named {ref!r} (aliases: {known}; or a path inside the model folders)")

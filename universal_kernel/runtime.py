@@ -155,6 +155,19 @@ class Runtime:
     def alias(self, name: str, ref: str) -> ModelSpec:
         return self.resolver.add_alias(name, ref)
 
+    def pull(self, ref: str, *, progress: Callable | None = None, allow_pickle: bool = False):
+        """Fetch the files the Hub id `ref` needs into the HF cache (`hub_pull.pull`); a `PullResult`.
+        An explicit pull is the user's own request: it does not need `allow_downloads`."""
+        from .hub_pull import pull
+
+        return pull(ref, progress=progress, allow_pickle=allow_pickle)
+
+    def remove_pulled(self, ref: str) -> list[str]:
+        """Delete a pulled model from the HF cache (huggingface_hub's cache API); the revisions removed."""
+        from .hub_pull import remove
+
+        return remove(ref)
+
     def models(self) -> list[dict]:
         """Every servable model: aliases that resolve, models in the top of the model folders, loaded ones."""
         found: dict[str, dict] = {}
