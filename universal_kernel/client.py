@@ -364,6 +364,17 @@ class RemoteRuntime:
         return self.run(ocr_task.call(images, model, boxes=boxes, backend=backend, keep_alive=keep_alive,
                                       path_check=folders.check_path))
 
+    def document(self, source, model: str | None = None, *, backend: str = "auto", keep_alive: float | None = None):
+        """As `ocr`: files are read here and sent as base64 to `universal/v1/documents`."""
+        self.require_runtime_api("%document")
+        from .config import default_model_folders
+        from .references import Resolver
+        from .tasks import document as document_task
+
+        folders = Resolver(default_model_folders())
+        call = document_task.call(source, model, backend=backend, keep_alive=keep_alive, path_check=folders.check_path)
+        return document_task.documents_of(self.run(call), source)
+
     def status(self) -> dict:
         """The server's status; on a server without runtime API, the usual shape with no models and, as
         `recent`, the requests this client measured, and a `note` that says so."""

@@ -363,6 +363,17 @@ class Runtime:
                                       path_check=lambda path, param: self.resolver.check_path(
                                           path, param, inside=self.config.data_folders)))
 
+    def document(self, source, model: str | None = None, *, backend: str = "auto", keep_alive: float | None = None):
+        """A `Document` (pages -> blocks, tables, `.markdown()`, `.frame()`) for one path, file's bytes, PIL image
+        or PDF; a list of them for a list (tasks/document.py)."""
+        from .tasks import document as document_task
+
+        call = document_task.call(source, model, backend=backend, keep_alive=keep_alive,
+                                  max_pixels=self.config.ocr_max_pixels, max_pages=self.config.ocr_max_pages,
+                                  path_check=lambda path, param: self.resolver.check_path(
+                                      path, param, inside=self.config.data_folders))
+        return document_task.documents_of(self.run(call), source)
+
     # Anomaly detection: detectors fitted and kept by name (tasks/anomaly.py) -----------------------
     def anomaly_fit(self, name: str, data, *, backend: str = "isolation_forest", contamination: float = 0.1,
                     model: str | None = None) -> AnomalyDetector:

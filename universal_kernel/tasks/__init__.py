@@ -67,6 +67,10 @@ TASKS: dict[str, TaskParts] = {parts.name: parts for parts in (
     TaskParts("ocr", "read text from images", frozenset({("rapidocr", "ocr")}),
               "universal_kernel.tasks.ocr", "universal_kernel.server_ext.tasks.ocr",
               "universal_kernel.magics.ocr", lambda config: "rapidocr"),
+    # an OCR model reads scanned pages; the layout model goes with it (tasks/document.py)
+    TaskParts("document", "read documents", frozenset({("rapidocr", "ocr")}),
+              "universal_kernel.tasks.document", "universal_kernel.server_ext.tasks.document",
+              "universal_kernel.magics.document", lambda config: "rapidocr"),
     # numeric data needs no model; texts are scored over the vectors of an embedding model
     TaskParts("anomaly", "score anomalies of texts", frozenset({("*", "embed")}),
               "universal_kernel.tasks.anomaly", "universal_kernel.server_ext.tasks.anomaly",
