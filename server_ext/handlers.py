@@ -284,6 +284,7 @@ def task_routes() -> list[tuple[str, type]]:
 
 def routes() -> list[tuple[str, type]]:
     """URL patterns, relative to the server's base_url."""
+    from .hub import routes as hub_routes
     from .upstream import routes as upstream_routes  # its handlers subclass those here
 
     return [
@@ -297,6 +298,7 @@ def routes() -> list[tuple[str, type]]:
         (r"universal/api/load/?", LoadHandler),
         (r"universal/api/unload/?", UnloadHandler),
         *task_routes(),
+        *hub_routes(),  # pulling models by their Hub id (server_ext/hub.py)
         *upstream_routes(),  # the compatibility door (server_ext/upstream)
         (r"universal/(.*)", NotFoundHandler),  # last: after every task's routes
     ]

@@ -351,3 +351,24 @@ def standard_repos(state: HubState) -> None:
     state.add("test-org/pickle-only", {"config.json": json.dumps({"architectures": ["BertModel"]}).encode(),
                                        "pytorch_model.bin": b"pickle" * 64})
     state.add("test-org/unsafe-names", {"../../escape.gguf": b"GGUF" * 64, "m-Q4_K_M.gguf": b"GGUF" * 64})
+
+
+def local_hub():
+    """A test module's fixture body (`hub = pytest.fixture(scope="module")(local_hub)`): a started server with
+    `standard_repos`, `HF_ENDPOINT` pointing at it, and huggingface_hub online (conftest sets the session
+    offline; the library reads HF_HUB_OFFLINE once, at its import, hence its constant too)."""
+    import pytest
+    import huggingface_hub.constants as hf_constants
+
+    server = LocalHub()
+    standard_repos(server.state)
+    server.start()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_ENDPOINT", server.endpoint)
+        mp.setenv("HF_HUB_OFFLINE", "0")
+        mp.setenv("TRANSFORMERS_OFFLINE", "0")
+        mp.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        mp.delenv("HF_TOKEN", raising=False)
+        mp.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+        yield server
+    server.stop()

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import MINILM, SMOLLM
-from tests.hub_server import TOKEN, LocalHub, standard_repos
+from tests.hub_server import TOKEN, local_hub
 from universal_kernel import Runtime, RuntimeConfig
 from universal_kernel.errors import ModelNotFound, ReferenceRefused
 from universal_kernel.hub_pull import PullFailed, find_pulled, pull, remove
@@ -30,23 +30,7 @@ ST_REPO = "sentence-transformers/all-MiniLM-L6-v2"
 DECOYS = ("onnx/model.onnx", "pytorch_model.bin", "openvino/openvino_model.bin")
 
 
-@pytest.fixture(scope="module")
-def hub():
-    """One local hub per module, online for huggingface_hub (conftest sets the session offline)."""
-    import huggingface_hub.constants as hf_constants
-
-    server = LocalHub()
-    standard_repos(server.state)
-    server.start()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_ENDPOINT", server.endpoint)
-        mp.setenv("HF_HUB_OFFLINE", "0")
-        mp.setenv("TRANSFORMERS_OFFLINE", "0")
-        mp.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-        mp.delenv("HF_TOKEN", raising=False)
-        mp.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-        yield server
-    server.stop()
+hub = pytest.fixture(scope="module")(local_hub)
 
 
 @pytest.fixture(scope="module")

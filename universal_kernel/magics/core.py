@@ -31,6 +31,9 @@ class UniversalKernelMagics(Magics):
         config=True)
     embed_chunk_rows = Int(256, help="Rows embedded per request by %embed.").tag(config=True)
     progress_min_rows = Int(512, help="%embed shows a progress bar from this many unique rows.").tag(config=True)
+    allow_downloads = Bool(True, help="Pull a model named by its Hub id on first use (into the Hugging Face "
+                                      "cache, with a progress bar); False: only models already there.").tag(
+        config=True)
 
     def __init__(self, shell=None, runtime=None, **kwargs):
         super().__init__(shell=shell, **kwargs)
@@ -45,6 +48,12 @@ class UniversalKernelMagics(Magics):
             from .. import get_runtime
 
             self._local = get_runtime()
+            resolver = getattr(self._local, "resolver", None)
+            if resolver is not None:  # a kernel pulls on first use (the server does not: an admin's choice)
+                from ..hub_progress import PullDisplay
+
+                resolver.allow_downloads = resolver.allow_downloads or self.allow_downloads
+                resolver.pull_progress = PullDisplay()
         return self._local
 
     def set_local_runtime(self, runtime) -> None:
@@ -172,6 +181,8 @@ class UniversalKernelMagics(Magics):
           %runtime use server [URL] [--token TOKEN]
                                                 the magics run on a Jupyter server or OpenAI-compatible server
           %runtime use dask [ADDRESS]           Dask collections go to this cluster (tcp://host:8786)
+          %runtime pull REF                     fetch a model by its Hub id (org/repo, org/repo:Q4_K_M)
+          %runtime rm REF                       delete a pulled model from the Hugging Face cache
 
         `--server` acts on the Jupyter server's runtime."""
         from .runtime_magic import run_runtime

@@ -1,4 +1,5 @@
-"""`%runtime status|models|load M|unload M|alias NAME REF|monitor|use local|use server [URL]|use dask [ADDRESS]`."""
+"""`%runtime status|models|load M|unload M|alias NAME REF|monitor|use local|use server [URL]|use dask [ADDRESS]|
+pull REF|rm REF`."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from ..formatting import (
 )
 from .common import one_line
 
-ACTIONS = ("status", "models", "load", "unload", "alias", "monitor", "use")
+ACTIONS = ("status", "models", "load", "unload", "alias", "monitor", "use", "pull", "rm")
 #: where `%runtime use` sends the magics' work
 USE_TARGETS = ("local", "server", "dask")
 
@@ -100,6 +101,8 @@ def run_runtime(magics, args):
         return _use(magics, args)
     runtime = magics.runtime_for(args.server)
     remote = runtime.where != "local"
+    if action in ("pull", "rm"):
+        return _hub_action(runtime, action, args, remote)
     if action == "status":
         _expect(args, 0, "status")
         return RuntimeStatus(runtime.status())
@@ -143,6 +146,24 @@ def run_runtime(magics, args):
 
         return Monitor(runtime, interval=args.interval)
     raise UsageError(f"unknown %runtime action {action!r}")  # pragma: no cover
+
+
+def _hub_action(runtime, action: str, args, remote: bool):
+    """`%runtime pull REF` (a progress bar, then `ref -> path (size)`) and `%runtime rm REF`."""
+    (ref,) = _expect(args, 1, f"{action} REF (org/repo, org/repo:QUANT, org/repo/file.gguf, @REV)")
+    if remote:
+        raise UsageError(f"%runtime {action} acts on this kernel's Hugging Face cache; on the server use "
+                         f"POST universal/api/pull or DELETE universal/api/models/REF")
+    if action == "rm":
+        revisions = runtime.remove_pulled(ref)
+        print(f"removed {ref} ({len(revisions)} revision{'s' if len(revisions) != 1 else ''}) from the Hugging "
+              f"Face cache")
+        return None
+    from ..hub_progress import PullDisplay
+
+    result = runtime.pull(ref, progress=PullDisplay())
+    print(f"{result.ref} -> {result.path} ({mib(result.size_bytes)})")
+    return None
 
 
 def _use(magics, args):
