@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
 from .devices import gpu_used_bytes, process_rss, release_memory
-from .errors import LoadFailed, MemoryBudgetExceeded, RuntimeFailure
+from .errors import LoadFailed, MemoryBudgetExceeded, RuntimeFailure, WorkerLost
 from .references import ModelSpec
 from .scheduler import ModelWorker, Request, make_worker
 from .stats import RequestStats, RollingFigures
@@ -110,6 +111,7 @@ class LoadedModel:
     active: int = 0
     unload_when_idle: bool = False
     pinned: bool = False  # kept loaded (keep_alive -1) until a keep_alive is given for it
+    closed: bool = False  # its backend was closed (an unload, or its worker died)
     figures: RollingFigures = field(default_factory=RollingFigures)
 
     def expires_at(self) -> float | None:
@@ -141,6 +143,9 @@ class ModelCache:
         self._stale: dict[tuple, LoadedModel] = {}  # replaced on disk, still finishing requests
         self.loads = 0  # real loads, for tests and status
         self.evictions = 0
+        # models whose worker died: what happened and when, newest last (status and the monitor show them)
+        self.worker_failures: deque[dict] = deque(maxlen=20)
+        self._dead: dict[tuple, dict] = {}  # key -> its failure record, until the model loads again
         self._wake = threading.Condition(self._lock)
         self._closed = False
         if reaper:
@@ -219,10 +224,11 @@ class ModelCache:
                     instance = self._load(spec, backend, options)
                     load_s = time.perf_counter() - started
                     measured = max(0, process_rss() - rss_before) + max(0, gpu_used_bytes() - gpu_before)
-                except RuntimeFailure:
-                    raise
+                except RuntimeFailure as exc:
+                    raise self._reload_failed(key, exc) from None
                 except Exception as exc:
-                    raise LoadFailed(f"loading {spec.id!r} failed: {type(exc).__name__}: {exc}") from None
+                    raise self._reload_failed(key, LoadFailed(
+                        f"loading {spec.id!r} failed: {type(exc).__name__}: {exc}")) from None
                 finally:
                     alone = _stop_measuring(token)
             except BaseException:
@@ -254,9 +260,13 @@ class ModelCache:
                     )
                     entry.worker = make_worker(spec.id, instance, queue_length=self.queue_length,
                                                on_finished=lambda request, e=entry: self.count(e, request),
-                                               on_done=lambda request, e=entry: self.release(e))
+                                               on_done=lambda request, e=entry: self.release(e),
+                                               on_death=lambda worker, exc, e=entry: self._worker_died(e))
                     self._entries[key] = entry
                     self.loads += 1
+                    dead = self._dead.pop(key, None)
+                    if dead is not None:
+                        dead["reloaded_at"] = time.time()
             except BaseException:
                 try:  # over the budget once measured: the new model goes, what was loaded stays
                     instance.close()
@@ -324,7 +334,44 @@ class ModelCache:
         for entry in self.entries():
             self.unload(entry.key)
 
+    # A worker that died -----------------------------------------------------------------------
+    def _worker_died(self, entry: LoadedModel) -> None:
+        """On the dying worker's thread, before its requests end: the model leaves the cache (the next
+        request loads it again), its death is recorded, and its backend is closed."""
+        worker = entry.worker
+        record = {"model": entry.spec.id, "backend": entry.backend_name, "died_at": worker.died_at,
+                  "error": worker.death, "requests_failed": worker.queue_depth, "reloaded_at": None,
+                  "reload_error": None}
+        with self._lock:
+            if self._entries.get(entry.key) is entry:
+                self._entries.pop(entry.key)
+            if self._stale.get(entry.key) is entry:
+                self._stale.pop(entry.key)
+            self.worker_failures.append(record)
+            self._dead[entry.key] = record
+            self._wake.notify_all()
+        self._close(entry)
+
+    def _reload_failed(self, key: tuple, exc: RuntimeFailure) -> RuntimeFailure:
+        """A failed load of a model whose worker died says so (a 503: a later request tries again)."""
+        with self._lock:
+            dead = self._dead.get(key)
+            if dead is None:
+                return exc
+            dead["reload_error"] = exc.message
+        when = time.strftime("%H:%M:%S", time.localtime(dead["died_at"]))
+        return WorkerLost(f"the worker of {dead['model']!r} died at {when} ({dead['error']}); "
+                          f"loading it again failed: {exc.message}")
+
+    def failure_records(self) -> list[dict]:
+        with self._lock:
+            return [dict(record) for record in self.worker_failures]
+
     def _close(self, entry: LoadedModel) -> None:
+        with self._lock:  # once: a dead worker's model is closed at its death, its last release finds it closed
+            if entry.closed:
+                return
+            entry.closed = True
         entry.worker.stop()
         try:
             entry.backend.close()

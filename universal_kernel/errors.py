@@ -66,3 +66,8 @@ class Cancelled(RuntimeFailure):
 
 class GenerationFailed(RuntimeFailure):
     """The backend failed while generating."""
+
+
+class WorkerLost(GenerationFailed):
+    """The model's worker thread died (its requests end with this), or loading the model again after that
+    failed: the model is unloaded, and a later request loads it again."""

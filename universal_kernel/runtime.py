@@ -399,6 +399,8 @@ class Runtime:
     def _worker_check(self, request, entry) -> None:
         """A reader waiting on a worker that died without finishing the request must not wait forever."""
         if not entry.worker.thread.is_alive() and not request.finished.is_set():
+            if entry.worker.died_at is not None:
+                raise entry.worker.lost()
             raise GenerationFailed(f"the worker of {entry.spec.id!r} stopped without finishing the request")
 
     def _wait(self, request, entry, get):
@@ -473,6 +475,7 @@ class Runtime:
             "used_bytes": self.cache.used_bytes(),
             "loads": self.cache.loads,
             "evictions": self.cache.evictions,
+            "worker_failures": self.cache.failure_records(),  # models whose worker died, and their reloads
             "recent": [s.as_dict() for s in list(self.recent)[-20:]],
         }
 

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import Busy, Cancelled, RuntimeFailure
+from .errors import Busy, Cancelled, RuntimeFailure, WorkerLost
 from .stats import RequestStats
 
 _ids = itertools.count(1)
@@ -49,8 +49,13 @@ class Request:
 
 
 class ModelWorker:
+    """A model's thread. Should it die (an exception that escaped its loop, or one raised into it), its
+    requests end with `WorkerLost`, it refuses new ones, and `on_death(worker, exc)` is told first (the
+    cache unloads the model, so that the next request loads it again)."""
+
     def __init__(self, name: str, backend, *, queue_length: int, on_done: Callable[[Request], None],
-                 on_finished: Callable[[Request], None] = lambda request: None):
+                 on_finished: Callable[[Request], None] = lambda request: None,
+                 on_death: Callable[["ModelWorker", BaseException], None] = lambda worker, exc: None):
         self.name = name
         self.backend = backend
         self.queue_length = queue_length
@@ -60,7 +65,11 @@ class ModelWorker:
         self._lock = threading.Lock()
         self.waiting = 0
         self.active: list[Request] = []  # the requests running now
-        self.thread = threading.Thread(target=self._run, name=f"universal-kernel:{name}", daemon=True)
+        self.on_death = on_death
+        self.stopping = False  # stop() was called: the thread ends on purpose
+        self.died_at: float | None = None  # wall clock of its death, if it died
+        self.death: str | None = None  # what killed it
+        self.thread = threading.Thread(target=self._live, name=f"universal-kernel:{name}", daemon=True)
         self.thread.start()
 
     #: requests that run at once
@@ -79,6 +88,8 @@ class ModelWorker:
 
     def submit(self, request: Request) -> None:
         with self._lock:
+            if self.died_at is not None:
+                raise self.lost()
             # a request that a free slot will take at once is not waiting, though the worker has not
             # taken it yet: the queue holds `queue_length` beyond the slots
             if self.waiting >= self.queue_length + max(0, self.slots - len(self.active)):
@@ -88,9 +99,57 @@ class ModelWorker:
         self._queue.put(request)
 
     def stop(self) -> None:
+        self.stopping = True
         self._queue.put(None)
         if threading.current_thread() is not self.thread:
             self.thread.join(timeout=30)
+
+    def lost(self) -> WorkerLost:
+        """The error of a request that this (dead) worker cannot finish."""
+        return WorkerLost(f"the worker of {self.name!r} died ({self.death}); the next request loads it again")
+
+    def _live(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # noqa: BLE001 - whatever it was, its requests must end and the model go
+            self._dying(exc)
+            self._fail_all(self.lost())
+
+    def _dying(self, exc: BaseException) -> WorkerLost:
+        """Record the death (once) and tell `on_death`, before any reader learns of it: a reader that retries
+        on its error finds the model unloaded. Returns the error its requests end with."""
+        with self._lock:
+            first = self.died_at is None
+            if first:
+                self.died_at = time.time()
+                self.death = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if first:
+            try:
+                self.on_death(self, exc)
+            except Exception:  # noqa: BLE001 - the requests must still end
+                pass
+        return self.lost()
+
+    def _fail_all(self, error: WorkerLost) -> None:
+        """End the requests running and those queued with `error`: no reader waits on a dead thread."""
+        with self._lock:
+            ending = list(self.active)
+        while True:
+            try:
+                request = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if request is not None:
+                with self._lock:
+                    self.waiting -= 1
+                ending.append(request)
+        for request in ending:
+            if not request.finished.is_set():
+                request.stats.finish_reason = "error"
+                try:
+                    self._end(request, ("error", error))
+                except Exception:  # noqa: BLE001 - a failing callback must not keep the others waiting
+                    pass
 
     def _run(self) -> None:
         while True:
@@ -113,6 +172,10 @@ class ModelWorker:
                     last = self._fail(request, exc)
                 else:
                     last = self._succeed(request, outcome)
+        except BaseException as exc:  # it kills the worker (`_live`): this request's reader learns why
+            request.stats.finish_reason = "error"
+            last = "error", self._dying(exc)
+            raise
         finally:
             self._end(request, last)
 
@@ -242,7 +305,9 @@ class BatchingWorker(ModelWorker):
 
 
 def make_worker(name: str, backend, *, queue_length: int, on_done: Callable[[Request], None],
-                on_finished: Callable[[Request], None] = lambda request: None) -> ModelWorker:
+                on_finished: Callable[[Request], None] = lambda request: None,
+                on_death: Callable[[ModelWorker, BaseException], None] = lambda worker, exc: None) -> ModelWorker:
     """A batching worker for a backend that decodes generations together, else a one-at-a-time worker."""
     kind = BatchingWorker if getattr(backend, "batch", None) is not None else ModelWorker
-    return kind(name, backend, queue_length=queue_length, on_done=on_done, on_finished=on_finished)
+    return kind(name, backend, queue_length=queue_length, on_done=on_done, on_finished=on_finished,
+                on_death=on_death)

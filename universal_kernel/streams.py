@@ -65,6 +65,8 @@ class _StreamBase:
 
     def _check_worker(self) -> None:
         if not self.worker.thread.is_alive() and not self.request.finished.is_set():
+            if getattr(self.worker, "died_at", None) is not None:
+                raise self.worker.lost()
             raise GenerationFailed(f"the worker of {self.model!r} stopped without finishing the request")
 
 

@@ -23,7 +23,7 @@ from typing import Any, Mapping, NamedTuple
 from .backends.base import GenerationParams
 from .errors import (
     BackendUnavailable, Busy, Cancelled, GenerationFailed, InvalidRequest, LoadFailed, MemoryBudgetExceeded,
-    ModelNotFound, ReferenceRefused, RuntimeFailure, WrongTask,
+    ModelNotFound, ReferenceRefused, RuntimeFailure, WorkerLost, WrongTask,
 )
 
 
@@ -48,6 +48,7 @@ ERRORS: tuple[WireError, ...] = (
     WireError(BackendUnavailable, 501, "server_error", "backend_unavailable", False),
     WireError(LoadFailed, 500, "server_error", "load_failed", False),
     WireError(Cancelled, 499, "server_error", "cancelled", None),
+    WireError(WorkerLost, 503, "server_error", "model_worker_lost", True),
     WireError(GenerationFailed, 500, "server_error", "generation_failed", None),
 )
 

@@ -28,6 +28,22 @@ def latency(request: dict):
     return request.get("ttft_s") if request.get("ttft_s") is not None else request.get("total_s")
 
 
+def failures_html(failures: list[dict]) -> str:
+    """One line per model whose worker died (the last few): when, of what, and its reload or why it failed."""
+    lines = []
+    for record in failures[-3:]:
+        when = time.strftime("%H:%M:%S", time.localtime(record.get("died_at") or 0))
+        line = f"worker of {record.get('model')} died at {when} ({record.get('error')})"
+        if record.get("reloaded_at"):
+            line += f"; loaded again at {time.strftime('%H:%M:%S', time.localtime(record['reloaded_at']))}"
+        elif record.get("reload_error"):
+            line += f"; loading it again failed: {record['reload_error']}"
+        else:
+            line += "; the next request loads it again"
+        lines.append(f"<div style='color:#c00'>{html.escape(line)}</div>")
+    return "".join(lines)
+
+
 def sparkline(values: list, width: int = 240, height: int = 40) -> str:
     """An inline SVG of `values` (seconds), scaled to its maximum: a line with a dot on each point (one
     request is a dot, not an invisible one-point line), and the "max" label above the plot, not on it."""
@@ -78,10 +94,11 @@ class Monitor(widgets.VBox):
         self.source = source
         self._title = widgets.HTML()
         self._memory = widgets.HTML()
+        self._failures = widgets.HTML()  # models whose worker died
         self._models = widgets.HTML()
         self._requests = widgets.HTML()
         self._plot = widgets.HTML()
-        super().__init__(children=[self._title, self._memory, self._models, self._plot, self._requests],
+        super().__init__(children=[self._title, self._memory, self._failures, self._models, self._plot, self._requests],
                          **kwargs)
         self.interval = interval
         self.source_name = getattr(source, "where", "local")
@@ -143,6 +160,7 @@ class Monitor(widgets.VBox):
         self._title.value = f"<b>universal-kernel</b> ({self.source_name}) \u00b7 updated {clock}"
         note = (self.last_status or {}).get("note")  # a server without runtime API: the client's own figures
         self._memory.value = html.escape(note or memory_line(self.last_status or {}))
+        self._failures.value = failures_html((self.last_status or {}).get("worker_failures") or [])
         self._models.value = html_table(MODEL_HEADERS, model_rows(self.models)) + precision_html(self.models)
         last = [r for r in self.recent if r.get("finish_reason")][-8:]
         self._requests.value = html_table(REQUEST_HEADERS, request_rows(last))
