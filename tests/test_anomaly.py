@@ -280,7 +280,7 @@ def test_bad_input_is_a_clear_invalid_request(local, data):
     refused(r"at least 21 rows \(n_neighbors=20", "m", data.head(20), backend="local_outlier_factor")
     assert refused("contamination", "m", data, contamination=0).param == "contamination"
     refused("contamination", "m", data, contamination=0.6)
-    assert refused("unknown anomaly backend", "m", data, backend="one_class_svm").param == "backend"
+    assert refused("unknown anomaly backend", "m", data, backend="svm").param == "backend"
     refused("not a number", "m", [[1.0, "2"], [3.0, 4.0]])
     refused("mixes texts", "m", ["a text", 3.0])
 

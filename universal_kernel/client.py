@@ -434,15 +434,19 @@ class RemoteRuntime:
             body["embedding_model"] = model
         return anomaly_task.detector_from_wire(self._json("POST", anomaly_task.PATHS["fit"], body))
 
-    def anomaly_score(self, name: str, data):
+    def anomaly_score(self, name: str, data, *, threshold: float | None = None):
         from .interface import AnomalyScores
         from .tasks import anomaly as anomaly_task
 
-        body = self._json("POST", anomaly_task.PATHS["score"], {"model": name, "data": anomaly_task.data_to_wire(data)})
+        request = {"model": name, "data": anomaly_task.data_to_wire(data)}
+        if threshold is not None:
+            request["threshold"] = threshold
+        body = self._json("POST", anomaly_task.PATHS["score"], request)
         rows = sorted(body["data"], key=lambda row: row["index"])
         return AnomalyScores(name=body["model"], scores=np.array([row["score"] for row in rows], dtype=np.float64),
                              is_anomaly=np.array([row["is_anomaly"] for row in rows], dtype=bool),
-                             threshold=body["threshold"])
+                             threshold=body["threshold"],
+                             raw_scores=np.array([row["raw_score"] for row in rows], dtype=np.float64))
 
     def anomaly_models(self) -> list:
         from .tasks import anomaly as anomaly_task

@@ -124,6 +124,7 @@ class AnomalyScores:
     is_anomaly: np.ndarray  # bool, score >= threshold
     threshold: float
     stats: RequestStats | None = None
+    raw_scores: np.ndarray | None = None  # the detector library's own score per row, higher = more anomalous
 
 
 # Status ---------------------------------------------------------------------------------------
@@ -210,7 +211,7 @@ class InferenceRuntime(Protocol):
     def anomaly_fit(self, name: str, data: Any, *, backend: str = "isolation_forest", contamination: float = 0.1,
                     model: str | None = None) -> AnomalyDetector: ...
 
-    def anomaly_score(self, name: str, data: Any) -> AnomalyScores: ...
+    def anomaly_score(self, name: str, data: Any, *, threshold: float | None = None) -> AnomalyScores: ...
 
     def anomaly_models(self) -> list[AnomalyDetector]: ...
 

@@ -381,10 +381,10 @@ class Runtime:
 
         return anomaly.fit(self, name, data, backend=backend, contamination=contamination, model=model)
 
-    def anomaly_score(self, name: str, data) -> AnomalyScores:
+    def anomaly_score(self, name: str, data, *, threshold: float | None = None) -> AnomalyScores:
         from .tasks import anomaly
 
-        return anomaly.score(self, name, data)
+        return anomaly.score(self, name, data, threshold=threshold)
 
     def anomaly_models(self) -> list[AnomalyDetector]:
         from .tasks import anomaly

@@ -4,7 +4,8 @@
 - `POST anomaly/fit` `{model: NAME, data: [[x..]] or [{col: x}] or [str], backend?, contamination?: 0.1,
   embedding_model?}` -> `{model, n_samples, n_features, threshold, backend, contamination, columns,
   embedding_model, created_at}`
-- `POST anomaly/score` `{model, data}` -> `{model, threshold, data: [{index, score, is_anomaly}]}`
+- `POST anomaly/score` `{model, data, threshold?}` -> `{model, threshold, data: [{index, score, is_anomaly, raw_score}],
+  summary: {total_points, anomaly_count, anomaly_rate, threshold}}` (`raw_score`: the detector library's own)
 - `GET anomaly/models` -> `{object: "list", data: [detector]}`; `DELETE anomaly/models/NAME` -> `{model, deleted}`
 """
 
@@ -38,18 +39,34 @@ class AnomalyFitRequest(p._Request):
 class AnomalyScoreRequest(p._Request):
     model: str
     data: list[Any]
+    threshold: Optional[float] = None  # in 0..1; None: the detector's own (checked by the runtime)
 
 
 class AnomalyRow(BaseModel):
     index: int  # the row's position in the request
     score: float  # 0..1, higher = more anomalous
     is_anomaly: bool
+    raw_score: float  # the detector library's own score, higher = more anomalous
+
+
+class AnomalySummary(BaseModel):
+    total_points: int
+    anomaly_count: int
+    anomaly_rate: float
+    threshold: float
+
+    @classmethod
+    def of(cls, is_anomaly, threshold: float) -> "AnomalySummary":
+        count = int(sum(bool(flag) for flag in is_anomaly))
+        return cls(total_points=len(is_anomaly), anomaly_count=count, anomaly_rate=count / max(len(is_anomaly), 1),
+                   threshold=threshold)
 
 
 class AnomalyScoreResponse(BaseModel):
     model: str
     threshold: float
     data: list[AnomalyRow]
+    summary: AnomalySummary
 
 
 class AnomalyDetectorBody(BaseModel):
@@ -84,12 +101,13 @@ async def fit(serving: Serving, req: AnomalyFitRequest) -> AnomalyDetectorBody |
 
 
 async def score(serving: Serving, req: AnomalyScoreRequest) -> AnomalyScoreResponse | Failure:
-    found = await _off_loop(lambda: serving.runtime.anomaly_score(req.model, req.data))
+    found = await _off_loop(lambda: serving.runtime.anomaly_score(req.model, req.data, threshold=req.threshold))
     if isinstance(found, Failure):
         return found
-    rows = [AnomalyRow(index=i, score=float(s), is_anomaly=bool(flag))
-            for i, (s, flag) in enumerate(zip(found.scores, found.is_anomaly))]
-    return AnomalyScoreResponse(model=found.name, threshold=found.threshold, data=rows)
+    rows = [AnomalyRow(index=i, score=float(s), is_anomaly=bool(flag), raw_score=float(raw))
+            for i, (s, flag, raw) in enumerate(zip(found.scores, found.is_anomaly, found.raw_scores))]
+    return AnomalyScoreResponse(model=found.name, threshold=found.threshold, data=rows,
+                                summary=AnomalySummary.of(found.is_anomaly, found.threshold))
 
 
 async def models(serving: Serving) -> AnomalyModelsResponse | Failure:

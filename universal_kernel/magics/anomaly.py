@@ -35,7 +35,9 @@ _FLAGS = {"--server"}
 @argument("-m", "--model", default=None, metavar="NAME", help="score EXPR with the detector kept under NAME")
 @argument("--contamination", default=0.1, type=float, metavar="C",
           help="the share of rows expected to be anomalies, in (0, 0.5]: sets the threshold (default 0.1)")
-@argument("--backend", default="isolation_forest", help="isolation_forest (default) or local_outlier_factor")
+@argument("--backend", default="isolation_forest",
+          help="isolation_forest (default), local_outlier_factor, one_class_svm (scikit-learn), ecod, copod, "
+               "hbos (pyod)")
 @argument("--embedding-model", default=None, metavar="M", help="texts: the embedding model (default: all-minilm-l6-v2)")
 @argument("--column", default=None, metavar="NAME",
           help="add the scores as column NAME (and NAME_is_anomaly) of the DataFrame")

@@ -1,11 +1,13 @@
 """Anomaly detection: detectors fitted on numeric rows (or texts, over their embeddings), kept by name.
 
-Backends are scikit-learn's `IsolationForest` (default) and `LocalOutlierFactor(novelty=True)`, each
-the last step of a `Pipeline` whose first step standardises numeric columns. Scores are in 0..1,
-higher = more anomalous: the detector's raw outlyingness (-score_samples) mapped through the
-empirical CDF of the training rows' own outlyingness. The threshold flags at most
+Backends (`anomaly_detectors.py`) are scikit-learn's `IsolationForest` (default), `LocalOutlierFactor`
+and `OneClassSVM`, and pyod's ECOD, COPOD and HBOS, each the last step of a `Pipeline` whose first step
+standardises numeric columns. Scores are in 0..1, higher = more anomalous: the detector's raw
+outlyingness (`raw_scores`, the library's own score) mapped through the empirical CDF of the training
+rows' own outlyingness. The threshold flags at most
 ceil(contamination * n) of the training rows: about `contamination` of them, fewer where repeated rows
-tie at the boundary (a tie block is never split, and never flagged whole past that share).
+tie at the boundary (a tie block is never split, and never flagged whole past that share). A scoring
+call may give its own threshold (in 0..1) instead.
 
 `data` is a numpy array, a DataFrame of numeric columns (their names are kept and checked when
 scoring), a list of rows ([x, ..] or {column: x}, the wire's shapes), or texts (a list or Series of
@@ -25,10 +27,11 @@ import numpy as np
 
 from ..errors import InvalidRequest
 from ..interface import AnomalyDetector, AnomalyScores
+from . import anomaly_detectors as detectors
 from .anomaly_store import DetectorStore, check_name
 
-BACKENDS = ("isolation_forest", "local_outlier_factor")
-LOF_NEIGHBORS = 20
+BACKENDS = detectors.BACKENDS
+LOF_NEIGHBORS = detectors.LOF_NEIGHBORS
 EMBED_CHUNK = 256  # texts per embedding call: bounded requests, the same vectors
 
 #: the wire paths, relative to `{base_url}universal/`
@@ -155,24 +158,18 @@ def _check_options(backend: str, contamination) -> float:
     return float(contamination)
 
 
-def _pipeline(backend: str, texts: bool):
-    from sklearn.ensemble import IsolationForest
-    from sklearn.neighbors import LocalOutlierFactor
+def _pipeline(backend: str, texts: bool, contamination: float):
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
     # embeddings are unit vectors already compared by angle; standardising would weigh noise dimensions
     # as much as the meaningful ones. Numeric columns come in any units, so they are standardised.
     scale = "passthrough" if texts else StandardScaler()
-    if backend == "isolation_forest":
-        detector = IsolationForest(n_estimators=200, random_state=0)
-    else:
-        detector = LocalOutlierFactor(n_neighbors=LOF_NEIGHBORS, novelty=True)
-    return Pipeline([("scale", scale), ("detect", detector)])
+    return Pipeline([("scale", scale), ("detect", detectors.detector(backend, contamination))])
 
 
 def _outlyingness(pipeline, matrix: np.ndarray) -> np.ndarray:
-    return -pipeline.score_samples(matrix)  # sklearn: lower = more abnormal; here higher is
+    return detectors.outlyingness(pipeline, matrix)
 
 
 class _Calibration:
@@ -225,7 +222,7 @@ def fit(runtime, name: str, data, *, backend: str = "isolation_forest", contamin
     contamination = _check_options(backend, contamination)
     rows = read_data(data)
     n_rows = len(rows.texts) if rows.texts is not None else len(rows.matrix)
-    needed = 2 if backend == "isolation_forest" else LOF_NEIGHBORS + 1
+    needed = detectors.min_rows(backend)
     if n_rows < needed:
         extra = f" (n_neighbors={LOF_NEIGHBORS}, plus one)" if backend == "local_outlier_factor" else ""
         raise InvalidRequest(f"{backend} needs at least {needed} rows{extra}; data has {n_rows}", param="data")
@@ -236,12 +233,8 @@ def fit(runtime, name: str, data, *, backend: str = "isolation_forest", contamin
     else:
         matrix = rows.matrix
 
-    pipeline = _pipeline(backend, texts=text_model is not None).fit(matrix)
-    if backend == "local_outlier_factor":
-        # each training row's own LOF, itself left out of its neighbours (score_samples would count it)
-        training = -pipeline[-1].negative_outlier_factor_
-    else:
-        training = _outlyingness(pipeline, matrix)
+    pipeline = _pipeline(backend, texts=text_model is not None, contamination=contamination).fit(matrix)
+    training = detectors.training_outlyingness(pipeline, matrix)
     calibration = _Calibration(training)
     threshold = _threshold(calibration(training), contamination)
     detector = AnomalyDetector(name=name, backend=backend, n_samples=n_rows, n_features=int(matrix.shape[1]),
@@ -249,12 +242,11 @@ def fit(runtime, name: str, data, *, backend: str = "isolation_forest", contamin
                                text_model=text_model, created_at=time.time())
     signature = DetectorStore(runtime.config.anomaly_folder).save(
         name, {"pipeline": pipeline, "calibration": calibration, "detector": asdict(detector)}, asdict(detector))
-    _fitted_here[(str(runtime.config.anomaly_folder), name)] = (signature, _fingerprint(matrix),
-                                                                calibration(training))
+    _fitted_here[(str(runtime.config.anomaly_folder), name)] = (signature, _fingerprint(matrix), training)
     return detector
 
 
-#: (folder, name) -> (signature, fingerprint of the training matrix, the training rows' scores) of the
+#: (folder, name) -> (signature, fingerprint of the training matrix, the training rows' raw scores) of the
 #: last fit in this process. Scoring the very rows just fitted (`%anomaly df`: fit, then score) takes
 #: them from here instead of a second pass over the forest, while the file is still the one fitted.
 _fitted_here: dict[tuple[str, str], tuple[str, str, np.ndarray]] = {}
@@ -287,15 +279,26 @@ def _aligned(rows: _Rows, detector: AnomalyDetector) -> np.ndarray:
     return matrix
 
 
-def score(runtime, name: str, data) -> AnomalyScores:
-    """Scores in 0..1 (higher = more anomalous) of `data` under the detector kept as `name`."""
+def check_threshold(threshold) -> float | None:
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 <= threshold <= 1:
+        raise InvalidRequest(f"threshold must be a number in 0..1 (scores are in 0..1, higher = more anomalous); "
+                             f"got {threshold!r}", param="threshold")
+    return float(threshold)
+
+
+def score(runtime, name: str, data, *, threshold: float | None = None) -> AnomalyScores:
+    """Scores in 0..1 (higher = more anomalous) of `data` under the detector kept as `name`; rows at or
+    above `threshold` (default: the detector's own) are anomalies."""
+    threshold = check_threshold(threshold)
     store = DetectorStore(runtime.config.anomaly_folder)
     fitted = store.load(name)
     here = _fitted_here.get((str(runtime.config.anomaly_folder), name))
     known = None
     if here is not None and here[0] == store.signature(name):
         known = here[1:]  # the rows it was fitted on have known scores
-    return score_fitted(runtime, fitted, data, known=known)
+    return score_fitted(runtime, fitted, data, known=known, threshold=threshold)
 
 
 def load_fitted(runtime, name: str) -> dict:
@@ -303,7 +306,8 @@ def load_fitted(runtime, name: str) -> dict:
     return DetectorStore(runtime.config.anomaly_folder).load(name)
 
 
-def score_fitted(runtime, fitted: dict, data, *, known: tuple[str, np.ndarray] | None = None) -> AnomalyScores:
+def score_fitted(runtime, fitted: dict, data, *, known: tuple[str, np.ndarray] | None = None,
+                 threshold: float | None = None) -> AnomalyScores:
     """Scores of `data` under a loaded detector; text rows are embedded with `runtime`."""
     rows = read_data(data)
     detector = AnomalyDetector(**fitted["detector"])
@@ -315,11 +319,13 @@ def score_fitted(runtime, fitted: dict, data, *, known: tuple[str, np.ndarray] |
     else:
         matrix = _aligned(rows, detector)
     if known is not None and known[0] == _fingerprint(matrix):
-        scores = known[1].copy()
+        raw = known[1].copy()
     else:
-        scores = fitted["calibration"](_outlyingness(fitted["pipeline"], matrix))
-    return AnomalyScores(name=detector.name, scores=scores, is_anomaly=scores >= detector.threshold,
-                         threshold=detector.threshold)
+        raw = _outlyingness(fitted["pipeline"], matrix)
+    scores = fitted["calibration"](raw)
+    threshold = detector.threshold if threshold is None else threshold
+    return AnomalyScores(name=detector.name, scores=scores, is_anomaly=scores >= threshold, threshold=threshold,
+                         raw_scores=raw)
 
 
 def models(runtime) -> list[AnomalyDetector]:
