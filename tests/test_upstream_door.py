@@ -188,3 +188,58 @@ def test_health_shape(server):
     _typed(body, {"status": str, "device": dict, "loaded_models": list, "timestamp": str, "pid": int})
     assert body["status"] == "healthy" and MINILM in body["loaded_models"]
     assert body["device"]["device"] in ("cpu", "cuda") and body["pid"] != os.getpid()
+
+
+# Anomaly ---------------------------------------------------------------------------------------------------
+def _sensor_rows() -> list[list[float]]:
+    """Upstream's docstring example, `[[1.0, 2.0], [1.1, 2.1], [0.9, 1.9], ...]`, continued: 60 rows near (1, 2)."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    return (np.array([1.0, 2.0]) + 0.1 * rng.normal(size=(60, 2))).round(3).tolist()
+
+
+@pytest.fixture
+def detector_name(runtime):
+    name = f"sensor-detector-{os.getpid()}-{id(runtime) % 10_000}"
+    yield name
+    runtime.anomaly_delete(name)
+
+
+@pytest.mark.parametrize("backend", ["isolation_forest", "ecod"])
+def test_anomaly_fit_and_score_shapes_and_values_equal_our_route(server, detector_name, backend):
+    fit = _ok(server.post(DOOR + "v1/anomaly/fit", {"model": detector_name, "backend": backend,
+                                                     "data": _sensor_rows(), "contamination": 0.1}))
+    _typed(fit, {"object": str, "model": str, "backend": str, "samples_fitted": int, "training_time_ms": float,
+                 "model_params": dict, "encoder": type(None), "status": str})  # no schema: no encoder
+    assert (fit["object"], fit["model"], fit["backend"], fit["samples_fitted"], fit["status"]) == \
+        ("fit_result", detector_name, backend, 60, "fitted")
+    assert fit["model_params"]["contamination"] == 0.1
+
+    probe = [[1.0, 2.0], [1.1, 2.1], [100.0, 200.0]]  # upstream's score example
+    body = _ok(server.post(DOOR + "v1/anomaly/score", {"model": detector_name, "backend": backend, "data": probe,
+                                                        "threshold": 0.5}))
+    _typed(body, {"object": str, "data": list, "total_count": int, "model": str, "backend": str, "summary": dict})
+    _typed(body["summary"], {"total_points": int, "anomaly_count": int, "anomaly_rate": float, "threshold": float})
+    ours = _ok(server.post("universal/v1/anomaly/score", {"model": detector_name, "data": probe, "threshold": 0.5}))
+    for i, (row, mine) in enumerate(zip(body["data"], ours["data"])):
+        _typed(row, {"index": int, "score": float, "is_anomaly": bool, "raw_score": float})
+        assert row == {**mine, "index": i}
+    assert body["summary"] == ours["summary"] and body["summary"]["threshold"] == 0.5
+    assert body["total_count"] == 3 and body["data"][2]["is_anomaly"] and body["summary"]["anomaly_count"] >= 1
+
+
+@pytest.mark.parametrize("path, extra, param, words", [
+    ("fit", {"backend": "knn"}, "backend", ["knn", "isolation_forest", "ecod", "copod", "hbos", "one_class_svm"]),
+    ("fit", {"backend": "autoencoder"}, "backend", ["autoencoder"]),
+    ("fit", {"normalization": "zscore"}, "normalization", ["zscore", "raw_score"]),
+    ("fit", {"schema": {"a": "numeric", "agent": "hash"}}, "schema", ["numeric", "hash"]),
+    ("fit", {"training_file": "file_1"}, "training_file", ["data"]),
+    ("score", {"explain": True}, "explain", ["explain"]),
+    ("score", {"backend": "ecod"}, "backend", ["isolation_forest", "ecod"]),  # fitted with the other one
+    ("score", {"threshold": 3}, "threshold", ["0..1"]),
+])
+def test_anomaly_mistakes_name_what_we_have(server, detector_name, path, extra, param, words):
+    _ok(server.post(DOOR + "v1/anomaly/fit", {"model": detector_name, "data": _sensor_rows()}))
+    response = server.post(DOOR + f"v1/anomaly/{path}", {"model": detector_name, "data": _sensor_rows()[:3], **extra})
+    assert _refused(response, 400, *words)["error"]["param"] == param

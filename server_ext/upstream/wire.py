@@ -3,18 +3,34 @@
 
 Requests ignore unknown fields (as upstream's FastAPI models do). Where upstream's request takes a
 field that this runtime cannot honour, the field is here with upstream's default, and the door
-(`routes.py`) answers 400 when a request sets it to something else: a value is never silently dropped.
+(`door.py`) answers 400 when a request sets it to something else: a value is never silently dropped.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 
 class _UpstreamRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False, populate_by_name=True)
+
+
+class _OmitsUnset(BaseModel):
+    """A row whose optional keys upstream adds only when asked for (`document`, `boxes`): left out when
+    None rather than sent as null. Other None fields (the fit result's `encoder`) are sent as null, as
+    upstream does."""
+
+    OMITTED: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler):
+        data = handler(self)
+        for key in self.OMITTED:
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 # Rerank (api_types/nlp.py RerankRequest / RerankResult / RerankResponse) ----------------------------------
@@ -26,7 +42,8 @@ class RerankRequest(_UpstreamRequest):
     return_documents: bool = True
 
 
-class RerankResult(BaseModel):
+class RerankResult(_OmitsUnset):
+    OMITTED: ClassVar[tuple[str, ...]] = ("document",)
     index: int
     relevance_score: float
     document: Optional[str] = None  # only when return_documents (the key is left out otherwise)
@@ -118,7 +135,8 @@ class OcrBox(BaseModel):
     confidence: float
 
 
-class OcrResult(BaseModel):
+class OcrResult(_OmitsUnset):
+    OMITTED: ClassVar[tuple[str, ...]] = ("boxes",)
     index: int
     text: str
     confidence: float

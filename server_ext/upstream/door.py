@@ -28,6 +28,7 @@ from ..errors import Failure, failure, failure_from
 from ..handlers import BaseHandler, ChatCompletionsHandler, EmbeddingsHandler, ModelsHandler
 from ..serving import Serving, parse
 from ..tasks import serve
+from . import anomaly_door
 from . import wire as w
 
 #: the OCR engines upstream names; none of them is here (rapidocr is)
@@ -52,11 +53,7 @@ class UpstreamErrors:
 
 
 class UpstreamHandler(UpstreamErrors, BaseHandler):
-    def send_json(self, value, status: int = 200) -> None:
-        # optional keys that upstream leaves out when unset (`document`, `boxes`) are left out here too
-        if isinstance(value, BaseModel):
-            value = value.model_dump(exclude_none=True)
-        super().send_json(value, status)
+    pass
 
 
 def _post(request_type: type[BaseModel], answer: Callable[[Serving, Any], Any]) -> type[BaseHandler]:
@@ -224,4 +221,5 @@ def routes() -> list[tuple[str, type]]:
         (rf"{door}/v1/classify/?", _post(w.ClassifyRequest, classify)),
         (rf"{door}/v1/ner/?", _post(w.NerRequest, ner)),
         (rf"{door}/v1/ocr/?", _post(w.OcrRequest, ocr)),
+        *anomaly_door.routes(door, _post),
     ]
