@@ -283,3 +283,34 @@ def test_rm_removes_a_pulled_model_through_the_cache_api(hub, fresh_cache):
     assert not result.path.exists() and find_pulled(f"{GGUF_REPO}:Q8_0") is None
     with pytest.raises(ModelNotFound, match="not in the Hugging Face cache"):
         remove(GGUF_REPO)
+
+
+def test_weights_over_the_memory_budget_are_refused_before_any_byte(hub, fresh_cache):
+    rt = Runtime(RuntimeConfig(memory_budget=50_000_000, allow_downloads=True), reaper=False)
+    try:
+        with pytest.raises(PullFailed, match=r"its weights take 0\.09 GiB, more than the memory budget of 0\.05 GiB"):
+            rt.pull(f"{GGUF_REPO}:Q8_0")
+        with pytest.raises(PullFailed, match="more than the memory budget"):
+            rt.resolve(f"{GGUF_REPO}:Q8_0")  # pull on first use: the same refusal
+    finally:
+        rt.close()
+    assert not hub.state.served("SmolLM2-135M-Instruct-Q8_0.gguf")
+
+
+def test_the_text_progress_outside_a_widget_frontend(hub, fresh_cache):
+    import io
+
+    from universal_kernel.hub_progress import PullDisplay
+
+    out = io.StringIO()
+    display = PullDisplay(widgets=False, out=out)
+    pull(ST_REPO, progress=display)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == f"{ST_REPO}: pulling manifest"
+    files = [line for line in lines if " file " in line]
+    count = int(files[0].split(" file ")[1].split("/")[1].split()[0])
+    assert count >= 8 and any(f" file {count}/{count} " in line for line in files)
+    assert any(line.startswith(f"{ST_REPO}: file {count}/{count} model.safetensors ") and "B/s" in line
+               for line in files)
+    assert lines.count(f"{ST_REPO}: pulling manifest") == 1
+    assert lines[-1].startswith(f"{ST_REPO}: ") and lines[-1].endswith("MB pulled")

@@ -177,6 +177,8 @@ class _Meter:
 
     def advance(self, n: int) -> None:
         p = self.current
+        if p.file is None:
+            return  # config.json / the index read to choose the files: counted with their file below
         p.file_completed = max(0, p.file_completed + n)
         p.completed = self.done_before + min(p.file_completed, p.file_total or p.file_completed)
         self.fetched += n
@@ -198,7 +200,8 @@ class _Meter:
         elapsed = max(now - self.started, 1e-6)
         p = self.current
         p.rate = self.fetched / elapsed
-        p.eta_s = (self.total - p.completed) / p.rate if p.rate > 0 else None
+        # no ETA from the first bytes (the metadata's round trips dominate them)
+        p.eta_s = (self.total - p.completed) / p.rate if p.rate > 0 and self.fetched >= 2**20 else None
         self.callback(p)
 
     def tqdm_class(self):
@@ -219,8 +222,9 @@ class _Meter:
 
 
 def pull(text: str, progress: Callable[[Progress], None] | None = None, allow_pickle: bool = False,
-         disk_margin: int = DISK_MARGIN_BYTES) -> PullResult:
-    """Fetch what the Hub id `text` needs into the HF cache (or find it there) and say where it is."""
+         disk_margin: int = DISK_MARGIN_BYTES, max_bytes: int | None = None) -> PullResult:
+    """Fetch what the Hub id `text` needs into the HF cache (or find it there) and say where it is.
+    `max_bytes` (the runtime's memory budget): weights larger than it are refused before any byte moves."""
     from huggingface_hub import HfApi, hf_hub_download, try_to_load_from_cache
 
     ref = require_hub_ref(text)
@@ -271,6 +275,10 @@ def pull(text: str, progress: Callable[[Progress], None] | None = None, allow_pi
 
     cached = {n for n in files if isinstance(try_to_load_from_cache(ref.repo_id, n, cache_dir=cache, revision=commit),
                                              str)}
+    weights = sum(size_of(n) for n in files if n.endswith((".gguf", ".safetensors", ".bin")))
+    if max_bytes is not None and weights > max_bytes:
+        raise PullFailed(f"{ref}: its weights take {_gib(weights)} GiB, more than the memory budget of "
+                         f"{_gib(max_bytes)} GiB; pick a smaller quant or raise the budget")
     needed = sum(size_of(n) for n in files if n not in cached)
     cache.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(cache).free

@@ -267,6 +267,8 @@ class Resolver:
         self.allow_downloads = allow_downloads
         #: progress of a pull on first use (`hub_pull.Progress` reports); a kernel sets its progress bar here
         self.pull_progress: Callable | None = None
+        #: bytes of weights a pull on first use may fetch (the runtime's memory budget); None: any
+        self.memory_budget: int | None = None
 
     def add_alias(self, name: str, ref: str) -> ModelSpec:
         """Add a user alias; the target must resolve now, so a typo is caught at once."""
@@ -346,7 +348,7 @@ class Resolver:
             raise ModelNotFound(f"no model named {ref!r}: not in the model folders, and as a Hub id not in the "
                                 f"Hugging Face cache ({hub_pull.hub_cache_dir()}); downloads are off "
                                 f"(allow_downloads)")
-        return hub_pull.pull(ref, progress=self.pull_progress).path
+        return hub_pull.pull(ref, progress=self.pull_progress, max_bytes=self.memory_budget).path
 
     def _locate(self, ref: str) -> Path:
         try:

@@ -125,6 +125,7 @@ class Runtime:
                  reaper: bool = True):
         self.config = config or RuntimeConfig()
         self.resolver = Resolver(self.config.model_folders, self.config.aliases, self.config.allow_downloads)
+        self.resolver.memory_budget = self.config.memory_budget  # a pull on first use is refused past it
         self.cache = ModelCache(
             load=lambda spec, backend, options: create_backend(spec, backend, self.config, options),
             memory_budget=self.config.memory_budget,
@@ -160,7 +161,7 @@ class Runtime:
         An explicit pull is the user's own request: it does not need `allow_downloads`."""
         from .hub_pull import pull
 
-        return pull(ref, progress=progress, allow_pickle=allow_pickle)
+        return pull(ref, progress=progress, allow_pickle=allow_pickle, max_bytes=self.config.memory_budget)
 
     def remove_pulled(self, ref: str) -> list[str]:
         """Delete a pulled model from the HF cache (huggingface_hub's cache API); the revisions removed."""
