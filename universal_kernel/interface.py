@@ -156,6 +156,8 @@ class RuntimeStatus(TypedDict, total=False):
     recent: list[dict]
     loads: int
     evictions: int
+    worker_failures: list[dict]  # models whose worker died: when, of what, and their reload
+    memory_trend: dict  # the process RSS over the last minutes (memory_trend.py)
 
 
 # The interface ------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from .backends import GenerationParams, choose_backend, context_bytes, create_ba
 from .cache import LoadedModel, ModelCache
 from .config import RuntimeConfig
 from .devices import memory_report
+from .memory_trend import RssTrend
 from .errors import GenerationFailed, InvalidRequest, ModelNotFound
 from .interface import (
     AnomalyDetector, AnomalyScores, ClassifyResult, EmbeddingResult, NerResult, OcrResult, RerankResult, RuntimeStatus,
@@ -139,6 +140,7 @@ class Runtime:
         self.embedding_cache = EmbeddingCache()
         self.embedding_store = _open_embedding_store(self.config)
         self.recent: deque[RequestStats] = deque(maxlen=200)
+        self.rss_trend = RssTrend()  # the process RSS over the last minutes (status, the monitor)
         self._listeners: list[Callable[[str, Any], None]] = []
 
     @property
@@ -477,6 +479,7 @@ class Runtime:
             "loads": self.cache.loads,
             "evictions": self.cache.evictions,
             "worker_failures": self.cache.failure_records(),  # models whose worker died, and their reloads
+            "memory_trend": self.rss_trend.summary(),
             "recent": [s.as_dict() for s in list(self.recent)[-20:]],
         }
 
@@ -492,6 +495,7 @@ class Runtime:
                 pass
 
     def close(self) -> None:
+        self.rss_trend.close()
         self.cache.close()
 
 

@@ -21,6 +21,7 @@ from traitlets import Dict, Float, Int, List, Unicode
 from universal_kernel.formatting import (
     MODEL_HEADERS, REQUEST_HEADERS, duration, html_table, memory_line, model_rows, precision_html, request_rows,
 )
+from universal_kernel.memory_trend import trend_line
 
 
 def latency(request: dict):
@@ -160,6 +161,9 @@ class Monitor(widgets.VBox):
         self._title.value = f"<b>universal-kernel</b> ({self.source_name}) \u00b7 updated {clock}"
         note = (self.last_status or {}).get("note")  # a server without runtime API: the client's own figures
         self._memory.value = html.escape(note or memory_line(self.last_status or {}))
+        trend = trend_line((self.last_status or {}).get("memory_trend"))
+        if trend:
+            self._memory.value += f"<br>{html.escape(trend)}"
         self._failures.value = failures_html((self.last_status or {}).get("worker_failures") or [])
         self._models.value = html_table(MODEL_HEADERS, model_rows(self.models)) + precision_html(self.models)
         last = [r for r in self.recent if r.get("finish_reason")][-8:]
