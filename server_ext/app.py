@@ -51,7 +51,9 @@ class UniversalKernelApp(ExtensionApp):
     max_body_size = Integer(16 * 2**20, help="Largest request body in bytes; larger ones get 413.").tag(config=True)
     threads = Integer(None, allow_none=True, help="CPU threads for the backends; None: the machine's cores.").tag(
         config=True)
-    allow_downloads = Bool(False, help="Let hub ids missing from the local cache be downloaded.").tag(config=True)
+    allow_downloads = Bool(False, help="Let Hub ids missing from the local HF cache be pulled: on first use, "
+                                       "POST universal/api/pull and DELETE universal/api/models/REF (off: 403 "
+                                       "downloads_disabled).").tag(config=True)
 
     @validate("preload", "model_folders")
     def _expand_list_literals(self, proposal):

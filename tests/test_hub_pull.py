@@ -72,7 +72,7 @@ def _sha256(path: Path) -> str:
                                                                       revision="abc123")),
     ("org/repo@main", HubRef("org/repo", revision="main")),
     ("models/folder", HubRef("models/folder")),  # a hub id's shape; the resolver tries the model folders first
-    ("org/repo/folder", None), ("plain-name", None), ("./org/repo", None), ("https://example.com/a/b", None),
+    ("org/repo/folder", None), ("models/missing.gguf", None), ("plain-name", None), ("./org/repo", None), ("https://example.com/a/b", None),
 ])
 def test_references_parse(text, expected):
     assert parse_hub_ref(text) == expected

@@ -83,8 +83,8 @@ def parse_hub_ref(text: str) -> HubRef | None:
     if len(parts) < 2 or not all(re.fullmatch(_NAME, p) for p in parts[:2]) or ".." in parts[:2]:
         return None
     repo_id, rest = "/".join(parts[:2]), parts[2:]
-    if "@" in repo_id:
-        return None
+    if "@" in repo_id or (not rest and repo_id.lower().endswith(".gguf")):
+        return None  # `folder/model.gguf` is a local file that is not there, not a repo
     if len(rest) >= 2 and rest[0] in ("blob", "resolve", "tree"):
         revision = revision or rest[1]
         rest = rest[2:]
