@@ -59,8 +59,8 @@ def _import_backend_library(backend: str, device: str = "auto") -> None:
             llama_library()
         elif backend == "spacy":
             import spacy  # noqa: F401
-        elif backend == "rapidocr":
-            import onnxruntime  # noqa: F401
+        elif backend in ("rapidocr", "onnx"):
+            import onnxruntime  # noqa: F401  (an "onnx" load imports torch only when it must export)
         else:
             import torch
             import transformers  # noqa: F401
@@ -427,6 +427,8 @@ class Runtime:
             "id": entry.spec.id,
             "path": str(entry.spec.path),
             "backend": entry.backend_name,
+            # what serves it: an "onnx" load that ONNX Runtime refused runs on torch (precision_reason says why)
+            "engine": getattr(entry.backend, "name", entry.backend_name),
             "device": getattr(entry.backend, "device", "cpu"),
             **_precision_status(entry),
             "task": entry.spec.task,

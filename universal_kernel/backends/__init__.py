@@ -8,7 +8,7 @@ from ..errors import InvalidRequest
 from ..references import ModelSpec
 from .base import Backend, GenerationOutcome, GenerationParams, StopMatcher
 
-BACKENDS = ("auto", "llama_cpp", "transformers", "spacy", "rapidocr")
+BACKENDS = ("auto", "llama_cpp", "transformers", "onnx", "spacy", "rapidocr")
 
 __all__ = ["BACKENDS", "Backend", "GenerationOutcome", "GenerationParams", "StopMatcher",
            "choose_backend", "context_bytes", "create_backend"]
@@ -32,6 +32,9 @@ def choose_backend(spec: ModelSpec, backend: str = "auto") -> str:
                              param="backend")
     if backend == "spacy":
         raise InvalidRequest(f"{spec.id!r} is no spaCy pipeline; the spacy backend serves spaCy folders",
+                             param="backend")
+    if backend == "onnx" and not (spec.format == "transformers" and spec.task == "embed"):
+        raise InvalidRequest(f"{spec.id!r} is no encoder embedding folder; the onnx backend serves those only",
                              param="backend")
     if backend == "auto":
         return "llama_cpp" if spec.format == "gguf" else "transformers"
@@ -69,6 +72,13 @@ def create_backend(spec: ModelSpec, backend: str, config: RuntimeConfig, options
         from .rapidocr_engine import RapidOcrBackend
 
         return RapidOcrBackend(spec, threads=threads)
+    if backend == "onnx":
+        from .onnx_encoder import load_encoder
+
+        # before pick_device, which imports torch to look for a GPU: ONNX Runtime runs here on the CPU
+        return load_encoder(spec, device=config.device, threads=threads,
+                            precision=options.get("precision") or config.precision,
+                            min_cosine=config.precision_min_cosine, convert_cache=config.convert_cache)
     device = pick_device(config.device)
     # Classifier heads load from their folders; a GGUF keeps the paths below.
     if spec.format == "transformers" and spec.task in ("classify", "rerank"):

@@ -57,6 +57,18 @@ def token_budget_batches(order, lengths, max_batch: int, token_budget: int):
         start += size
 
 
+def padded_batch(encoded, batch, lengths, pad_id: int):
+    """The rows `batch` of `encoded` (token id lists; `lengths` theirs, longest first) as padded int64 ids
+    and a bool mask, built in numpy in one pass (the ONNX backend feeds the same arrays to ONNX Runtime)."""
+    batch_lengths = lengths[batch]
+    width = max(int(batch_lengths[0]), 1)
+    ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+    mask = np.arange(width)[None, :] < batch_lengths[:, None]
+    ids[mask] = np.fromiter(itertools.chain.from_iterable(encoded[i] for i in batch),
+                            dtype=np.int64, count=int(batch_lengths.sum()))
+    return ids, mask
+
+
 class TransformersEmbedBackend(Backend):
     name = "transformers"
 
@@ -146,13 +158,9 @@ class TransformersEmbedBackend(Backend):
         pad_id = self.tokenizer.pad_token_id or 0
         with torch.inference_mode():
             for batch in self._batches(order, lengths):
-                batch_lengths = lengths[batch]
-                width = int(batch_lengths[0])
-                # Padded ids and mask built in numpy in one pass, handed to torch without a copy.
-                ids = np.full((len(batch), width), pad_id, dtype=np.int64)
-                mask = np.arange(width)[None, :] < batch_lengths[:, None]
-                ids[mask] = np.fromiter(itertools.chain.from_iterable(encoded[i] for i in batch),
-                                        dtype=np.int64, count=int(batch_lengths.sum()))
+                ids, mask = padded_batch(encoded, batch, lengths, pad_id)
+                width = ids.shape[1]
+                # built in numpy, handed to torch without a copy
                 ids_t = torch.from_numpy(ids).to(self.model.device)
                 mask_t = torch.from_numpy(mask.astype(np.int64)).to(self.model.device)
                 with self._precision_context(), self._attention_kernel(width):
