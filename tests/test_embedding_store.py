@@ -15,18 +15,19 @@ import pytest
 from universal_kernel import Runtime, RuntimeConfig
 from universal_kernel.tasks.embedding_store import CorruptEntry, EmbeddingStore, decode, encode, text_key
 
-from .conftest import MINILM
+from .conftest import MINILM, SHARED_PRECISION
 
 TEXTS = [f"the disk cache keeps sentence number {i}" for i in range(12)]
 
 
-def child(folder, texts: list[str], code: str = "") -> dict:
+def child(folder, texts: list[str], code: str = "", precision: str = "auto") -> dict:
     """Embed `texts` in a new Python process with the disk cache in `folder`; its counts and vectors."""
     script = textwrap.dedent(f"""
         import json, sys
         import numpy as np
         from universal_kernel import Runtime, RuntimeConfig
-        runtime = Runtime(RuntimeConfig(embedding_cache_folder={str(folder)!r}, keep_alive=-1))
+        runtime = Runtime(RuntimeConfig(embedding_cache_folder={str(folder)!r}, keep_alive=-1,
+                                        precision={precision!r}))
         result = runtime.embed({texts!r}, {MINILM!r})
         {code}
         json.dump({{"computed": result.stats.rows_computed, "cached": result.stats.rows_cached,
@@ -41,8 +42,8 @@ def child(folder, texts: list[str], code: str = "") -> dict:
 
 
 def test_vectors_survive_a_new_process_and_match_a_fresh_computation(tmp_path, runtime):
-    first = child(tmp_path, TEXTS)
-    second = child(tmp_path, TEXTS)
+    first = child(tmp_path, TEXTS, precision=SHARED_PRECISION)  # as the session runtime they are compared with
+    second = child(tmp_path, TEXTS, precision=SHARED_PRECISION)
     assert (first["computed"], first["cached"]) == (len(TEXTS), 0)
     assert (second["computed"], second["cached"]) == (0, len(TEXTS))
     assert np.array_equal(np.array(first["vectors"], dtype=np.float32), np.array(second["vectors"], dtype=np.float32))

@@ -11,7 +11,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import TaskCall, check_lengths, texts_input
+from . import TaskCall, check_lengths, embed_decisions, require, texts_input
 
 
 class EmbeddingCache:
@@ -82,7 +82,11 @@ def embed_rows(ctx, instance, texts: list[str], normalize: bool = True, *, trunc
         store = ctx.runtime.embedding_store
         computed = missing
         if missing and store is not None:
-            disk_scope = store.scope(ctx.spec, vector_settings(instance), normalize)
+            settings = vector_settings(instance)
+            # kept for the next process: its cached rows then need no model (answer_without_model)
+            embed_decisions.record(store, ctx.spec, ctx.entry.backend_name, dict(ctx.entry.key[2]),
+                                   ctx.runtime.config, settings)
+            disk_scope = store.scope(ctx.spec, settings, normalize)
             on_disk = store.get_many(disk_scope, missing)
             for text, (vector, tokens) in on_disk.items():
                 memory.put(scope, text, vector, tokens)
@@ -115,3 +119,50 @@ def work(ctx):
         return EmbeddingResult(ctx.spec.id, matrix, tokens, ctx.stats)
 
     return run
+
+
+def answer_without_model(runtime, call: TaskCall):
+    """The result of an embed call whose rows are all in the caches, with no model loaded and no torch
+    imported (the key of a row on disk comes from the settings a load recorded: embed_decisions.py);
+    None when a row must be computed, the model is loaded anyway, or anything is amiss: then the call
+    takes the usual path, which loads the model and says what is wrong."""
+    import time
+
+    from ..backends import choose_backend
+    from ..cache import ModelCache
+    from ..interface import EmbeddingResult
+    from ..stats import RequestStats
+
+    store, inputs = runtime.embedding_store, call.inputs
+    if store is None or not inputs.get("cache", True) or not inputs["texts"]:
+        return None
+    created, started = time.time(), time.perf_counter()
+    try:
+        spec = runtime.resolve(call.model or runtime.config.default_embedding_model)
+        require("embed", spec)
+        backend = choose_backend(spec, call.backend)
+        key = ModelCache.make_key(spec, backend, call.options)
+        if any(entry.key == key for entry in runtime.cache.entries()):
+            return None  # loaded: the usual path reads the same caches, and keeps the model's figures
+        settings = embed_decisions.recall(store, spec, backend, call.options, runtime.config)
+        if settings is None:
+            return None
+        texts, normalize = inputs["texts"], bool(inputs["normalize"])
+        memory, scope = runtime.embedding_cache, (key, normalize)
+        found = {text: memory.get(scope, text) for text in dict.fromkeys(texts)}
+        missing = [text for text, row in found.items() if row is None]
+        if missing:
+            on_disk = store.get_many(store.scope(spec, settings, normalize), missing)
+            for text, (vector, tokens) in on_disk.items():
+                memory.put(scope, text, vector, tokens)  # the usual path finds them here if a row is missing
+                found[text] = (vector, tokens)
+            if len(on_disk) < len(missing):
+                return None
+    except Exception:  # noqa: BLE001 - a shortcut only: the usual path answers, or raises what is wrong
+        return None
+    rows = [found[text] for text in texts]
+    matrix = np.vstack([row[0] for row in rows]).astype(np.float32, copy=False)
+    tokens = sum(row[1] for row in rows)
+    stats = RequestStats(model=spec.id, backend=backend, kind="embed", created_at=created, prompt_tokens=tokens,
+                         rows_cached=len(texts), total_s=time.perf_counter() - started, finish_reason="stop")
+    return EmbeddingResult(spec.id, matrix, tokens, stats)
