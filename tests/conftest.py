@@ -204,14 +204,17 @@ class Server:
 
 
 def start_server(folder, *options: str, env: dict | None = None, ready=lambda status: True,
-                 timeout: float = 240) -> Server:
+                 timeout: float = 240, port: int | None = None) -> Server:
     """A `jupyter server` of a test's own, with the extension and `--UniversalKernelApp` `options`, its root,
-    config and log in `folder`; returned once its status answers and `ready(status)` holds."""
+    config and log in `folder`; returned once its status answers and `ready(status)` holds. `port`: that one
+    (a server restarted on the same URL), never the next free one."""
     import sys
 
     import requests
 
-    port = _free_port()
+    if port is not None:
+        options = ("--ServerApp.port_retries=0", *options)
+    port = port or _free_port()
     log = folder / "server.log"
     full_env = dict(os.environ, JUPYTER_CONFIG_DIR=str(folder / "config"), JUPYTER_RUNTIME_DIR=str(folder / "runtime"),
                     JUPYTER_DATA_DIR=str(folder / "data"), **(env or {}))

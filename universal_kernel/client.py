@@ -131,6 +131,10 @@ class RemoteRuntime:
         # are all the monitor and `%runtime status` can show
         self.requests: deque[RequestStats] = deque(maxlen=CLIENT_REQUESTS)
         self._server = "the Jupyter server" if runtime_api else "the server"
+        # when the server stopped answering (unix time), until it answers again: the magics then say once
+        # where their work goes (`reconnect_note`); nothing ever switches to the local runtime on its own
+        self.lost_at: float | None = None
+        self.discovered = False  # found through Jupyter's runtime files: a restart there brings a new token
 
     @property
     def has_runtime_api(self) -> bool:
@@ -150,6 +154,7 @@ class RemoteRuntime:
         latter first when the URL ends in /v1. A 404 or a page that is not JSON moves on to the other;
         an unreachable server or a refused token fails at once.
         """
+        discovered = not (url or os.environ.get("UNIVERSAL_KERNEL_SERVER_URL")) and token is None
         base, token = find_server(url, token)
         if base.endswith("/universal/v1/"):  # our extension's OpenAI base, as an `openai` client takes it
             base = base[:-len("universal/v1/")]
@@ -158,6 +163,7 @@ class RemoteRuntime:
         for candidate in ([foreign, ours] if base.endswith("/v1/") else [ours, foreign]):
             try:
                 candidate._probe()
+                candidate.discovered = discovered
                 return candidate
             except ServerUnavailable:
                 raise
@@ -216,10 +222,12 @@ class RemoteRuntime:
         except urllib.error.HTTPError as exc:
             raise self._error(exc) from None
         except http.client.RemoteDisconnected:
+            self.mark_lost()
             raise ServerUnavailable(f"{self._server} at {self.base} closed the connection before it "
                                     f"answered (it may have stopped)") from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)
+            self.mark_lost()
             raise ServerUnavailable(f"cannot reach {self._server} at {self.base}: {reason}") from None
 
     def _error(self, exc: urllib.error.HTTPError) -> RuntimeFailure:
@@ -234,7 +242,36 @@ class RemoteRuntime:
         failure = _remote_failure(error, status=exc.code, headers=exc.headers)
         if isinstance(failure, ServerUnavailable):  # say where: the user may have several servers
             failure = ServerUnavailable(failure.message.replace("the server", f"{self._server} at {self.base}", 1))
+            if self.discovered:  # a refused token of a discovered server: it may have restarted with a new one
+                self.mark_lost()
         return failure
+
+    # A server that stops and comes back -------------------------------------------------------
+    def mark_lost(self) -> None:
+        """The server stopped answering (a request could not reach it, or a stream was cut)."""
+        if self.lost_at is None:
+            self.lost_at = time.time()
+
+    def reconnect_note(self) -> str | None:
+        """After the server stopped answering, probe it again at the same URL (a discovered server's token is
+        read again from its runtime file: a restart brings a new one). Returns the one line that says where
+        the work goes now that it answers, once; None when nothing was lost. While it is still away, raises
+        ServerUnavailable saying so: the work is never sent elsewhere on its own."""
+        if self.lost_at is None:
+            return None
+        since = time.strftime("%H:%M:%S", time.localtime(self.lost_at))
+        try:
+            if self.discovered:
+                base, token = find_server()
+                if base == self.base:
+                    self.token = token
+            self._probe()
+        except ServerUnavailable as exc:
+            raise ServerUnavailable(f"{exc.message} (not answering since {since}); magics still send their work "
+                                    f"there: `%runtime use local` runs it in this kernel") from None
+        self.lost_at = None
+        return f"{self._server} at {self.base} answers again (it stopped answering at {since}); magics send their " \
+               f"work there"
 
     def _json(self, method: str, path: str, body: dict | None = None):
         with self._open(method, path, body) as response:

@@ -83,6 +83,7 @@ class RemoteStream(ReadToEnd):
         self._chat = path.endswith("chat/completions")
         self._timeout = client.timeout
         self._record = client.record
+        self._mark_lost = getattr(client, "mark_lost", lambda: None)  # the next magic checks the server again
         self._response = client._open("POST", path, body)
 
     @property
@@ -143,6 +144,7 @@ class RemoteStream(ReadToEnd):
         """The error for a stream cut short; its stats count what arrived (the server's usage never came)."""
         received = len(self.parts)
         self._figures(received, "error")
+        self._mark_lost()
         return ConnectionLost(f"the connection to the server was lost after {received} "
                               f"token{'' if received == 1 else 's'} ({why})", tokens=received)
 

@@ -6,11 +6,13 @@ magic first runs, so `%load_ext universal_kernel` stays fast.
 
 from __future__ import annotations
 
+from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Enum, Int, Unicode
 
-from .common import split_args, user_errors
+from ..errors import RuntimeFailure
+from .common import one_line, split_args, user_errors
 
 FORMATS = ("markdown", "text", "code", "json")
 
@@ -89,7 +91,16 @@ class UniversalKernelMagics(Magics):
         return f"the server at {self._remote.base}" if self._remote is not None else "the Jupyter server's runtime"
 
     def runtime_for(self, server: bool = False):
-        return self.remote_runtime() if (server or self.use_server) else self.local_runtime()
+        if not (server or self.use_server):
+            return self.local_runtime()
+        remote = self.remote_runtime()
+        try:  # a server that stopped answering: asked again at the same URL, never replaced by local work
+            note = getattr(remote, "reconnect_note", lambda: None)()
+        except RuntimeFailure as exc:
+            raise UsageError(one_line(exc.message)) from None
+        if note:
+            print(note)
+        return remote
 
     # Magics ---------------------------------------------------------------------------------
     @no_var_expand
