@@ -78,3 +78,24 @@ def test_the_slope_is_a_least_squares_line():
                        "last_bytes": 2**30 + 60 * 2**20, "change_bytes": 60 * 2**20, "min_bytes": 2**30,
                        "max_bytes": 2**30 + 60 * 2**20, "slope_bytes_per_min": 6 * 2**20})
     assert line == "RSS over the last 10 min: 1024 \u2192 1084 MiB (+60 MiB; +6.0 MiB/min; range 1024\u20131084 MiB)"
+
+
+def test_the_in_memory_embedding_cache_is_bounded_in_bytes():
+    import numpy as np
+
+    from universal_kernel.tasks.embed import EmbeddingCache
+
+    cache = EmbeddingCache(max_bytes=200_000)
+    scope = ("model", True)
+    for i in range(1000):
+        cache.put(scope, f"text {i}", np.full(384, i, dtype=np.float32), 3)
+    kept = len(cache._rows)
+    assert 0 < kept < 1000 and cache.bytes <= cache.max_bytes
+    assert cache.get(scope, "text 999") is not None and cache.get(scope, "text 0") is None  # oldest out first
+    cache.put(scope, "text 999", np.zeros(384, dtype=np.float32), 3)  # the same row again is counted once
+    assert len(cache._rows) == kept and cache.bytes <= cache.max_bytes
+    cache.put(scope, "x" * 100_000, np.zeros(384, dtype=np.float32), 3)  # a long text weighs its length
+    assert len(cache._rows) < kept / 2 and cache.bytes <= cache.max_bytes
+    cache._rows.clear()  # emptied from outside, as benches do: the count starts again
+    cache.put(scope, "again", np.zeros(384, dtype=np.float32), 1)
+    assert len(cache._rows) == 1 and cache.bytes < 10_000

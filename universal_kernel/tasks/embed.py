@@ -6,6 +6,7 @@ so they share the cache and its counts.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import OrderedDict
 
@@ -15,12 +16,29 @@ from . import TaskCall, check_lengths, embed_decisions, require, texts_input
 
 
 class EmbeddingCache:
-    """Vectors of texts already embedded, per model and normalisation, least recently used out first."""
+    """Vectors of texts already embedded, per model and normalisation, least recently used out first.
 
-    def __init__(self, max_rows: int = 200_000):
-        self.max_rows = max_rows
+    Bounded in bytes, not rows (a server runs for days: a row of a long text or a wide model weighs more):
+    each row counts its vector, its text and the bookkeeping around them (`ROW_OVERHEAD`)."""
+
+    #: bytes of one row besides its vector and text: the key tuple, the OrderedDict node, the value tuple
+    ROW_OVERHEAD = 200
+
+    def __init__(self, max_bytes: int = 64 * 2**20):
+        self.max_bytes = max_bytes
         self._rows: OrderedDict[tuple, tuple[np.ndarray, int]] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
+
+    @classmethod
+    def _row_bytes(cls, text: str, vector: np.ndarray) -> int:
+        return vector.nbytes + sys.getsizeof(text) + cls.ROW_OVERHEAD
+
+    @property
+    def bytes(self) -> int:
+        """What the rows kept now weigh, as the bound counts them."""
+        with self._lock:
+            return self._bytes if self._rows else 0
 
     def get(self, scope: tuple, text: str):
         with self._lock:
@@ -31,9 +49,16 @@ class EmbeddingCache:
 
     def put(self, scope: tuple, text: str, vector: np.ndarray, tokens: int) -> None:
         with self._lock:
+            if not self._rows:
+                self._bytes = 0  # emptied from outside (`_rows.clear()`: a cold cache in tests and benches)
+            old = self._rows.pop((scope, text), None)
+            if old is not None:
+                self._bytes -= self._row_bytes(text, old[0])
             self._rows[(scope, text)] = (vector, tokens)
-            while len(self._rows) > self.max_rows:
-                self._rows.popitem(last=False)
+            self._bytes += self._row_bytes(text, vector)
+            while self._bytes > self.max_bytes and len(self._rows) > 1:
+                (_, dropped), (vector_out, _) = self._rows.popitem(last=False)
+                self._bytes -= self._row_bytes(dropped, vector_out)
 
 
 def call(texts, model: str | None = None, *, normalize: bool = True, backend: str = "auto",
