@@ -269,7 +269,8 @@ def test_bad_input_is_a_clear_invalid_request(local, data):
         return info.value
 
     mixed = data.assign(city="Paris")
-    assert refused("non-numeric columns city", "m", mixed).param == "data"
+    assert refused("encodings offered are numeric, onehot and ordinal", "m", mixed,
+                   schema={"city": "hash"}).param == "schema"  # a text column is one-hot encoded unless told
     holes = data.copy()
     holes.iloc[3, 1] = np.nan
     holes.iloc[7, 1] = np.nan
@@ -342,7 +343,7 @@ def test_magic_text_series_with_missing_rows_and_fit_keeps(ip, runtime, kept):
 
 
 @pytest.mark.parametrize("line, match", [
-    ("bad_df", "numeric columns; city"),
+    ("bad_df", "missing values in column 'city'"),
     ("holes", "missing"),
     ("df --model never-fitted-here", "no anomaly detector"),
     ("df --fit ../x", "not a detector name"),
@@ -351,7 +352,7 @@ def test_magic_text_series_with_missing_rows_and_fit_keeps(ip, runtime, kept):
     ("df --fit a --model b", "give one of them"),
 ])
 def test_magic_errors_are_one_line(ip, data, line, match):
-    ip.user_ns.update(df=data, bad_df=data.assign(city="Paris"), holes=data.mask(data > 2.5))
+    ip.user_ns.update(df=data, bad_df=data.assign(city=None), holes=data.mask(data > 2.5))
     with pytest.raises(UsageError, match=match) as info:
         ip.run_line_magic("anomaly", line)
     assert "\n" not in str(info.value)

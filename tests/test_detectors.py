@@ -17,6 +17,7 @@ from universal_kernel.client import RemoteRuntime
 from universal_kernel.errors import InvalidRequest
 
 from .conftest import TOKEN
+from .magics_support import ip, run  # noqa: F401
 from .test_anomaly import COLUMNS, planted
 
 NEW = ["one_class_svm", "ecod", "copod", "hbos"]
@@ -132,3 +133,81 @@ def test_raw_score_summary_and_threshold_over_http_and_the_client(runtime, serve
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "threshold"
     finally:
         runtime.anomaly_delete(name)
+
+
+# Categorical columns ----------------------------------------------------------------------------------------
+def _table(seed: int, n: int):
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"amount": rng.normal(100, 10, n), "duration": rng.normal(5, 1, n),
+                         "city": rng.choice(["Paris", "Lyon", "Nice"], n),
+                         "tier": rng.choice(["bronze", "silver", "gold"], n)})
+
+
+def _hand_built(kinds: dict[str, str]):
+    """The ColumnTransformer as the scikit-learn documentation builds one, for these columns."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder
+
+    return ColumnTransformer([
+        ("numeric", StandardScaler(), [c for c, k in kinds.items() if k == "numeric"]),
+        ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False),
+         [c for c, k in kinds.items() if k == "onehot"]),
+        ("ordinal", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1),
+         [c for c, k in kinds.items() if k == "ordinal"]),
+    ], sparse_threshold=0)
+
+
+@pytest.mark.parametrize("backend", ["isolation_forest", "ecod"])
+def test_categorical_columns_through_a_column_transformer(local, backend):
+    from sklearn.ensemble import IsolationForest
+
+    train, new = _table(1, 300), _table(2, 12)
+    new.loc[0, "city"] = "Marseille"  # a category never seen in training: one-hot zeros
+    new.loc[1, "amount"] = 400.0  # far out
+    detector = local.anomaly_fit("mixed", train, backend=backend, schema={"tier": "ordinal"})
+    kinds = {"amount": "numeric", "duration": "numeric", "city": "onehot", "tier": "ordinal"}
+    assert detector.schema == kinds and detector.columns == list(kinds) and detector.n_features == 4
+
+    encode = _hand_built(kinds).fit(train)
+    reference = IsolationForest(n_estimators=200, random_state=0) if backend == "isolation_forest" \
+        else by_hand(backend, 0.1)
+    reference.fit(encode.transform(train))
+    expected = library_raw(reference, encode.transform(new[list(reversed(new.columns))][list(kinds)]))
+    result = local.anomaly_score("mixed", new[list(reversed(new.columns))])  # columns in any order
+    np.testing.assert_allclose(result.raw_scores, expected, rtol=1e-9, atol=1e-12)
+    assert result.scores[1] == result.scores.max()
+
+    with pytest.raises(InvalidRequest, match="missing \\['tier'\\]"):
+        local.anomaly_score("mixed", new.drop(columns="tier"))
+    with pytest.raises(InvalidRequest, match="missing values in column 'city'"):
+        local.anomaly_score("mixed", new.assign(city=None))
+
+
+def test_categorical_rows_over_http_equal_the_runtime(runtime, server):
+    train, new = _table(3, 200), _table(4, 6)
+    name = f"mixed-{uuid.uuid4().hex[:10]}"
+    try:
+        fitted = server.post("universal/v1/anomaly/fit", {"model": name, "data": train.to_dict(orient="records"),
+                                                          "schema": {"tier": "ordinal"}})
+        assert fitted.status_code == 200, fitted.text
+        assert fitted.json()["schema"] == {"amount": "numeric", "duration": "numeric", "city": "onehot",
+                                           "tier": "ordinal"}
+        local = runtime.anomaly_score(name, new)
+        body = server.post("universal/v1/anomaly/score", {"model": name, "data": new.to_dict(orient="records")}).json()
+        assert [row["raw_score"] for row in body["data"]] == pytest.approx(local.raw_scores.tolist(), rel=1e-12)
+        far = RemoteRuntime(server.url, TOKEN)
+        np.testing.assert_allclose(far.anomaly_score(name, new).raw_scores, local.raw_scores, rtol=1e-12)
+    finally:
+        runtime.anomaly_delete(name)
+
+
+def test_magic_takes_a_dataframe_with_text_columns(ip, local):
+    mixed = _table(5, 120)
+    ip.user_ns["mixed"] = mixed
+    captured, result = run(ip, "%anomaly mixed --backend copod")
+    assert result.success, result.error_in_exec
+    local.anomaly_fit("same", mixed, backend="copod")  # city and tier one-hot, as the magic's runtime does
+    np.testing.assert_allclose(result.result.to_numpy(), local.anomaly_score("same", mixed).scores, rtol=1e-12)
+    assert list(result.result.index) == list(mixed.index)

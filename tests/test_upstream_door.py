@@ -243,3 +243,24 @@ def test_anomaly_mistakes_name_what_we_have(server, detector_name, path, extra, 
     _ok(server.post(DOOR + "v1/anomaly/fit", {"model": detector_name, "data": _sensor_rows()}))
     response = server.post(DOOR + f"v1/anomaly/{path}", {"model": detector_name, "data": _sensor_rows()[:3], **extra})
     assert _refused(response, 400, *words)["error"]["param"] == param
+
+
+def test_anomaly_schema_encodes_dict_rows_as_upstream_documents(server, detector_name):
+    """Upstream's dict-based format: `data = [{"time_ms": 100, "user_agent": "curl"}]` with
+    `schema = {"time_ms": "numeric", "user_agent": "label"}` (label: ordinal codes learned in training)."""
+    agents = ["curl", "firefox", "chrome", "safari"]
+    train = [{"time_ms": 100 + (i * 7) % 40, "user_agent": agents[i % 4]} for i in range(80)]
+    schema = {"time_ms": "numeric", "user_agent": "label"}
+    fit = _ok(server.post(DOOR + "v1/anomaly/fit", {"model": detector_name, "backend": "hbos", "data": train,
+                                                     "schema": schema}))
+    assert fit["encoder"] == {"schema": {"time_ms": "numeric", "user_agent": "ordinal"},
+                              "features": ["time_ms", "user_agent"]}
+    probe = [{"time_ms": 110, "user_agent": "curl"}, {"time_ms": 5000, "user_agent": "wget"}]
+    body = _ok(server.post(DOOR + "v1/anomaly/score", {"model": detector_name, "backend": "hbos", "data": probe,
+                                                        "schema": schema}))
+    ours = _ok(server.post("universal/v1/anomaly/score", {"model": detector_name, "data": probe}))
+    assert [{**row, "index": i} for i, row in enumerate(ours["data"])] == body["data"]
+    assert body["data"][1]["score"] > body["data"][0]["score"]
+    other = server.post(DOOR + "v1/anomaly/score", {"model": detector_name, "backend": "hbos", "data": probe,
+                                                     "schema": {"user_agent": "onehot"}})
+    assert _refused(other, 400, "schema")["error"]["param"] == "schema"

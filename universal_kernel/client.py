@@ -461,7 +461,7 @@ class RemoteRuntime:
 
     # Anomaly detection: the server's detectors (its anomaly folder, shared with the local kernels) --------
     def anomaly_fit(self, name: str, data, *, backend: str = "isolation_forest", contamination: float = 0.1,
-                    model: str | None = None):
+                    model: str | None = None, schema: dict[str, str] | None = None):
         self.require_runtime_api("%anomaly")
         from .tasks import anomaly as anomaly_task
 
@@ -469,6 +469,8 @@ class RemoteRuntime:
                 "contamination": contamination}
         if model is not None:
             body["embedding_model"] = model
+        if schema is not None:
+            body["schema"] = schema
         return anomaly_task.detector_from_wire(self._json("POST", anomaly_task.PATHS["fit"], body))
 
     def anomaly_score(self, name: str, data, *, threshold: float | None = None):

@@ -115,6 +115,7 @@ class AnomalyDetector:
     columns: list[str] | None = None  # a DataFrame's numeric columns, checked when scoring
     text_model: str | None = None  # texts: the embedding model their vectors come from
     created_at: float = 0.0
+    schema: dict[str, str] | None = None  # a table: each column's encoding (numeric, onehot, ordinal)
 
 
 @dataclass
@@ -211,7 +212,7 @@ class InferenceRuntime(Protocol):
             keep_alive: float | None = None) -> OcrResult: ...
 
     def anomaly_fit(self, name: str, data: Any, *, backend: str = "isolation_forest", contamination: float = 0.1,
-                    model: str | None = None) -> AnomalyDetector: ...
+                    model: str | None = None, schema: dict[str, str] | None = None) -> AnomalyDetector: ...
 
     def anomaly_score(self, name: str, data: Any, *, threshold: float | None = None) -> AnomalyScores: ...
 

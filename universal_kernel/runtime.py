@@ -396,10 +396,11 @@ class Runtime:
 
     # Anomaly detection: detectors fitted and kept by name (tasks/anomaly.py) -----------------------
     def anomaly_fit(self, name: str, data, *, backend: str = "isolation_forest", contamination: float = 0.1,
-                    model: str | None = None) -> AnomalyDetector:
+                    model: str | None = None, schema: dict[str, str] | None = None) -> AnomalyDetector:
         from .tasks import anomaly
 
-        return anomaly.fit(self, name, data, backend=backend, contamination=contamination, model=model)
+        return anomaly.fit(self, name, data, backend=backend, contamination=contamination, model=model,
+                           schema=schema)
 
     def anomaly_score(self, name: str, data, *, threshold: float | None = None) -> AnomalyScores:
         from .tasks import anomaly

@@ -15,7 +15,7 @@ import asyncio
 from typing import Any, Callable, Literal, Optional
 
 from jupyter_server.auth.decorator import authorized
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from tornado import web
 
 from universal_kernel.errors import ModelNotFound
@@ -34,6 +34,7 @@ class AnomalyFitRequest(p._Request):
     backend: str = "isolation_forest"
     contamination: float = 0.1
     embedding_model: Optional[str] = None  # texts: their vectors' model (default: the server's)
+    schema_: Optional[dict[str, str]] = Field(default=None, alias="schema")  # column -> numeric|onehot|ordinal
 
 
 class AnomalyScoreRequest(p._Request):
@@ -79,6 +80,9 @@ class AnomalyDetectorBody(BaseModel):
     columns: Optional[list[str]] = None
     embedding_model: Optional[str] = None
     created_at: float = 0.0
+    schema_: Optional[dict[str, str]] = Field(default=None, alias="schema")  # `schema` is BaseModel's own name
+
+    model_config = ConfigDict(serialize_by_alias=True)
 
 
 class AnomalyModelsResponse(BaseModel):
@@ -96,7 +100,8 @@ async def _off_loop(work: Callable[[], Any]) -> Any:
 
 async def fit(serving: Serving, req: AnomalyFitRequest) -> AnomalyDetectorBody | Failure:
     found = await _off_loop(lambda: serving.runtime.anomaly_fit(
-        req.model, req.data, backend=req.backend, contamination=req.contamination, model=req.embedding_model))
+        req.model, req.data, backend=req.backend, contamination=req.contamination, model=req.embedding_model,
+        schema=req.schema_))
     return found if isinstance(found, Failure) else AnomalyDetectorBody(**anomaly_task.detector_to_wire(found))
 
 

@@ -4,9 +4,11 @@ The mapping: upstream's `model` is the detector's name, `backend` one of this ru
 (upstream's other PyOD names are a 400 that lists ours), `contamination` as is. Scores are this
 runtime's: 0..1, higher = more anomalous, the training rows' empirical CDF (upstream's
 "standardization" is a sigmoid of the same orientation and range); `raw_score` is the library's own.
+`schema` encodes columns as numeric, onehot or label (ordinal), through scikit-learn's ColumnTransformer.
 What has no honest counterpart here is refused with a 400 rather than dropped: `normalization`
-other than "standardization", a `schema` with other than numeric columns, `explain`, `training_file`,
-Polars features, and `overwrite: false` (upstream keeps versions; a name here holds one detector).
+other than "standardization", the schema encodings hash, binary and frequency, `explain`,
+`training_file`, Polars features, and `overwrite: false` (upstream keeps versions; a name here holds
+one detector).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from typing import Any, Callable
 
 from universal_kernel.errors import InvalidRequest
+from universal_kernel.tasks.anomaly_columns import KINDS
 
 from ..errors import Failure, failure, failure_from
 from ..serving import Serving
@@ -31,9 +34,10 @@ def _common_refusal(req) -> Failure | None:
         return _unsupported("normalization", f"normalization {req.normalization!r} is not offered here: scores are "
                                              f"0..1 (higher = more anomalous, \"standardization\"), and every row "
                                              f"carries the detector's raw_score")
-    other = {column: kind for column, kind in (req.schema_ or {}).items() if kind != "numeric"}
+    other = {column: kind for column, kind in (req.schema_ or {}).items() if kind not in KINDS}
     if other:
-        return _unsupported("schema", f"only numeric columns are encoded here; not {other}")
+        return _unsupported("schema", f"the encodings offered here are numeric, onehot and label (ordinal); "
+                                      f"not {other}")
     return None
 
 
@@ -62,7 +66,8 @@ async def fit(serving: Serving, req: w.AnomalyFitRequest):
 
     def work():
         started = time.perf_counter()
-        detector = runtime.anomaly_fit(req.model, req.data, backend=req.backend, contamination=req.contamination)
+        detector = runtime.anomaly_fit(req.model, req.data, backend=req.backend, contamination=req.contamination,
+                                       schema=req.schema_)
         return detector, (time.perf_counter() - started) * 1000
 
     found = await _off_loop(work)
@@ -71,8 +76,9 @@ async def fit(serving: Serving, req: w.AnomalyFitRequest):
     detector, elapsed_ms = found
     params = {"contamination": detector.contamination, "threshold": detector.threshold,
               "n_features": detector.n_features, "columns": detector.columns, "normalization": "standardization"}
+    encoder = None if detector.schema is None else {"schema": detector.schema, "features": detector.columns}
     return w.AnomalyFitResponse(model=detector.name, backend=detector.backend, samples_fitted=detector.n_samples,
-                                training_time_ms=elapsed_ms, model_params=params)
+                                training_time_ms=elapsed_ms, model_params=params, encoder=encoder)
 
 
 async def score(serving: Serving, req: w.AnomalyScoreRequest):
@@ -90,6 +96,12 @@ async def score(serving: Serving, req: w.AnomalyScoreRequest):
             raise InvalidRequest(f"detector {req.model!r} was fitted with backend {kept.backend!r}, not "
                                  f"{req.backend!r}: send backend: {kept.backend!r}, or fit it with {req.backend!r}",
                                  param="backend")
+        given = {column: KINDS[kind] for column, kind in (req.schema_ or {}).items()}
+        fitted = (kept.schema if kept is not None else None) or {}
+        if kept is not None and given and any(fitted.get(column, "numeric") != kind for column, kind in given.items()):
+            # the encoder is the one fitted: a different schema cannot apply to these rows
+            raise InvalidRequest(f"detector {req.model!r} was fitted with the schema {fitted or 'all numeric'}; "
+                                 f"this request's schema differs", param="schema")
         return runtime.anomaly_score(req.model, req.data, threshold=req.threshold)
 
     found = await _off_loop(work)

@@ -4,7 +4,7 @@ Without --model the detector is fitted on EXPR and scores EXPR in one go; with -
 under NAME for later data, otherwise it is kept under a temporary name and deleted once scored (so
 the same code serves the local runtime and --server). --model NAME scores EXPR with a kept detector.
 
-EXPR is a DataFrame of numeric columns, a numeric Series or array, a list of rows, or texts (a Series
+EXPR is a DataFrame (non-numeric columns one-hot encoded), a numeric Series or array, a list of rows, or texts (a Series
 or list of strings: text mode, over an embedding model's vectors). The result is a Series
 "anomaly_score" (0..1, higher = more anomalous) aligned with the input's index; --column NAME writes
 it (and NAME_is_anomaly) into the DataFrame instead. Missing texts get NaN with a one-line count;
@@ -51,11 +51,7 @@ def magic(magics, line):
 
 def _rows(value, pd):
     """(data for the runtime, pandas index or None, positions with data, number of rows, is text)."""
-    if isinstance(value, pd.DataFrame):
-        other = [str(c) for c in value.columns if not pd.api.types.is_numeric_dtype(value[c])]
-        if other:
-            raise UsageError(f"%anomaly takes numeric columns; {', '.join(other)} are not: select them "
-                             f"(df.select_dtypes('number')) or pass one text column (df.text) for text mode")
+    if isinstance(value, pd.DataFrame):  # non-numeric columns are one-hot encoded (tasks/anomaly_columns.py)
         return value, value.index, None, len(value), False
     is_text = (isinstance(value, pd.Series) and not pd.api.types.is_numeric_dtype(value.dtype)) or (
         isinstance(value, (list, tuple)) and any(isinstance(item, str) for item in value))

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import InvalidRequest
 from ..interface import AnomalyDetector, AnomalyScores
+from . import anomaly_columns as table
 from . import anomaly_detectors as detectors
 from .anomaly_store import DetectorStore, check_name
 
@@ -216,16 +217,18 @@ def _threshold(scores: np.ndarray, contamination: float) -> float:
 
 
 def fit(runtime, name: str, data, *, backend: str = "isolation_forest", contamination: float = 0.1,
-        model: str | None = None) -> AnomalyDetector:
-    """Fit a detector on `data` and keep it under `name` in `runtime.config.anomaly_folder`."""
+        model: str | None = None, schema: dict | None = None) -> AnomalyDetector:
+    """Fit a detector on `data` and keep it under `name` in `runtime.config.anomaly_folder`. Categorical
+    columns (a `schema`, or a DataFrame's non-numeric dtypes) are encoded first (`anomaly_columns.py`)."""
     check_name(name)
     contamination = _check_options(backend, contamination)
+    if schema is not None and not isinstance(schema, dict):
+        raise InvalidRequest("schema must be an object {column: numeric | onehot | ordinal}", param="schema")
+    if table.is_table(data, schema):
+        return _fit_table(runtime, name, data, schema, backend, contamination)
     rows = read_data(data)
     n_rows = len(rows.texts) if rows.texts is not None else len(rows.matrix)
-    needed = detectors.min_rows(backend)
-    if n_rows < needed:
-        extra = f" (n_neighbors={LOF_NEIGHBORS}, plus one)" if backend == "local_outlier_factor" else ""
-        raise InvalidRequest(f"{backend} needs at least {needed} rows{extra}; data has {n_rows}", param="data")
+    _check_rows(backend, n_rows)
     text_model = None
     if rows.texts is not None:
         text_model = model or runtime.default_embedding_model
@@ -234,15 +237,39 @@ def fit(runtime, name: str, data, *, backend: str = "isolation_forest", contamin
         matrix = rows.matrix
 
     pipeline = _pipeline(backend, texts=text_model is not None, contamination=contamination).fit(matrix)
+    return _keep(runtime, pipeline, matrix, AnomalyDetector(
+        name=name, backend=backend, n_samples=n_rows, n_features=int(matrix.shape[1]), threshold=0.0,
+        contamination=contamination, columns=rows.columns, text_model=text_model, created_at=time.time()))
+
+
+def _check_rows(backend: str, n_rows: int) -> None:
+    needed = detectors.min_rows(backend)
+    if n_rows < needed:
+        extra = f" (n_neighbors={LOF_NEIGHBORS}, plus one)" if backend == "local_outlier_factor" else ""
+        raise InvalidRequest(f"{backend} needs at least {needed} rows{extra}; data has {n_rows}", param="data")
+
+
+def _fit_table(runtime, name: str, data, schema, backend: str, contamination: float) -> AnomalyDetector:
+    from sklearn.pipeline import Pipeline
+
+    frame, kinds = table.read_table(data, schema)
+    _check_rows(backend, len(frame))
+    pipeline = Pipeline([("encode", table.encoder(kinds)), ("detect", detectors.detector(backend, contamination))])
+    pipeline.fit(frame)
+    return _keep(runtime, pipeline, frame, AnomalyDetector(
+        name=name, backend=backend, n_samples=len(frame), n_features=len(kinds), threshold=0.0,
+        contamination=contamination, columns=list(kinds), schema=kinds, created_at=time.time()))
+
+
+def _keep(runtime, pipeline, matrix, detector: AnomalyDetector) -> AnomalyDetector:
+    """Calibrate the fitted pipeline on its training rows, set the threshold, and save it under its name."""
     training = detectors.training_outlyingness(pipeline, matrix)
     calibration = _Calibration(training)
-    threshold = _threshold(calibration(training), contamination)
-    detector = AnomalyDetector(name=name, backend=backend, n_samples=n_rows, n_features=int(matrix.shape[1]),
-                               threshold=threshold, contamination=contamination, columns=rows.columns,
-                               text_model=text_model, created_at=time.time())
+    detector.threshold = _threshold(calibration(training), detector.contamination)
     signature = DetectorStore(runtime.config.anomaly_folder).save(
-        name, {"pipeline": pipeline, "calibration": calibration, "detector": asdict(detector)}, asdict(detector))
-    _fitted_here[(str(runtime.config.anomaly_folder), name)] = (signature, _fingerprint(matrix), training)
+        detector.name, {"pipeline": pipeline, "calibration": calibration, "detector": asdict(detector)},
+        asdict(detector))
+    _fitted_here[(str(runtime.config.anomaly_folder), detector.name)] = (signature, _fingerprint(matrix), training)
     return detector
 
 
@@ -252,9 +279,12 @@ def fit(runtime, name: str, data, *, backend: str = "isolation_forest", contamin
 _fitted_here: dict[tuple[str, str], tuple[str, str, np.ndarray]] = {}
 
 
-def _fingerprint(matrix: np.ndarray) -> str:
+def _fingerprint(matrix) -> str:
     import hashlib
 
+    pd = sys.modules.get("pandas")
+    if pd is not None and isinstance(matrix, pd.DataFrame):  # a table: its rows' hashes, in order
+        matrix = pd.util.hash_pandas_object(matrix, index=False).to_numpy()
     data = np.ascontiguousarray(matrix)
     return f"{data.shape}{data.dtype}" + hashlib.blake2b(data.tobytes(), digest_size=16).hexdigest()
 
@@ -309,15 +339,11 @@ def load_fitted(runtime, name: str) -> dict:
 def score_fitted(runtime, fitted: dict, data, *, known: tuple[str, np.ndarray] | None = None,
                  threshold: float | None = None) -> AnomalyScores:
     """Scores of `data` under a loaded detector; text rows are embedded with `runtime`."""
-    rows = read_data(data)
     detector = AnomalyDetector(**fitted["detector"])
-    if detector.text_model is not None:
-        if rows.texts is None:
-            raise InvalidRequest(f"detector {detector.name!r} was fitted on texts (over {detector.text_model}); "
-                                 f"data has numeric rows", param="data")
-        matrix = _vectors(runtime, rows.texts, detector.text_model)
+    if detector.schema is not None:
+        matrix = table.read_for(data, detector.schema, detector.name)
     else:
-        matrix = _aligned(rows, detector)
+        matrix = _rows_for(runtime, detector, data)
     if known is not None and known[0] == _fingerprint(matrix):
         raw = known[1].copy()
     else:
@@ -326,6 +352,16 @@ def score_fitted(runtime, fitted: dict, data, *, known: tuple[str, np.ndarray] |
     threshold = detector.threshold if threshold is None else threshold
     return AnomalyScores(name=detector.name, scores=scores, is_anomaly=scores >= threshold, threshold=threshold,
                          raw_scores=raw)
+
+
+def _rows_for(runtime, detector: AnomalyDetector, data) -> np.ndarray:
+    rows = read_data(data)
+    if detector.text_model is not None:
+        if rows.texts is None:
+            raise InvalidRequest(f"detector {detector.name!r} was fitted on texts (over {detector.text_model}); "
+                                 f"data has numeric rows", param="data")
+        return _vectors(runtime, rows.texts, detector.text_model)
+    return _aligned(rows, detector)
 
 
 def models(runtime) -> list[AnomalyDetector]:
@@ -366,4 +402,5 @@ def detector_from_wire(body: dict) -> AnomalyDetector:
     return AnomalyDetector(name=body["model"], backend=body["backend"], n_samples=body["n_samples"],
                            n_features=body["n_features"], threshold=body["threshold"],
                            contamination=body["contamination"], columns=body.get("columns"),
-                           text_model=body.get("embedding_model"), created_at=body.get("created_at") or 0.0)
+                           text_model=body.get("embedding_model"), created_at=body.get("created_at") or 0.0,
+                           schema=body.get("schema"))
