@@ -81,7 +81,8 @@ def test_post_pull_streams_ndjson_progress_to_success(hub, pulling_server, smoll
     assert downloading[0]["digest"].startswith("sha256:") and len(downloading[0]["digest"]) == 71
     assert [line["completed"] for line in downloading] == sorted(line["completed"] for line in downloading)
     assert lines[-1]["status"] == "success" and lines[-1]["size"] == size and lines[-1]["quant"] == "Q8_0"
-    # the pulled model is served by its Hub id
+    # the pulled model is listed and served by its Hub id
+    assert f"{GGUF_REPO}:Q8_0" in [m["id"] for m in pulling_server.get("universal/v1/models").json()["data"]]
     completion = pulling_server.client().chat.completions.create(
         model=f"{GGUF_REPO}:Q8_0", messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
     assert completion.model == f"{GGUF_REPO}:Q8_0" and completion.usage.completion_tokens > 0

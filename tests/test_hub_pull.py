@@ -244,17 +244,20 @@ def test_a_cancel_keeps_the_runtime_usable_and_no_half_file(hub, fresh_cache, sm
 
 
 def test_two_processes_pulling_at_once_fetch_the_file_once(hub, fresh_cache, smollm_path):
-    hub.state.delay_s = 0.005
-    code = (f"from universal_kernel.hub_pull import pull; r = pull('{GGUF_REPO}:Q4_K_M'); "
-            f"print(r.path)")
+    hub.state.delay_s = 0.02  # about 8 s: the two overlap even when one starts seconds later
+    code = (f"from universal_kernel.hub_pull import pull; r = pull('{GGUF_REPO}:Q4_K_M', progress=lambda p: "
+            f"p.status.startswith('waiting') and print(p.status)); print(r.path)")
     env = dict(os.environ, HF_HUB_CACHE=str(fresh_cache))
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-500:] for o in outs]
-    assert outs[0][0].strip() == outs[1][0].strip()
+    paths = [out.strip().splitlines()[-1] for out, _ in outs]
+    assert paths[0] == paths[1]
+    waited = [out for out, _ in outs if "waiting for another download of SmolLM2-135M-Instruct-Q4_K_M.gguf" in out]
+    assert len(waited) == 1  # the second one said it waits for the first
     assert hub.state.bytes_served("SmolLM2-135M-Instruct-Q4_K_M.gguf") == smollm_path.stat().st_size
-    assert _sha256(outs[0][0].strip()) == _sha256(smollm_path)
+    assert _sha256(paths[0]) == _sha256(smollm_path)
 
 
 def test_no_room_on_disk_is_refused_before_any_byte(hub, fresh_cache):
@@ -314,3 +317,18 @@ def test_the_text_progress_outside_a_widget_frontend(hub, fresh_cache):
                for line in files)
     assert lines.count(f"{ST_REPO}: pulling manifest") == 1
     assert lines[-1].startswith(f"{ST_REPO}: ") and lines[-1].endswith("MB pulled")
+
+
+def test_pulled_models_are_listed_with_repo_quant_and_revision(hub, fresh_cache):
+    rt = Runtime(RuntimeConfig(), reaper=False)
+    try:
+        assert not [m for m in rt.models() if "hub" in m]
+        gguf = rt.pull(f"{GGUF_REPO}:Q8_0")
+        st = rt.pull(ST_REPO)
+        listed = {m["id"]: m for m in rt.models() if "hub" in m}
+    finally:
+        rt.close()
+    assert set(listed) == {f"{GGUF_REPO}:Q8_0", ST_REPO}
+    assert listed[f"{GGUF_REPO}:Q8_0"]["hub"] == {"repo": GGUF_REPO, "quant": "Q8_0", "revision": gguf.revision}
+    assert listed[f"{GGUF_REPO}:Q8_0"]["size_bytes"] == gguf.size_bytes
+    assert listed[ST_REPO]["hub"]["revision"] == st.revision and listed[ST_REPO]["task"] == "embed"

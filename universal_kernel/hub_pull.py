@@ -118,6 +118,36 @@ def find_pulled(ref: HubRef | str) -> PullResult | None:
     return PullResult(str(ref), ref.repo_id, commit, path, selection.kind, selection.quant, files, size)
 
 
+def pulled() -> list[PullResult]:
+    """Every model whose files are whole in the local HF cache at its `main` ref: each GGUF quant as
+    `org/repo:QUANT` (or `org/repo/file.gguf` where a quant tag is not unique), a model folder as `org/repo`."""
+    from .hub_refs import _gguf_groups, quant_of
+
+    found: list[PullResult] = []
+    root = hub_cache_dir()
+    for folder in sorted(root.glob("models--*--*")) if root.is_dir() else []:
+        repo_id = folder.name[len("models--"):].replace("--", "/", 1)
+        main = folder / "refs" / "main"
+        snapshot = folder / "snapshots" / main.read_text().strip() if main.is_file() else None
+        if snapshot is None or not snapshot.is_dir():
+            continue
+        names = sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file())
+        groups = _gguf_groups(names)
+        quants = [quant_of(g[0]) for g in groups.values()]
+        refs = [f"{repo_id}:{q}" if q and quants.count(q) == 1 else f"{repo_id}/{g[0]}"
+                for q, g in zip(quants, groups.values())]
+        if "config.json" in names:
+            refs.append(repo_id)
+        for ref in refs:
+            try:
+                result = find_pulled(ref)
+            except (InvalidRequest, ReferenceRefused):
+                continue
+            if result is not None:
+                found.append(result)
+    return found
+
+
 # -- the pull
 
 def _errors():
@@ -287,6 +317,8 @@ def pull(text: str, progress: Callable[[Progress], None] | None = None, allow_pi
         sibling = siblings[name]
         sha256 = sibling.lfs.sha256 if sibling.lfs else None
         meter.start_file(index, name, size_of(name), sha256)
+        if name not in cached:
+            _say_if_another_pulls(meter, cache, ref.repo_id, sha256 or sibling.blob_id, name)
         path = fetch(name)
         if sha256 and name not in cached:
             meter.current.status = f"verifying {name}"
@@ -308,6 +340,29 @@ def pull(text: str, progress: Callable[[Progress], None] | None = None, allow_pi
     path = snapshot / selection.main if selection.main else snapshot
     return PullResult(str(ref), ref.repo_id, commit, path, selection.kind, selection.quant, files, meter.total,
                       meter.fetched, time.monotonic() - started)
+
+
+def _say_if_another_pulls(meter: _Meter, cache: Path, repo_id: str, etag: str | None, name: str) -> None:
+    """A progress line when another process (or thread) holds the library's lock on this file: the pull then
+    waits for it, and finds the file there, fetched once."""
+    if not etag:
+        return
+    from filelock import FileLock, Timeout
+
+    lock_path = cache / ".locks" / ("models--" + repo_id.replace("/", "--")) / f"{etag}.lock"
+    if not lock_path.exists():
+        return
+    probe = FileLock(str(lock_path), timeout=0, is_singleton=False, preserve_lock_file=True)
+    try:
+        probe.acquire()
+    except Timeout:
+        meter.current.status = f"waiting for another download of {name}"
+        meter.emit(force=True)
+        meter.current.status = f"downloading {name}"
+    except OSError:
+        return
+    else:
+        probe.release()
 
 
 def _connection_errors() -> tuple:

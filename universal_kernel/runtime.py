@@ -188,6 +188,16 @@ class Runtime:
                             found[name] = self._describe(self.resolver.resolve(name))
                         except Exception:
                             continue
+        from .hub_pull import pulled
+
+        for result in pulled():  # models pulled by Hub id into the HF cache
+            if result.ref not in found:
+                try:
+                    found[result.ref] = {**self._describe(self.resolver.resolve(result.ref)),
+                                         "hub": {"repo": result.repo_id, "quant": result.quant,
+                                                 "revision": result.revision}}
+                except Exception:
+                    continue
         for entry in self.cache.entries():
             found.setdefault(entry.spec.id, self._describe(entry.spec))
         return list(found.values())
