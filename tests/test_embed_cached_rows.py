@@ -1,6 +1,7 @@
 """Rows in the disk cache need no model: a fresh process whose rows are all cached imports no torch and loads
 nothing; one new row loads the model and reads the rest from disk; another weights file or another CPU
-decides again (tasks/embed_decisions.py). Each case is a new process, as a kernel after a restart is."""
+decides again (tasks/embed_decisions.py). Each case is a new process, as a kernel after a restart is (or a new
+`jupyter server`, for /v1/embeddings)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from .conftest import MINILM
+from .conftest import MINILM, start_server, stop_process
 
 TEXTS = ["The cat sat on the mat.", "Quarterly revenue rose 4.2% to EUR 93.1 million.", "ok",
          "Ein kurzer deutscher Satz über das Wetter.", "The cat sat on the mat."]
@@ -84,6 +85,19 @@ def test_rows_all_on_disk_import_no_torch_and_load_no_model(computed, tmp_path, 
     if door == "runtime":
         assert report["computed"] == 0 and report["cached"] == len(TEXTS)
     assert vectors.tobytes() == first.tobytes()  # byte for byte what the model computed
+
+
+def test_the_server_answers_cached_rows_without_a_model(computed, tmp_path):
+    """/v1/embeddings through the official client: the rows come from the disk, nothing loads."""
+    folder, _, first = computed
+    server = start_server(tmp_path, env={"UNIVERSAL_KERNEL_EMBEDDING_CACHE": str(folder)})
+    try:
+        response = server.client().embeddings.create(model=MINILM, input=TEXTS)
+        vectors = np.array([row.embedding for row in response.data], dtype=np.float32)
+        assert vectors.tobytes() == first.tobytes()
+        assert server.status()["models"] == []
+    finally:
+        stop_process(server.process)
 
 
 def test_one_new_row_loads_the_model_and_reads_the_rest_from_disk(computed, tmp_path):
