@@ -109,3 +109,18 @@ def test_the_default_server_refuses_to_pull(hub, server):
     assert response.status_code == 404
     assert "not in the Hugging Face cache" in response.json()["error"]["message"]
     assert not [e for e in hub.state.log if "not-cached" in e["file"]]
+
+
+def test_the_remote_runtime_pulls_on_the_server(hub, pulling_server):
+    from universal_kernel.client import RemoteRuntime
+    from universal_kernel.errors import ModelNotFound
+
+    remote = RemoteRuntime.connect(pulling_server.url, TOKEN)
+    reports = []
+    result = remote.pull(f"{GGUF_REPO}:q4_k_s", progress=reports.append)
+    assert result.path.name == "SmolLM2-135M-Instruct-q4_k_s.gguf" and result.quant == "Q4_K_S"
+    assert str(result.path).startswith(str(pulling_server.log.parent / "hub"))  # the server's cache, not ours
+    assert any(r.status == "downloading SmolLM2-135M-Instruct-q4_k_s.gguf" and r.digest for r in reports)
+    with pytest.raises(ModelNotFound, match="gated or private"):
+        remote.pull("test-org/gated-GGUF")
+    assert remote.remove_pulled(GGUF_REPO) == [result.revision]

@@ -451,6 +451,40 @@ class RemoteRuntime:
             body["backend"] = backend
         return self._json("POST", "api/unload", body)
 
+    def pull(self, ref: str, *, progress=None, allow_pickle: bool = False):
+        """Pull on the server (`POST universal/api/pull`, its NDJSON progress fed to `progress` as
+        `hub_pull.Progress` reports); a `PullResult` of the server's paths."""
+        from .hub_pull import Progress, PullResult
+
+        self.require_runtime_api("%runtime pull")
+        if allow_pickle:
+            raise InvalidRequest("the server pulls safetensors and GGUF only: allow_pickle is local")
+        done = None
+        with self._open("POST", "api/pull", {"model": ref, "stream": True}) as response:
+            for raw in response:
+                line = json.loads(raw.decode("utf-8")) if raw.strip() else None
+                if not line:
+                    continue
+                if "error" in line:
+                    raise _remote_failure(line["error"])
+                if line.get("status") == "success":
+                    done = line
+                elif progress is not None:
+                    progress(Progress(ref, line.get("status", ""), line.get("file"), line.get("file_index", 0),
+                                      line.get("file_count", 0), line.get("digest"), line.get("total", 0),
+                                      line.get("completed", 0), line.get("total", 0), line.get("completed", 0)))
+        if done is None:
+            raise ConnectionLost(f"the pull of {ref} on {self.base} ended without a result")
+        from .hub_refs import require_hub_ref
+
+        return PullResult(done["model"], require_hub_ref(ref).repo_id, done.get("revision", ""), Path(done["path"]),
+                          "gguf" if done.get("quant") else "transformers", done.get("quant"), [], done["size"])
+
+    def remove_pulled(self, ref: str) -> list[str]:
+        """Delete a pulled model from the server's HF cache (`DELETE universal/api/models/REF`)."""
+        self.require_runtime_api("%runtime rm")
+        return self._json("DELETE", "api/models/" + urllib.parse.quote(ref, safe="/:@"))["revisions"]
+
     def alias(self, name: str, ref: str):
         self.require_runtime_api("%runtime alias")
         raise InvalidRequest("aliases of the server's runtime are set in its configuration "

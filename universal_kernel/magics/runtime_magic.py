@@ -151,18 +151,16 @@ def run_runtime(magics, args):
 def _hub_action(runtime, action: str, args, remote: bool):
     """`%runtime pull REF` (a progress bar, then `ref -> path (size)`) and `%runtime rm REF`."""
     (ref,) = _expect(args, 1, f"{action} REF (org/repo, org/repo:QUANT, org/repo/file.gguf, @REV)")
-    if remote:
-        raise UsageError(f"%runtime {action} acts on this kernel's Hugging Face cache; on the server use "
-                         f"POST universal/api/pull or DELETE universal/api/models/REF")
+    where = " on the server" if remote else ""
     if action == "rm":
         revisions = runtime.remove_pulled(ref)
         print(f"removed {ref} ({len(revisions)} revision{'s' if len(revisions) != 1 else ''}) from the Hugging "
-              f"Face cache")
+              f"Face cache{where}")
         return None
     from ..hub_progress import PullDisplay
 
     result = runtime.pull(ref, progress=PullDisplay())
-    print(f"{result.ref} -> {result.path} ({mib(result.size_bytes)})")
+    print(f"{result.ref} -> {result.path}{where} ({mib(result.size_bytes)})")
     return None
 
 
