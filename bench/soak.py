@@ -15,14 +15,25 @@ minutes); growth is the end RSS over the RSS at the end of warm-up. Not run in C
     python bench/soak.py                 # 10 minutes
     python bench/soak.py --minutes 2
     python bench/soak.py --smoke
+    python bench/soak.py --minutes 3 --only embed --diagnose   # one kind of load; where the memory goes
+
+`--only chat|embed|cycle|status` runs one kind of client alone (chat: the two streamers and the dropped
+streams; cycle: MiniLM unload/load), to tell which load the memory follows. `--diagnose` traces the
+server's Python allocations (tracemalloc, through UNIVERSAL_KERNEL_TRACEMALLOC_DIR and SIGUSR1) and prints
+the lines that grew most between the end of warm-up and the end, beside /proc/PID/smaps_rollup at both
+points (native memory: llama.cpp, torch and the C heap are not in tracemalloc). Tracing slows the server.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import tempfile
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 
@@ -34,8 +45,14 @@ PROMPTS = ["Write a short story about a lighthouse.", "Describe a market in the 
 
 
 class Soak:
-    def __init__(self, server: BenchServer, seconds: float, max_tokens: int, cycle_s: float, disconnect_s: float):
+    def __init__(self, server: BenchServer, seconds: float, max_tokens: int, cycle_s: float, disconnect_s: float,
+                 only: str = "mixed", warm_s: float = 0.0, snapshots: Path | None = None):
         import requests
+
+        self.only = only
+        self.warm_s = warm_s
+        self.snapshots = snapshots  # the server dumps tracemalloc snapshots there on SIGUSR1
+        self.smaps: list[tuple[float, dict]] = []  # (seconds, smaps_rollup) at the end of warm-up and at the end
 
         self.requests = requests
         self.server = server
@@ -183,9 +200,26 @@ class Soak:
             except self.requests.RequestException as exc:
                 self.error("status", repr(exc))
 
+    def mark(self, at: float) -> None:
+        """The server's native figures now, and a tracemalloc snapshot when diagnosing."""
+        from universal_kernel.memory_trend import smaps_rollup
+
+        self.smaps.append((at, smaps_rollup(self.server.proc.pid)))
+        if self.snapshots is not None:
+            count = len(list(self.snapshots.glob("*.tracemalloc")))
+            self.server.proc.send_signal(signal.SIGUSR1)
+            deadline = time.monotonic() + 120
+            while len(list(self.snapshots.glob("*.tracemalloc"))) <= count and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(1.0)  # the file is written whole before the next read
+
     def sampler(self, process) -> None:
         started = time.monotonic()
+        marked = False
         while True:
+            if not marked and time.monotonic() - started >= self.warm_s:
+                marked = True
+                self.mark(time.monotonic() - started)
             try:
                 self.rss.append((time.monotonic() - started, process.memory_info().rss))
             except Exception:  # noqa: BLE001 - the process is gone: the clients report it
@@ -198,9 +232,11 @@ class Soak:
 
         process = psutil.Process(self.server.proc.pid)
         workers = [threading.Thread(target=self.sampler, args=(process,), daemon=True)]
-        workers += [threading.Thread(target=self.streamer, args=(i,), daemon=True) for i in range(2)]
-        workers += [threading.Thread(target=fn, daemon=True)
-                    for fn in (self.embedder, self.cycler, self.disconnector, self.poller)]
+        kinds = {"chat": [self.disconnector], "embed": [self.embedder], "cycle": [self.cycler],
+                 "status": [self.poller], "mixed": [self.embedder, self.cycler, self.disconnector, self.poller]}
+        if self.only in ("chat", "mixed"):
+            workers += [threading.Thread(target=self.streamer, args=(i,), daemon=True) for i in range(2)]
+        workers += [threading.Thread(target=fn, daemon=True) for fn in kinds[self.only]]
         for w in workers:
             w.start()
         self.stop.wait(self.seconds)
@@ -209,8 +245,35 @@ class Soak:
             w.join(timeout=300)
         try:
             self.rss.append((self.seconds, process.memory_info().rss))
+            self.mark(self.seconds)
         except Exception:  # noqa: BLE001
             pass
+
+
+def diagnosis(soak: Soak) -> None:
+    """What grew between the end of warm-up and the end: native figures, then Python's by line."""
+    mib = 2**20
+    if len(soak.smaps) >= 2 and soak.smaps[0][1] and soak.smaps[-1][1]:
+        (t0, first), (t1, last) = soak.smaps[0], soak.smaps[-1]
+        print(f"\n/proc/PID/smaps_rollup at {t0:.0f} s and {t1:.0f} s (MiB):")
+        for name in ("Rss", "Pss", "Anonymous", "Private_Dirty", "Private_Clean", "Shared_Clean", "Swap"):
+            if name in first and name in last:
+                print(f"- {name}: {first[name] / mib:,.1f} \u2192 {last[name] / mib:,.1f} "
+                      f"({(last[name] - first[name]) / mib:+,.1f})")
+    if soak.snapshots is None:
+        return
+    import tracemalloc
+
+    files = sorted(soak.snapshots.glob("*.tracemalloc"), key=lambda f: int(f.stem.split("-")[1]))
+    if len(files) < 2:
+        print(f"\ntracemalloc: {len(files)} snapshot(s) written; two are needed")
+        return
+    before, after = tracemalloc.Snapshot.load(str(files[0])), tracemalloc.Snapshot.load(str(files[-1]))
+    total = sum(s.size for s in after.statistics("filename")) - sum(s.size for s in before.statistics("filename"))
+    print(f"\ntracemalloc: Python allocations {total / mib:+,.2f} MiB between the two points; the lines that grew most:")
+    for stat in sorted(after.compare_to(before, "lineno"), key=lambda stat: stat.size_diff, reverse=True)[:12]:
+        frame = stat.traceback[0]
+        print(f"- {stat.size_diff / 1024:+,.1f} KiB ({stat.count_diff:+,} blocks) {frame.filename}:{frame.lineno}")
 
 
 def table(rows: list[tuple[str, str, str, str]]) -> None:
@@ -228,6 +291,10 @@ def main(argv=None) -> int:
     p.add_argument("--max-tokens", type=int, default=None, help="tokens per chat stream (default 96)")
     p.add_argument("--cycle-s", type=float, default=None, help="seconds between MiniLM unload/load cycles")
     p.add_argument("--disconnect-s", type=float, default=None, help="seconds between dropped streams (30)")
+    p.add_argument("--only", choices=("mixed", "chat", "embed", "cycle", "status"), default="mixed",
+                   help="one kind of load alone (default: all of them)")
+    p.add_argument("--diagnose", action="store_true",
+                   help="tracemalloc snapshots and smaps_rollup diffed between warm-up and the end")
     args = p.parse_args(argv)
     print_cpu()
     if not server_ext_available():
@@ -238,9 +305,16 @@ def main(argv=None) -> int:
     cycle_s = args.cycle_s or (4.0 if args.smoke else 20.0)
     disconnect_s = args.disconnect_s or (3.0 if args.smoke else 30.0)
 
-    server = BenchServer([SMOLLM, MINILM], threads(args))
+    warm = min(seconds / 5, 120.0)
+    snapshots = Path(tempfile.mkdtemp(prefix="soak-tracemalloc-")) if args.diagnose else None
+    if snapshots is not None:
+        os.environ["UNIVERSAL_KERNEL_TRACEMALLOC_DIR"] = str(snapshots)  # the server inherits it
     try:
-        soak = Soak(server, seconds, max_tokens, cycle_s, disconnect_s)
+        server = BenchServer([SMOLLM, MINILM], threads(args))
+    finally:
+        os.environ.pop("UNIVERSAL_KERNEL_TRACEMALLOC_DIR", None)
+    try:
+        soak = Soak(server, seconds, max_tokens, cycle_s, disconnect_s, args.only, warm, snapshots)
         soak.run()
         final = server.status()
     finally:
@@ -248,7 +322,6 @@ def main(argv=None) -> int:
         server.close()
         stop_s = time.monotonic() - stopped
 
-    warm = min(seconds / 5, 120.0)
     rss = soak.rss
     start_rss = rss[0][1] if rss else 0
     after_warm = next((value for t, value in rss if t >= warm), rss[-1][1] if rss else 0)
@@ -263,7 +336,7 @@ def main(argv=None) -> int:
         ("requests served", f"{served:,} ({', '.join(f'{k} {v}' for k, v in sorted(soak.served.items()))})", "", ""),
         ("errors", str(len(soak.errors)), "0", "PASS" if not soak.errors else "MISS"),
         ("completed streams whole", f"{soak.streams_whole}/{completed} ({soak.tokens:,} tokens)", "all",
-         "PASS" if completed and not soak.streams_broken else "MISS"),
+         ("PASS" if completed and not soak.streams_broken else "MISS") if args.only in ("mixed", "chat") else "-"),
         ("server RSS at start", f"{start_rss / mib:,.1f} MiB", "", ""),
         (f"server RSS after warm-up ({warm:.0f} s)", f"{after_warm / mib:,.1f} MiB", "", ""),
         ("server RSS at end", f"{end_rss / mib:,.1f} MiB", "", ""),
@@ -273,17 +346,20 @@ def main(argv=None) -> int:
          "< 50 ms", "PASS" if np.percentile(status_ms, 99) < 50 else "MISS"),
         ("server exit after SIGTERM", f"{stop_s:.1f} s", "", ""),
     ]
-    print(f"\n## Soak: {seconds / 60:.1f} min of mixed load on one server\n")
+    load = "mixed load" if args.only == "mixed" else f"{args.only} load only"
+    print(f"\n## Soak: {seconds / 60:.1f} min of {load} on one server\n")
     table(rows)
-    print(f"\n2 chat streams of {max_tokens} tokens back to back, embedding batches of 32, MiniLM unload/load "
+    print(f"\nClients ({args.only}): 2 chat streams of {max_tokens} tokens back to back, embedding batches of 32, MiniLM unload/load "
           f"every {cycle_s:g} s, a stream dropped every {disconnect_s:g} s, status every 0.5 s; "
           f"cancelled generations in the server's recent list: {cancelled}.")
     step = max(1, len(rss) // 12)
     print("server RSS over the run (s: MiB): " + ", ".join(f"{t:.0f}: {value / mib:,.0f}" for t, value in rss[::step]
                                                           + ([rss[-1]] if (len(rss) - 1) % step else [])))
+    diagnosis(soak)
     for line in (soak.errors[:10] + soak.streams_broken[:10]):
         print(f"- {line}")
-    return 0 if (not soak.errors and not soak.streams_broken and completed) else 1
+    streamed = completed or args.only not in ("mixed", "chat")  # streams are asked for: they must come whole
+    return 0 if (not soak.errors and not soak.streams_broken and streamed) else 1
 
 
 if __name__ == "__main__":

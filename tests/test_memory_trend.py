@@ -99,3 +99,42 @@ def test_the_in_memory_embedding_cache_is_bounded_in_bytes():
     cache._rows.clear()  # emptied from outside, as benches do: the count starts again
     cache.put(scope, "again", np.zeros(384, dtype=np.float32), 1)
     assert len(cache._rows) == 1 and cache.bytes < 10_000
+
+
+def test_smaps_rollup_reads_the_native_figures_of_a_process():
+    from universal_kernel.memory_trend import smaps_rollup
+
+    figures = smaps_rollup()
+    assert figures["Rss"] > 0 and 0 < figures["Anonymous"] <= figures["Rss"]
+    assert smaps_rollup(2**22 + 12345) == {}  # no such process: nothing, not an error
+
+
+def test_a_soak_server_dumps_tracemalloc_snapshots_on_sigusr1(tmp_path):
+    """What bench/soak.py --diagnose relies on, in a real process: a runtime made with the variable set."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import tracemalloc
+
+    code = ("import sys, time; from universal_kernel import Runtime; rt = Runtime(reaper=False); "
+            "kept = [bytearray(1000) for _ in range(1000)]; print('ready', flush=True); time.sleep(60)")
+    env = dict(os.environ, UNIVERSAL_KERNEL_TRACEMALLOC_DIR=str(tmp_path))
+    process = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        process.send_signal(signal.SIGUSR1)
+        snapshot = tmp_path / "snapshot-1.tracemalloc"
+
+        def loaded():  # once written whole, it loads, with what the process allocated after the runtime
+            try:
+                return tracemalloc.Snapshot.load(str(snapshot)).statistics("filename")
+            except Exception:  # noqa: BLE001 - not there yet, or half written
+                return None
+
+        stats = wait_for(loaded, 60, "no snapshot was written")
+        [kept] = [stat for stat in stats if stat.traceback[0].filename == "<string>"]
+        assert kept.size >= 1000 * 1000
+    finally:
+        process.kill()
+        process.wait()

@@ -95,3 +95,42 @@ def trend_line(trend: dict | None) -> str:
     if slope is not None:
         line += f"; {slope / mib:+.1f} MiB/min"
     return line + f"; range {trend['min_bytes'] / mib:.0f}\u2013{trend['max_bytes'] / mib:.0f} MiB)"
+
+
+def smaps_rollup(pid: int | str = "self") -> dict[str, int]:
+    """The kernel's totals of a process's mappings (Linux): Rss, Pss, Anonymous, Private_Dirty... in bytes;
+    {} where /proc has none. Native memory (llama.cpp, torch, the C heap) shows here, not in tracemalloc."""
+    try:
+        text = open(f"/proc/{pid}/smaps_rollup").read()
+    except OSError:
+        return {}
+    figures = {}
+    for line in text.splitlines()[1:]:
+        name, _, rest = line.partition(":")
+        parts = rest.split()
+        if len(parts) == 2 and parts[1] == "kB":
+            figures[name.strip()] = int(parts[0]) * 1024
+    return figures
+
+
+def tracemalloc_dumps_from_env() -> bool:
+    """For soaks (bench/soak.py --diagnose): with UNIVERSAL_KERNEL_TRACEMALLOC_DIR set, trace Python allocations
+    and write a snapshot there on each SIGUSR1 (snapshot-1.tracemalloc, ...). Off otherwise: tracing costs."""
+    folder = os.environ.get("UNIVERSAL_KERNEL_TRACEMALLOC_DIR")
+    if not folder:
+        return False
+    import signal
+    import tracemalloc
+
+    count = [0]
+
+    def dump(signum, frame):
+        count[0] += 1
+        tracemalloc.take_snapshot().dump(os.path.join(folder, f"snapshot-{count[0]}.tracemalloc"))
+
+    try:
+        signal.signal(signal.SIGUSR1, dump)  # the main thread only: a runtime made elsewhere is not traced
+    except ValueError:
+        return False
+    tracemalloc.start(1)
+    return True

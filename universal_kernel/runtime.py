@@ -19,7 +19,7 @@ from .backends import GenerationParams, choose_backend, context_bytes, create_ba
 from .cache import LoadedModel, ModelCache
 from .config import RuntimeConfig
 from .devices import memory_report
-from .memory_trend import RssTrend
+from .memory_trend import RssTrend, tracemalloc_dumps_from_env
 from .errors import GenerationFailed, InvalidRequest, ModelNotFound
 from .interface import (
     AnomalyDetector, AnomalyScores, ClassifyResult, EmbeddingResult, NerResult, OcrResult, RerankResult, RuntimeStatus,
@@ -141,6 +141,7 @@ class Runtime:
         self.embedding_store = _open_embedding_store(self.config)
         self.recent: deque[RequestStats] = deque(maxlen=200)
         self.rss_trend = RssTrend()  # the process RSS over the last minutes (status, the monitor)
+        tracemalloc_dumps_from_env()  # soaks only: Python allocations snapshotted on SIGUSR1
         self._listeners: list[Callable[[str, Any], None]] = []
 
     @property
