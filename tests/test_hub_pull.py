@@ -143,6 +143,8 @@ def test_first_generate_by_hub_id_pulls_the_default_quant(hub, cache, runtime):
         completion = rt.generate(GGUF_REPO, prompt="The capital of France is", params=params)
         assert completion.model == GGUF_REPO
         assert rt.resolve(GGUF_REPO).path.name == "SmolLM2-135M-Instruct-Q4_K_M.gguf"
+        (loaded,) = rt.status()["models"]
+        assert loaded["source"] == f"hub:{GGUF_REPO}@{hub.state.repos[GGUF_REPO].sha}"
     finally:
         rt.close()
     reference = runtime.generate(SMOLLM, prompt="The capital of France is", params=params)

@@ -148,6 +148,17 @@ def pulled() -> list[PullResult]:
     return found
 
 
+def source_of(path: Path) -> str:
+    """Where a model's files came from: `hub:org/repo@commit` for a snapshot in the HF cache, else `file`."""
+    try:
+        parts = Path(path).relative_to(hub_cache_dir()).parts  # not resolved: snapshot files are symlinks
+    except ValueError:
+        return "file"
+    if len(parts) >= 3 and parts[0].startswith("models--") and parts[1] == "snapshots":
+        return f"hub:{parts[0][len('models--'):].replace('--', '/', 1)}@{parts[2]}"
+    return "file"
+
+
 # -- the pull
 
 def _errors():

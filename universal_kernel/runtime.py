@@ -451,10 +451,13 @@ class Runtime:
 
     # Status ---------------------------------------------------------------------------------
     def _entry_status(self, entry: LoadedModel) -> dict:
+        from .hub_pull import source_of as _source_of
+
         expires = entry.expires_at()
         return {
             "id": entry.spec.id,
             "path": str(entry.spec.path),
+            "source": _source_of(entry.spec.path),  # hub:org/repo@commit for a pulled model, else file
             "backend": entry.backend_name,
             # what serves it: an "onnx" load that ONNX Runtime refused runs on torch (precision_reason says why)
             "engine": getattr(entry.backend, "name", entry.backend_name),
