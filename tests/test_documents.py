@@ -181,6 +181,23 @@ def test_a_broken_file_is_refused_naming_it(runtime, pdf):
         runtime.document(b"hello")
 
 
+def test_each_pdf_page_is_read_from_its_own_evidence(runtime):
+    """A PDF page without a text layer is read by OCR, the next one from its text layer; a blank page
+    has no blocks, no tables and no Markdown."""
+    from PIL import Image
+
+    pdf = fpdf.FPDF()
+    pdf.add_page()
+    pdf.add_page()
+    pdf.set_font("Helvetica", "", 11)
+    pdf.cell(0, 6, "Only a line on page two")
+    document = runtime.document(bytes(pdf.output()))
+    assert [(p.number, p.source, len(p.blocks)) for p in document.pages] == [(1, "ocr", 0), (2, "text layer", 1)]
+    assert document.markdown() == "Only a line on page two\n"
+    blank = runtime.document(Image.new("RGB", (600, 800), "white"))
+    assert (blank.blocks, blank.tables, blank.markdown(), len(blank.frame())) == ([], [], "", 0)
+
+
 # HTTP and the client runtime ----------------------------------------------------------------------
 def test_http_shape(server, parsed, pdf):
     body = server.post("universal/v1/documents",
@@ -227,10 +244,13 @@ def test_magic_shows_markdown_and_returns_the_document(ip, runtime, pdf, parsed)
     assert ip.display_formatter.formatters["text/markdown"](document) == parsed.markdown()
     assert "2 pages" in captured.stdout and "1 tables" in captured.stdout
 
-    _, tables = run(ip, "%document 'documents/report.pdf' --tables")
+    _, tables = run(ip, "%document documents/report.pdf --tables")  # a bare path, found as a quoted one
     assert isinstance(tables.result, list) and isinstance(tables.result[0], pd.DataFrame)
     assert tables.result[0].values.tolist() == TABLE[1:]
 
+    captured, several = run(ip, "%document [report_bytes, report_bytes]")
+    assert several.result is None and "one document" in captured.stderr
+
     captured, missing = run(ip, "%document documents/nowhere.pdf")
-    assert missing.result is None and "nowhere" in captured.stderr + captured.stdout
+    assert missing.result is None and "nowhere.pdf" in captured.stderr
     assert "Traceback" not in captured.stderr + captured.stdout

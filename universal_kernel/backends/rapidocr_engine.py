@@ -56,14 +56,16 @@ class RapidOcrBackend(Backend):
         rapidocr_logger.setLevel(logging.ERROR)
         self.engine = engine
 
-    def read_images(self, images: list[np.ndarray], *, boxes: bool = False) -> list[dict]:
-        """Per image (RGB uint8, HxWx3): its lines top to bottom, their mean confidence and, if asked, boxes."""
-        return [self._read(image, boxes) for image in images]
+    def read_images(self, images: list[np.ndarray], *, boxes: bool = False, turned_lines: bool = True) -> list[dict]:
+        """Per image (RGB uint8, HxWx3): its lines top to bottom, their mean confidence and, if asked, boxes.
+        `turned_lines=False` skips the line-orientation classifier, for pages known to be upright: it turns
+        some long upright lines (a full-width line of a page) upside down, and they read as garbage."""
+        return [self._read(image, boxes, turned_lines) for image in images]
 
-    def _read(self, image: np.ndarray, boxes: bool) -> dict:
+    def _read(self, image: np.ndarray, boxes: bool, turned_lines: bool = True) -> dict:
         # a numpy array goes to the engine as it is, and the engine works in OpenCV's BGR order
         bgr = np.ascontiguousarray(image[..., ::-1])
-        out = self.engine(bgr)
+        out = self.engine(bgr, use_det=True, use_cls=turned_lines, use_rec=True)
         texts = list(out.txts or ())
         scores = [float(s) for s in (out.scores or ())]
         quads = [] if out.boxes is None else np.asarray(out.boxes, dtype=np.float64).reshape(-1, 4, 2)

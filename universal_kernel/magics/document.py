@@ -8,7 +8,7 @@ as its Markdown; with `--tables`, the list of its tables as DataFrames.
 
 from __future__ import annotations
 
-import os
+import re
 import time
 
 from IPython.core.error import UsageError
@@ -34,12 +34,17 @@ def magic(magics, line):
     return user_errors(run_document)(magics.runtime_for(args.server), magics.shell, expr, args)
 
 
+#: a bare file name or path with an extension, not a Python expression: `report.pdf`, `~/scans/a-1.png`
+_BARE_PATH = re.compile(r"[\w~./\\-]+\.\w+")
+
+
 def source_of(shell, expr: str):
-    """EXPR's value; a bare path (`%document report.pdf`) that names a file is taken as that path."""
+    """EXPR's value; a bare path (`%document report.pdf`) is taken as that path, found as a quoted one is
+    (the runtime resolves it and names it when it is missing)."""
     try:
         return evaluate(shell, expr, "%document")
     except UsageError:
-        if os.path.isfile(os.path.expanduser(expr.strip())):
+        if _BARE_PATH.fullmatch(expr.strip()):
             return expr.strip()
         raise
 

@@ -62,7 +62,8 @@ def read_page(instance, layout, number: int, image, pdf_page) -> Page:
     words = text_layer_words(pdf_page, ocr_task.PDF_RENDER_SCALE) if pdf_page is not None else []
     source = "text layer"
     if not words:  # a scanned page, or an image
-        words = ocr_words(instance.read_images([image], boxes=True)[0])
+        # a document's pages are upright: the line-orientation classifier would only turn long lines over
+        words = ocr_words(instance.read_images([image], boxes=True, turned_lines=False)[0])
         source = "ocr"
     return build_page(number, image, words, layout.regions(image), source)
 

@@ -97,6 +97,7 @@ def build_page(number: int, image: np.ndarray, words: list[Word], regions: list,
     for group in _proximity_groups(loose):
         drafts.append(_Draft("text", group, NO_REGION_SCORE))
 
+    drafts = _join_split_paragraphs(drafts)
     body = _body_size(drafts)
     for draft in drafts:
         _decide_kind(draft, drafts, body)
@@ -159,6 +160,38 @@ def _proximity_groups(lines: list[Line]) -> list[list[Line]]:
     return groups
 
 
+def _join_split_paragraphs(drafts: list[_Draft]) -> list[_Draft]:
+    """One paragraph the model cut into two regions ("reference" over "text", say) is one block again: a
+    text block right under another (within a line's height), in the same column, of the same type size,
+    with the lower score of the two."""
+    kept: list[_Draft] = []
+    for draft in sorted(drafts, key=lambda d: d.box()[1]):
+        above = next((k for k in reversed(kept) if _continues(k, draft)), None) if draft.kind in _BODY else None
+        if above is None:
+            kept.append(draft)
+            continue
+        # a paragraph partly called "reference" is text (references are lists of entries, not split prose)
+        if draft.kind != above.kind:
+            above.kind = "text"
+        above.lines.extend(draft.lines)
+        above.score = min(above.score, draft.score)
+    return kept
+
+
+_BODY = ("text", "reference")
+
+
+def _continues(above: _Draft, below: _Draft) -> bool:
+    if above.kind not in _BODY or not above.lines or not below.lines:
+        return False
+    a, b = above.lines[-1], below.lines[0]
+    gap = b.bbox[1] - a.bbox[3]
+    width = min(above.box()[2] - above.box()[0], below.box()[2] - below.box()[0])
+    across = min(above.box()[2], below.box()[2]) - max(above.box()[0], below.box()[0])
+    ratio = max(a.size, b.size) / max(min(a.size, b.size), 1e-6)
+    return -0.3 * b.height <= gap <= 1.0 * max(a.height, b.height) and across >= 0.5 * width and ratio < 1.15
+
+
 def _body_size(drafts: list[_Draft]) -> float:
     """The page's body type size: the median over its characters, outside tables."""
     sizes, weights = [], []
@@ -177,7 +210,9 @@ def _decide_kind(draft: _Draft, drafts: list[_Draft], body: float) -> None:
     if draft.kind in ("table", "figure") or not draft.lines or body <= 0:
         return
     larger = draft.size >= TITLE_RATIO * body
-    if larger and len(draft.lines) <= TITLE_MAX_LINES and draft.kind in ("text", "reference", "caption", "title"):
+    # a running header is small type: one in large type is the page's title
+    if larger and len(draft.lines) <= TITLE_MAX_LINES and draft.kind in ("text", "reference", "caption", "title",
+                                                                        "header"):
         if draft.kind != "title":
             draft.kind, draft.score = "title", EVIDENCE_SCORE
         return
