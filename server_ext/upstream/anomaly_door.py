@@ -114,8 +114,3 @@ async def score(serving: Serving, req: w.AnomalyScoreRequest):
                                threshold=found.threshold)
     return w.AnomalyScoreResponse(data=data, total_count=len(data), model=found.name, backend=req.backend,
                                   summary=summary)
-
-
-def routes(door: str, post: Callable) -> list[tuple[str, type]]:
-    return [(rf"{door}/v1/anomaly/fit/?", post(w.AnomalyFitRequest, fit)),
-            (rf"{door}/v1/anomaly/score/?", post(w.AnomalyScoreRequest, score))]

@@ -209,6 +209,14 @@ class ModelsDoor(UpstreamErrors, ModelsHandler):
     pass
 
 
+RerankDoor = _post(w.RerankRequest, rerank)
+ClassifyDoor = _post(w.ClassifyRequest, classify)
+NerDoor = _post(w.NerRequest, ner)
+OcrDoor = _post(w.OcrRequest, ocr)
+AnomalyFitDoor = _post(w.AnomalyFitRequest, anomaly_door.fit)
+AnomalyScoreDoor = _post(w.AnomalyScoreRequest, anomaly_door.score)
+
+
 def routes() -> list[tuple[str, type]]:
     """The door's routes, relative to the server's base_url."""
     door = r"universal/runtime"
@@ -217,9 +225,10 @@ def routes() -> list[tuple[str, type]]:
         (rf"{door}/v1/models/?", ModelsDoor),
         (rf"{door}/v1/chat/completions/?", ChatDoor),
         (rf"{door}/v1/embeddings/?", EmbeddingsDoor),
-        (rf"{door}/v1/rerank/?", _post(w.RerankRequest, rerank)),
-        (rf"{door}/v1/classify/?", _post(w.ClassifyRequest, classify)),
-        (rf"{door}/v1/ner/?", _post(w.NerRequest, ner)),
-        (rf"{door}/v1/ocr/?", _post(w.OcrRequest, ocr)),
-        *anomaly_door.routes(door, _post),
+        (rf"{door}/v1/rerank/?", RerankDoor),
+        (rf"{door}/v1/classify/?", ClassifyDoor),
+        (rf"{door}/v1/ner/?", NerDoor),
+        (rf"{door}/v1/ocr/?", OcrDoor),
+        (rf"{door}/v1/anomaly/fit/?", AnomalyFitDoor),
+        (rf"{door}/v1/anomaly/score/?", AnomalyScoreDoor),
     ]
