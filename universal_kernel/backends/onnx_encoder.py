@@ -11,8 +11,11 @@
   back to torch, the reason in the model's status.
 
 `backend="onnx"` asks for it; "auto" stays torch (bf16 autocast behind its probe on bf16 CPUs, fp32
-elsewhere: precision.py) for now, although ONNX Runtime fp32 measured faster than both (bench/embed_throughput.py):
-making it the default moves every encoder test's reference and the embedding cache's keys, and waits for that.
+elsewhere: precision.py). Measured, MiniLM, 2 threads: on an Intel Xeon with AMX torch's bf16 autocast gave
+220-240 rows/s against ONNX Runtime fp32's 25-34 (one process, 400 mixed texts), so there torch stays; on a
+Zen 4 (avx512_bf16, no AMX) ONNX Runtime fp32 was 1.7-1.9x torch fp32 and 1.2x torch bf16 (issue 30). The
+rule that follows (AMX: torch bf16; otherwise ONNX Runtime fp32) is not yet auto's: it moves the no-AMX
+machines' default, every encoder test's reference there and the embedding cache's keys.
 """
 
 from __future__ import annotations

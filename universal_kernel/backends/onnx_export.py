@@ -117,7 +117,14 @@ def export(folder: Path, cache_root: Path, torch_backend) -> Export:
                   "weights": weights_fingerprint(folder), "reference": reference.tolist()}
         (staging / "export.json").write_text(json.dumps(record))
         shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging, target)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            # another process put its export there meanwhile: the same weights and exporter, so take it
+            found = cached_export(folder, cache_root)
+            if found is None:
+                raise
+            return found
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     exports_run += 1
