@@ -7,6 +7,7 @@
   page's body text, on at most a few lines, is a title (the model calls a big title "text" at times);
   a short block right above or below a table or figure, no larger than the body text, is its caption
   (the model calls captions "reference" at times).
+- A "reference" region the model is unsure of, without a reference marker, is text.
 - Reading order: recursive XY-cut over the blocks, columns before rows, so that a two-column page
   reads down the left column first.
 """
@@ -38,6 +39,9 @@ NO_REGION_SCORE = 0.5
 _LABELS = {"text": "text", "title": "title", "figure": "figure", "figure_caption": "caption",
            "table_caption": "caption", "header": "header", "footer": "footer", "reference": "reference",
            "equation": "equation", "table": "table"}
+#: a "reference" region scored below this, without a reference marker, is prose
+REFERENCE_SURE = 0.8
+_REFERENCE_START = re.compile(r"^(\[\d+\]|\(\d+\)|\d+\.\s)")
 _CAPTION_START = re.compile(r"^(table|tab\.|figure|fig\.|chart|exhibit)\s*\d", re.IGNORECASE)
 
 
@@ -209,6 +213,12 @@ def _body_size(drafts: list[_Draft]) -> float:
 def _decide_kind(draft: _Draft, drafts: list[_Draft], body: float) -> None:
     if draft.kind in ("table", "figure") or not draft.lines or body <= 0:
         return
+    text = " ".join(line.text for line in draft.lines)
+    # the model calls body prose "reference" at times, with a middling score: a reference list's entry
+    # starts with its marker ([3], 3., (3)); prose the model is unsure of is text
+    if draft.kind == "reference" and draft.score < REFERENCE_SURE and not _REFERENCE_START.match(text):
+        if not _next_to_table_or_figure(draft, drafts, body):  # a caption, decided below
+            draft.kind = "text"
     larger = draft.size >= TITLE_RATIO * body
     # a running header is small type: one in large type is the page's title
     if larger and len(draft.lines) <= TITLE_MAX_LINES and draft.kind in ("text", "reference", "caption", "title",
@@ -217,7 +227,6 @@ def _decide_kind(draft: _Draft, drafts: list[_Draft], body: float) -> None:
             draft.kind, draft.score = "title", EVIDENCE_SCORE
         return
     if draft.kind in ("text", "reference") and len(draft.lines) <= CAPTION_MAX_LINES and draft.size <= 1.05 * body:
-        text = " ".join(line.text for line in draft.lines)
         if draft.kind == "reference" or _CAPTION_START.match(text):
             if _next_to_table_or_figure(draft, drafts, body):
                 # "Table 1: ..." beside a table is the page's own word for it; else the model's score stands
