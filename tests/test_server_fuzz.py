@@ -15,7 +15,7 @@ import pytest
 from universal_kernel.server_ext import handlers
 from universal_kernel.server_ext import protocol as p
 from universal_kernel.server_ext.responses import ResponsesRequest
-from universal_kernel.server_ext.tasks import anomaly, classify, ner, ocr, rerank
+from universal_kernel.server_ext.tasks import anomaly, classify, document, ner, ocr, rerank
 from universal_kernel.server_ext.upstream import door, wire
 
 from .conftest import MINILM, SMOLLM
@@ -32,6 +32,7 @@ REQUEST_TYPES = {
     classify.ClassifyHandler: classify.ClassifyRequest,
     ner.NerHandler: ner.NerRequest,
     ocr.OcrHandler: ocr.OcrRequest,
+    document.DocumentHandler: document.DocumentRequest,
     anomaly.AnomalyFitHandler: anomaly.AnomalyFitRequest,
     anomaly.AnomalyScoreHandler: anomaly.AnomalyScoreRequest,
     # the compatibility door (server_ext/upstream): LlamaFarm's shapes
@@ -62,6 +63,7 @@ BASE = {
     classify.ClassifyHandler: {"model": MINILM, "input": ["a"], "labels": ["x", "y"]},
     ner.NerHandler: {"model": "en-core-web-sm", "input": "Tim Cook works at Apple."},
     ocr.OcrHandler: {"images": [TINY_PNG]},
+    document.DocumentHandler: {"images": [TINY_PNG]},
     anomaly.AnomalyFitHandler: {"model": "fuzz-detector", "data": [[0.0, 1.0], [1.0, 0.5], [0.2, 0.3], [2.0, 1.0]]},
     anomaly.AnomalyScoreHandler: {"model": "fuzz-detector", "data": [[0.1, 0.2]]},
     door.EmbeddingsDoor: {"model": MINILM + ":Q4_K_M", "input": ["a", "b"]},
