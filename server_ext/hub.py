@@ -16,10 +16,20 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from .errors import failure, failure_from
+from .errors import Failure, failure, failure_from
 from .handlers import BaseHandler
+from .protocol import _Request
+from .serving import parse
 
 _DONE = object()
+
+
+class PullRequest(_Request):
+    """Ollama's /api/pull body: the model by `model` (or Ollama's older `name`); it streams unless told not to."""
+
+    model: str | None = None
+    name: str | None = None
+    stream: bool = True
 
 
 def _disabled():
@@ -39,15 +49,13 @@ class PullHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def post(self):
-        try:
-            body = json.loads(self.request.body or b"{}")
-        except ValueError:
-            return self.send_failure(failure(400, "the body is not JSON", code="invalid_json"))
-        model = body.get("model", body.get("name")) if isinstance(body, dict) else None
+        request = parse(PullRequest, self.request.body or b"{}")
+        if isinstance(request, Failure):  # not JSON, too deep, hostile, or a field of the wrong type
+            return self.send_failure(request)
+        model, stream = request.model or request.name, request.stream
         if not isinstance(model, str) or not model.strip():
             return self.send_failure(failure(400, "'model' must be a Hub id such as org/repo:Q4_K_M", param="model",
                                              code="invalid_value"))
-        stream = body.get("stream", True) is not False  # Ollama streams unless told not to
         runtime = self.serving.runtime
         if not runtime.config.allow_downloads:
             return self.send_failure(_disabled())

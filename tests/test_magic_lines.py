@@ -131,6 +131,8 @@ def test_interpolate_reports_the_names_it_left():
 
 def test_generate_says_which_names_were_left_as_written(ip, rec):
     ip.user_ns["city"] = "Paris"
+    for name in ("country", "topic"):  # the shell is the session's: another test may have defined them
+        ip.user_ns.pop(name, None)
     captured, _ = ran(ip, "%%generate --max-tokens 2 --temperature 0\nName the capital of {country}, near {city}.")
     assert rec.last["messages"][-1]["content"] == "Name the capital of {country}, near Paris."
     warning = [line for line in captured.stderr.splitlines() if "left as written" in line]
