@@ -88,7 +88,8 @@ def runtime(smollm_path, minilm_path, tmp_path_factory):
     promise), which a shared runtime's in-memory cache mixes. bf16 is tested on its own, on both kinds of CPU
     (test_precision*.py)."""
     config = RuntimeConfig(model_folders=[tmp_path_factory.mktemp("models")], keep_alive=-1,
-                           convert_cache=tmp_path_factory.mktemp("converted"), precision=SHARED_PRECISION)
+                           convert_cache=tmp_path_factory.mktemp("converted"), precision=SHARED_PRECISION,
+                           parallel=PARALLEL)  # the server's slots (a kernel's default is 1): batching is tested here
     rt = Runtime(config)
     rt.load(SMOLLM)
     rt.load(MINILM)

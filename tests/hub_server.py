@@ -9,7 +9,7 @@ and `X-Linked-Size`. LFS files answer with a 302 to another host name (`localhos
 
 Faults a test sets on the server: `drop_after[file] = n` cuts the connection once after n bytes,
 `corrupt` serves files with one byte flipped, `gated` repos answer 401 without the right token,
-`delay_s` slows every chunk (for cancels and concurrent pulls). `log` records what was served.
+`delay_s` slows every chunk (for cancels); `gate` holds a file's body until the test sets it. `log` records what was served.
 """
 
 from __future__ import annotations
@@ -92,6 +92,9 @@ class HubState:
     drop_after: dict[str, int] = field(default_factory=dict)
     corrupt: set[str] = field(default_factory=set)
     delay_s: float = 0.0
+    #: when set: a file's body waits for `gate` once it has begun (`body_started`): a test holds a download
+    gate: threading.Event | None = None
+    body_started: threading.Event = field(default_factory=threading.Event)
     log: list[dict] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -279,6 +282,9 @@ class _Handler(BaseHTTPRequestHandler):
         corrupt = f.name in state.corrupt
         sent, pos = 0, start
         try:
+            if state.gate is not None:
+                state.body_started.set()
+                state.gate.wait(600)
             while pos < end:
                 chunk = f.read(pos, min(pos + CHUNK, end))
                 if corrupt and pos == start:

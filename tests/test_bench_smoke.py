@@ -53,7 +53,7 @@ def test_cpu_line_names_the_model_and_the_flags_that_matter(tmp_path):
 
 @pytest.mark.parametrize("script", ["embed_throughput", "generation", "memory", "transformers_gguf_load",
                                     "api_status_latency", "soak", "tasks", "ocr_anomaly", "dask_embed", "embed_disk_cache",
-                                    "concurrency"])
+                                    "concurrency", "pull", "documents"])
 def test_smoke(script, capsys):
     if not (BENCH / f"{script}.py").exists():
         pytest.skip(f"bench/{script}.py is not written")

@@ -51,6 +51,7 @@ def fresh_cache(hub, monkeypatch, tmp_path):
     hub.state.log.clear()
     yield tmp_path / "hub"
     hub.state.delay_s = 0.0
+    hub.state.gate = None
     hub.state.drop_after.clear()
     hub.state.corrupt.clear()
 
@@ -246,18 +247,38 @@ def test_a_cancel_keeps_the_runtime_usable_and_no_half_file(hub, fresh_cache, sm
 
 
 def test_two_processes_pulling_at_once_fetch_the_file_once(hub, fresh_cache, smollm_path):
-    hub.state.delay_s = 0.02  # about 8 s: the two overlap even when one starts seconds later
+    """The first process's download is held at the hub until the second has said it waits for it."""
+    import threading
+
+    from .conftest import wait_for
+
+    hub.state.gate, hub.state.body_started = threading.Event(), threading.Event()
     code = (f"from universal_kernel.hub_pull import pull; r = pull('{GGUF_REPO}:Q4_K_M', progress=lambda p: "
-            f"p.status.startswith('waiting') and print(p.status)); print(r.path)")
+            f"p.status.startswith('waiting') and print(p.status, flush=True)); print(r.path)")
     env = dict(os.environ, HF_HUB_CACHE=str(fresh_cache))
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [o[1][-500:] for o in outs]
-    paths = [out.strip().splitlines()[-1] for out, _ in outs]
+
+    def start():
+        return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    first = start()
+    try:
+        assert hub.state.body_started.wait(300), "the first pull never reached the file's body"
+        second = start()
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(second.stdout), daemon=True)
+        reader.start()
+        wait_for(lambda: any("waiting for another download" in line for line in lines) or second.poll() is not None,
+                 300, "the second pull to say it waits")
+    finally:
+        hub.state.gate.set()
+    outs = [first.communicate(timeout=300), (None, second.communicate(timeout=300)[1])]
+    reader.join(60)
+    assert first.returncode == 0 and second.returncode == 0, [o[1][-500:] for o in outs]
+    paths = [outs[0][0].strip().splitlines()[-1], lines[-1].strip()]
     assert paths[0] == paths[1]
-    waited = [out for out, _ in outs if "waiting for another download of SmolLM2-135M-Instruct-Q4_K_M.gguf" in out]
-    assert len(waited) == 1  # the second one said it waits for the first
+    assert "waiting for another download of SmolLM2-135M-Instruct-Q4_K_M.gguf" in "".join(lines)
+    assert "waiting" not in outs[0][0]  # the first one fetched it
     assert hub.state.bytes_served("SmolLM2-135M-Instruct-Q4_K_M.gguf") == smollm_path.stat().st_size
     assert _sha256(paths[0]) == _sha256(smollm_path)
 
