@@ -194,8 +194,16 @@ class ReadmeServer:
                     models = self.models()
                     if all(models.get(m, {}).get("loaded") for m in (SMOLLM, MINILM)):
                         return time.monotonic() - self.started
+                except requests.HTTPError as exc:
+                    # jupyter_server writes its runtime file after loading extensions: a 404 here means the
+                    # extension did not load, which no amount of waiting mends
+                    if exc.response is not None and exc.response.status_code == 404:
+                        pytest.fail(f"the README command's server runs without the extension "
+                                    f"(universal/v1/models: 404):\n{self.log_tail()}")
                 except requests.RequestException:
                     pass
+            if "extension failed loading" in self.log_path.read_text(errors="replace"):
+                pytest.fail(f"the README command's server could not load the extension:\n{self.log_tail()}")
             if time.monotonic() > deadline:
                 pytest.fail(f"the README command did not serve both models in {timeout:.0f} s:\n{self.log_tail()}")
             time.sleep(1.0)
