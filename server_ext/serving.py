@@ -304,8 +304,7 @@ class Serving:
             return failure_from(exc)
 
     async def unload(self, req: p.UnloadRequest) -> dict | Failure:
-        try:
-            results = await self._off_loop(lambda: self.runtime.unload(req.model, backend=req.backend))
+        try:  # the runtime's answer is the body: {model, results}
+            return await self._off_loop(lambda: self.runtime.unload(req.model, backend=req.backend))
         except Exception as exc:  # noqa: BLE001
             return failure_from(exc)
-        return {"model": req.model, "results": results}

@@ -75,7 +75,7 @@ def test_no_unload_while_a_request_runs(tmp_path, clock):
         next(stream)
         clock.now += 100
         assert rt.cache.sweep() == []
-        assert rt.unload(SMOLLM) == ["scheduled"]  # an explicit unload waits for the request too
+        assert rt.unload(SMOLLM)["results"] == ["scheduled"]  # an explicit unload waits for the request too
         assert len(list(stream)) > 0 and stream.completion is not None  # the generation finished whole
         assert rt.cache.entries() == []
     finally:

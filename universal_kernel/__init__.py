@@ -14,11 +14,13 @@ from .errors import (
     BackendUnavailable, Busy, Cancelled, GenerationFailed, InvalidRequest, LoadFailed, MemoryBudgetExceeded,
     ModelNotFound, ReferenceRefused, RuntimeFailure, WrongTask,
 )
-from .interface import (
-    Classification, ClassifyResult, EmbeddingResult, Entity, InferenceRuntime, NerResult, RerankHit, RerankResult,
-)
+from .interface import InferenceRuntime
 from .references import ModelSpec
 from .runtime import Runtime, get_runtime
+from .tasks.classify import Classification, ClassifyResult  # the tasks' results, where they live
+from .tasks.embed import EmbeddingResult
+from .tasks.ner import Entity, NerResult
+from .tasks.rerank import RerankHit, RerankResult
 
 __version__ = "0.1.0"
 

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -27,16 +28,15 @@ import numpy as np
 
 from .backends import GenerationParams
 from .client_stream import (
-    ConnectionLost, NoRuntimeApi, RemoteError, RemoteStream, ServerUnavailable, _remote_failure,
+    AsyncRemoteStream, ConnectionLost, NoRuntimeApi, RemoteError, RemoteStream, ServerUnavailable, _remote_failure,
 )
 from .errors import GenerationFailed, InvalidRequest, ModelNotFound, RuntimeFailure
-from .interface import ClassifyResult, EmbeddingResult, NerResult, OcrResult, RerankResult
+from .interface import Capabilities, FileAccess, ModelStatus, RuntimeStatus, UnloadResult
 from .stats import RequestStats
 from .streams import Completion
+from .task_methods import TaskMethods
 from .tasks import TaskCall
-from .tasks import classify as classify_task
-from .tasks import ner as ner_task
-from .tasks import rerank as rerank_task
+from .tasks.embed import EmbeddingResult
 from .wire import params_to_wire
 
 #: the client's errors are imported from here
@@ -103,7 +103,7 @@ def find_server(url: str | None = None, token: str | None = None) -> tuple[str, 
     return base, token if token is not None else chosen.get("token", "")
 
 
-class RemoteRuntime:
+class RemoteRuntime(TaskMethods):
     """A server's runtime (`InferenceRuntime`). `base` is the URL as the user gave it, ending in '/'.
 
     `runtime_api=True` (a Jupyter server with the extension): `base` is Jupyter's URL with its base_url.
@@ -111,6 +111,9 @@ class RemoteRuntime:
     (`http://host:port/v1/`), only standard OpenAI fields are sent, and the default models are the
     configured ones if given, else the first id of its `/models` (`connect` reads it; Ollama and vLLM
     need a real name): for embeddings, the first id with "embed" in it, else the first.
+
+    The tasks' methods (`rt.rerank(...)`) come from the task registry (task_methods.py) and send their
+    calls through `run`.
     """
 
     where = "server"
@@ -139,6 +142,22 @@ class RemoteRuntime:
     @property
     def has_runtime_api(self) -> bool:
         return self.api_base is not None
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the server's API takes: no per-call embedding cache or precision (the server keeps its own
+        cache and chooses its own precision), no load options, no aliases (its configuration sets them)."""
+        return Capabilities(embed_cache=False, embed_precision=False, load_options=False, aliases=False,
+                            pull=self.has_runtime_api)
+
+    def file_access(self, task: str) -> FileAccess:
+        """Files are read here (a relative path: the kernel's folder, then its model folders) and sent as
+        bytes; the server applies its own limits: it reads no path."""
+        self.require_runtime_api(f"%{task}")  # before any file is read
+        from .config import default_model_folders
+        from .references import Resolver
+
+        return FileAccess(Resolver(default_model_folders()).check_path)
 
     @classmethod
     def discover(cls, url: str | None = None, token: str | None = None, **kwargs) -> "RemoteRuntime":
@@ -318,13 +337,25 @@ class RemoteRuntime:
             body.update(logprobs=True, top_logprobs=params.logprobs)
         return RemoteStream(self, {**body, "messages": messages}, "v1/chat/completions")
 
+    async def astream(self, model: str | None = None, **kwargs) -> AsyncRemoteStream:
+        """`stream` for the event loop, with the same keywords: the request and each piece off the loop."""
+        return AsyncRemoteStream(await asyncio.get_running_loop().run_in_executor(
+            None, lambda: self.stream(model, **kwargs)))
+
     def generate(self, model: str | None = None, **kwargs) -> Completion:
         with self.stream(model, **kwargs) as stream:
             return stream.result()
 
     def embed(self, texts, model: str | None = None, *, normalize: bool = True, backend: str = "auto",
-              keep_alive: float | None = None) -> EmbeddingResult:
-        """On a server without runtime API, vectors come as it computes them and are normalised here."""
+              keep_alive: float | None = None, cache: bool = True, precision: str = "auto") -> EmbeddingResult:
+        """On a server without runtime API, vectors come as it computes them and are normalised here.
+        `cache` and `precision` are the server's own (`capabilities`): only their defaults are taken."""
+        if not cache:
+            raise InvalidRequest("the server keeps its own embedding cache: cache=False applies to the "
+                                 "in-process runtime", param="cache")
+        if precision not in (None, "auto"):
+            raise InvalidRequest("the server chooses its own precision: precision applies to the in-process "
+                                 "runtime", param="precision")
         texts = [texts] if isinstance(texts, str) else list(texts)
         model = self._model(model, "embed")
         stats = RequestStats(model=model, backend="server", kind="embed", created_at=time.time(), queue_wait_s=None)
@@ -354,65 +385,41 @@ class RemoteRuntime:
         self.record(stats)
         return EmbeddingResult(payload.get("model", model), vectors, stats.prompt_tokens, stats)
 
-    # The other tasks: one path for all, the task's module maps its call and result to the wire ------
+    async def aembed(self, texts, model: str | None = None, *, normalize: bool = True, backend: str = "auto",
+                     keep_alive: float | None = None) -> EmbeddingResult:
+        """`embed` off the event loop (the client's HTTP is blocking)."""
+        return await asyncio.get_running_loop().run_in_executor(None, lambda: self.embed(
+            texts, model, normalize=normalize, backend=backend, keep_alive=keep_alive))
+
+    # Every other task: one path for all, the task's module maps its call and result to the wire ------
     def run(self, call: TaskCall):
+        """Send a call: POST to the task's `PATH`, or the method and path its `route(call)` says (a body
+        with POST only); the task's `to_wire` and `from_wire` map the call and the result."""
         self.require_runtime_api(f"%{call.task}")
         part = call.part  # no model: the server's default for the task
-        body = {key: value for key, value in part.to_wire(call).items() if value is not None}
-        if call.backend != "auto":
-            body["backend"] = call.backend
-        if call.keep_alive is not None:
-            body["keep_alive"] = call.keep_alive
+        method, path = part.route(call) if hasattr(part, "route") else ("POST", part.PATH)
+        body = None
+        if method == "POST":
+            body = {key: value for key, value in part.to_wire(call).items() if value is not None}
+            if call.backend != "auto":
+                body["backend"] = call.backend
+            if call.keep_alive is not None:
+                body["keep_alive"] = call.keep_alive
         stats = RequestStats(model=call.model or "", backend="server", kind=call.task, created_at=time.time(),
                              queue_wait_s=None)
         started = time.perf_counter()
-        payload = self._json("POST", part.PATH, body)
+        payload = self._json(method, path, body)
         stats.total_s = time.perf_counter() - started
         result = part.from_wire(payload or {}, call, stats)
-        stats.model = result.model
-        stats.prompt_tokens = getattr(result, "prompt_tokens", 0)  # OCR counts no tokens
+        stats.model = getattr(result, "model", stats.model)
+        stats.prompt_tokens = getattr(result, "prompt_tokens", 0)  # a task without tokens counts none
         return result
 
-    def rerank(self, query: str, documents: list[str], model: str | None = None, top_n: int | None = None, *,
-               backend: str = "auto", keep_alive: float | None = None, truncate: bool = False) -> RerankResult:
-        return self.run(rerank_task.call(query, documents, model, top_n, backend=backend, keep_alive=keep_alive,
-                                         truncate=truncate))
+    async def arun(self, call: TaskCall):
+        """`run` off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.run, call)
 
-    def classify(self, texts, model: str | None = None, labels: list[str] | None = None, *,
-                 backend: str = "auto", keep_alive: float | None = None, truncate: bool = False) -> ClassifyResult:
-        return self.run(classify_task.call(texts, model, labels, backend=backend, keep_alive=keep_alive,
-                                           truncate=truncate))
-
-    def ner(self, texts, model: str | None = None, *, backend: str = "auto", keep_alive: float | None = None,
-            truncate: bool = False) -> NerResult:
-        return self.run(ner_task.call(texts, model, backend=backend, keep_alive=keep_alive, truncate=truncate))
-
-    def ocr(self, images, model: str | None = None, *, boxes: bool = False, backend: str = "auto",
-            keep_alive: float | None = None) -> OcrResult:
-        """Images are read here (any path this kernel can read, as in the local runtime) and sent as base64;
-        the server's limits apply: the server reads no path."""
-        self.require_runtime_api("%ocr")  # before any image is read
-        from .tasks import ocr as ocr_task  # Pillow and pypdfium2 load with the first image
-
-        from .config import default_model_folders
-        from .references import Resolver
-
-        folders = Resolver(default_model_folders())  # a relative path: the kernel's folder, then its model folders
-        return self.run(ocr_task.call(images, model, boxes=boxes, backend=backend, keep_alive=keep_alive,
-                                      path_check=folders.check_path))
-
-    def document(self, source, model: str | None = None, *, backend: str = "auto", keep_alive: float | None = None):
-        """As `ocr`: files are read here and sent as base64 to `universal/v1/documents`."""
-        self.require_runtime_api("%document")
-        from .config import default_model_folders
-        from .references import Resolver
-        from .tasks import document as document_task
-
-        folders = Resolver(default_model_folders())
-        call = document_task.call(source, model, backend=backend, keep_alive=keep_alive, path_check=folders.check_path)
-        return document_task.documents_of(self.run(call), source)
-
-    def status(self) -> dict:
+    def status(self) -> RuntimeStatus:
         """The server's status; on a server without runtime API, the usual shape with no models and, as
         `recent`, the requests this client measured, and a `note` that says so."""
         if self.has_runtime_api:
@@ -429,7 +436,7 @@ class RemoteRuntime:
         return [str(m["id"]) for m in self.models() if isinstance(m, dict) and m.get("id")]
 
     def load(self, model: str | None = None, *, backend: str = "auto", keep_alive: float | None = None,
-             task: str | None = None, **options) -> dict:
+             task: str | None = None, **options) -> ModelStatus:
         """Load a model on the server. Its runtime API takes model, backend and keep_alive; load options
         (such as n_ctx) and `task` cannot be sent, so they are refused rather than dropped."""
         self.require_runtime_api("%runtime load")
@@ -444,7 +451,7 @@ class RemoteRuntime:
             body["keep_alive"] = keep_alive
         return self._json("POST", "api/load", body)
 
-    def unload(self, model: str | None = None, *, backend: str | None = None):
+    def unload(self, model: str | None = None, *, backend: str | None = None) -> UnloadResult:
         self.require_runtime_api("%runtime unload")
         body = {"model": model} if model else {}
         if backend is not None:
@@ -492,50 +499,3 @@ class RemoteRuntime:
 
     def subscribe(self, listener) -> None:  # the monitor polls the server instead
         pass
-
-    # Anomaly detection: the server's detectors (its anomaly folder, shared with the local kernels) --------
-    def anomaly_fit(self, name: str, data, *, backend: str = "isolation_forest", contamination: float = 0.1,
-                    model: str | None = None, schema: dict[str, str] | None = None):
-        self.require_runtime_api("%anomaly")
-        from .tasks import anomaly as anomaly_task
-
-        body = {"model": name, "data": anomaly_task.data_to_wire(data), "backend": backend,
-                "contamination": contamination}
-        if model is not None:
-            body["embedding_model"] = model
-        if schema is not None:
-            body["schema"] = schema
-        return anomaly_task.detector_from_wire(self._json("POST", anomaly_task.PATHS["fit"], body))
-
-    def anomaly_score(self, name: str, data, *, threshold: float | None = None):
-        from .interface import AnomalyScores
-        from .tasks import anomaly as anomaly_task
-
-        request = {"model": name, "data": anomaly_task.data_to_wire(data)}
-        if threshold is not None:
-            request["threshold"] = threshold
-        body = self._json("POST", anomaly_task.PATHS["score"], request)
-        rows = sorted(body["data"], key=lambda row: row["index"])
-        return AnomalyScores(name=body["model"], scores=np.array([row["score"] for row in rows], dtype=np.float64),
-                             is_anomaly=np.array([row["is_anomaly"] for row in rows], dtype=bool),
-                             threshold=body["threshold"],
-                             raw_scores=np.array([row["raw_score"] for row in rows], dtype=np.float64))
-
-    def anomaly_models(self) -> list:
-        from .tasks import anomaly as anomaly_task
-
-        body = self._json("GET", anomaly_task.PATHS["models"])
-        return [anomaly_task.detector_from_wire(entry) for entry in body["data"]]
-
-    def anomaly_delete(self, name: str) -> bool:
-        from urllib.parse import quote
-
-        from .tasks import anomaly as anomaly_task
-        from .tasks.anomaly_store import check_name
-
-        check_name(name)  # refused here, as in the local runtime, before a path is built from it
-        try:
-            self._json("DELETE", f"{anomaly_task.PATHS['models']}/{quote(name, safe='')}")
-        except ModelNotFound:
-            return False
-        return True

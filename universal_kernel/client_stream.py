@@ -6,6 +6,7 @@ It reads OpenAI's server-sent events, so it works against any OpenAI-compatible 
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import time
@@ -183,3 +184,40 @@ class RemoteStream(ReadToEnd):
                 self._response.close()
             except Exception:
                 pass
+
+
+class AsyncRemoteStream:
+    """A `RemoteStream` for the event loop (`RemoteRuntime.astream`): each piece is read off the loop."""
+
+    def __init__(self, stream: RemoteStream):
+        self.stream = stream
+        self.model = stream.model
+
+    @property
+    def stats(self) -> RequestStats:
+        return self.stream.stats
+
+    @property
+    def text(self) -> str:
+        return self.stream.text
+
+    @property
+    def completion(self) -> Completion | None:
+        return self.stream.completion
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> str:
+        piece = await asyncio.get_running_loop().run_in_executor(None, next, self.stream, None)
+        if piece is None:
+            raise StopAsyncIteration
+        return piece
+
+    async def aclose(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.stream.close)
+
+    async def result(self) -> Completion:
+        async for _ in self:
+            pass
+        return self.stream.completion

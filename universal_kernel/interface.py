@@ -1,16 +1,17 @@
 """What every runtime offers, whoever runs the work: this process, a Jupyter server over HTTP, a cluster.
 
-The magics, the monitor and the benchmarks program against `InferenceRuntime` only. A runtime says
-where its work runs (`where`), so a front door never asks which class it holds. Results are typed
-dataclasses that every implementation returns alike; status is a typed dict (it travels as JSON).
+The magics, the monitor, the server and the benchmarks program against `InferenceRuntime` only. A
+runtime says where its work runs (`where`) and which options it honours (`capabilities`), so a front
+door never asks which class it holds. A task's typed result lives in the task's module
+(`universal_kernel/tasks/`); the results of `load`, `unload` and `status` are typed dicts, the same
+locally and over HTTP (they travel as JSON).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Literal, Protocol, TypedDict, runtime_checkable
-
-import numpy as np
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Iterator, Literal, Protocol, TypedDict, runtime_checkable
 
 from .backends.base import GenerationParams
 from .stats import RequestStats
@@ -20,112 +21,28 @@ from .streams import Completion
 Where = Literal["local", "server", "dask"]
 
 
-# Results --------------------------------------------------------------------------------------
-@dataclass
-class EmbeddingResult:
-    model: str
-    vectors: np.ndarray  # float32, one row per input, in input order
-    prompt_tokens: int
-    stats: RequestStats
+# What a runtime honours --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Capabilities:
+    """The options a runtime honours; a front door asks these, never `where`, before it offers one."""
+
+    embed_cache: bool = True  # embed(cache=False): every row computed, the embedding caches untouched
+    embed_precision: bool = True  # embed(precision="fp32"): the weights' precision chosen per call
+    load_options: bool = True  # load(task=..., n_ctx=...): a task and backend options at load time
+    aliases: bool = True  # alias(name, ref)
+    pull: bool = True  # pull(ref) and remove_pulled(ref): models fetched from the Hugging Face Hub
 
 
-@dataclass
-class RerankHit:
-    index: int  # the document's position in the request
-    score: float  # relevance in 0..1 for a cross-encoder; cosine in -1..1 for a bi-encoder
-    document: str
+@dataclass(frozen=True)
+class FileAccess:
+    """How a runtime reads the inputs a caller names by path, and whose input limits apply.
 
+    `path_check(path, param)` finds a path's file or refuses it. `settings` holds the limits this side
+    applies before anything is sent or loaded (a task reads its own: tasks/ocr.py); None when the far
+    side applies its own (a server checks what it receives)."""
 
-@dataclass
-class RerankResult:
-    model: str
-    hits: list[RerankHit]  # best first, `top_n` of them
-    prompt_tokens: int
-    stats: RequestStats
-
-
-@dataclass
-class Classification:
-    label: str  # the best label
-    score: float  # its probability
-    scores: dict[str, float]  # every label's probability, best first
-
-
-@dataclass
-class ClassifyResult:
-    model: str
-    rows: list[Classification]  # one per input, in input order
-    prompt_tokens: int
-    stats: RequestStats
-
-
-@dataclass
-class Entity:
-    text: str  # == the input's text[start:end]
-    label: str
-    start: int  # character offsets into the input
-    end: int
-    score: float
-
-
-@dataclass
-class NerResult:
-    model: str
-    rows: list[list[Entity]] = field(default_factory=list)  # the entities of each input, in input order
-    prompt_tokens: int = 0
-    stats: RequestStats | None = None
-
-
-@dataclass
-class OcrBox:
-    x1: float  # pixels of the image (or of the page rendered at the OCR's resolution)
-    y1: float
-    x2: float
-    y2: float
-    text: str
-    confidence: float
-
-
-@dataclass
-class OcrPage:
-    index: int  # the input's position
-    page: int  # 1 for an image; a PDF's page number, from 1
-    text: str  # the lines read, top to bottom, joined by newlines
-    confidence: float  # the mean confidence of the lines (0 when nothing was read)
-    boxes: list[OcrBox] | None = None  # when asked for
-
-
-@dataclass
-class OcrResult:
-    model: str
-    pages: list[OcrPage]  # in input order, a PDF's pages in order
-    stats: RequestStats | None = None
-
-
-@dataclass
-class AnomalyDetector:
-    """A fitted detector, kept under its name."""
-
-    name: str
-    backend: str  # "isolation_forest" or "local_outlier_factor"
-    n_samples: int
-    n_features: int
-    threshold: float  # scores at or above it are anomalies (from `contamination`)
-    contamination: float
-    columns: list[str] | None = None  # a DataFrame's numeric columns, checked when scoring
-    text_model: str | None = None  # texts: the embedding model their vectors come from
-    created_at: float = 0.0
-    schema: dict[str, str] | None = None  # a table: each column's encoding (numeric, onehot, ordinal)
-
-
-@dataclass
-class AnomalyScores:
-    name: str
-    scores: np.ndarray  # float64 in 0..1, one per row, higher = more anomalous
-    is_anomaly: np.ndarray  # bool, score >= threshold
-    threshold: float
-    stats: RequestStats | None = None
-    raw_scores: np.ndarray | None = None  # the detector library's own score per row, higher = more anomalous
+    path_check: Callable[[Any, str], Path]
+    settings: Any | None = None
 
 
 # Status ---------------------------------------------------------------------------------------
@@ -159,6 +76,18 @@ class RuntimeStatus(TypedDict, total=False):
     evictions: int
     worker_failures: list[dict]  # models whose worker died: when, of what, and their reload
     memory_trend: dict  # the process RSS over the last minutes (memory_trend.py)
+    # a server without runtime API: no models or memory, the requests its client measured, and why
+    where: str
+    url: str
+    runtime_api: bool
+    note: str
+
+
+class UnloadResult(TypedDict):
+    """What `unload` did (the body of `POST universal/api/unload`)."""
+
+    model: str | None  # None: every loaded model
+    results: list[str]  # per instance: "unloaded", or "scheduled" (it unloads when its requests finish)
 
 
 # The interface ------------------------------------------------------------------------------
@@ -178,47 +107,57 @@ class TextStream(Protocol):
     def result(self) -> Completion: ...
 
 
+class AsyncTextStream(Protocol):
+    """`TextStream` for the event loop (the server's)."""
+
+    model: str
+    stats: RequestStats
+
+    def __aiter__(self) -> AsyncIterator[str]: ...
+
+    async def aclose(self) -> None: ...
+
+    async def result(self) -> Completion: ...
+
+
 @runtime_checkable
 class InferenceRuntime(Protocol):
-    """What the local runtime, the HTTP client of a server and a cluster's runtime all offer."""
+    """What the local runtime, the HTTP client of a server and a cluster's runtime all offer.
 
-    #: where the work runs; front doors show it and choose by it (never by class name)
+    Every task runs through `run`/`arun` (a `tasks.TaskCall`); the per-task methods (`rt.rerank(...)`,
+    `rt.anomaly_fit(...)`) are generated from the task registry (task_methods.py) and call `run`."""
+
+    #: where the work runs; front doors show it (never the class name)
     where: Where
+    #: the options it honours; front doors choose by these
+    capabilities: Capabilities
     default_generation_model: str
     default_embedding_model: str
+
+    # any task
+    def run(self, call: Any) -> Any: ...
+
+    async def arun(self, call: Any) -> Any: ...
+
+    def file_access(self, task: str) -> FileAccess: ...
 
     # generation and embeddings
     def stream(self, model: str | None = None, *, prompt: str | None = None, messages: list | None = None,
                params: GenerationParams | dict | None = None, backend: str = "auto",
                keep_alive: float | None = None) -> TextStream: ...
 
+    async def astream(self, model: str | None = None, *, prompt: str | None = None, messages: list | None = None,
+                      params: GenerationParams | dict | None = None, backend: str = "auto",
+                      keep_alive: float | None = None) -> AsyncTextStream: ...
+
     def generate(self, model: str | None = None, **kwargs: Any) -> Completion: ...
 
     def embed(self, texts: list[str] | str, model: str | None = None, *, normalize: bool = True,
-              backend: str = "auto", keep_alive: float | None = None) -> EmbeddingResult: ...
+              backend: str = "auto", keep_alive: float | None = None, cache: bool = True,
+              precision: str = "auto") -> Any: ...
 
-    # the other tasks
-    def rerank(self, query: str, documents: list[str], model: str | None = None, top_n: int | None = None, *,
-               backend: str = "auto", keep_alive: float | None = None, truncate: bool = False) -> RerankResult: ...
-
-    def classify(self, texts: list[str] | str, model: str | None = None, labels: list[str] | None = None, *,
-                 backend: str = "auto", keep_alive: float | None = None,
-                 truncate: bool = False) -> ClassifyResult: ...
-
-    def ner(self, texts: list[str] | str, model: str | None = None, *, backend: str = "auto",
-            keep_alive: float | None = None, truncate: bool = False) -> NerResult: ...
-
-    def ocr(self, images: Any, model: str | None = None, *, boxes: bool = False, backend: str = "auto",
-            keep_alive: float | None = None) -> OcrResult: ...
-
-    def anomaly_fit(self, name: str, data: Any, *, backend: str = "isolation_forest", contamination: float = 0.1,
-                    model: str | None = None, schema: dict[str, str] | None = None) -> AnomalyDetector: ...
-
-    def anomaly_score(self, name: str, data: Any, *, threshold: float | None = None) -> AnomalyScores: ...
-
-    def anomaly_models(self) -> list[AnomalyDetector]: ...
-
-    def anomaly_delete(self, name: str) -> bool: ...
+    async def aembed(self, texts: list[str] | str, model: str | None = None, *, normalize: bool = True,
+                     backend: str = "auto", keep_alive: float | None = None) -> Any: ...
 
     # models and status
     def status(self) -> RuntimeStatus: ...
@@ -226,10 +165,24 @@ class InferenceRuntime(Protocol):
     def models(self) -> list[dict]: ...
 
     def load(self, model: str | None = None, *, backend: str = "auto", keep_alive: float | None = None,
-             task: str | None = None, **options: Any) -> dict: ...
+             task: str | None = None, **options: Any) -> ModelStatus: ...
 
-    def unload(self, model: str | None = None, *, backend: str | None = None) -> Any: ...
+    def unload(self, model: str | None = None, *, backend: str | None = None) -> UnloadResult: ...
 
     def alias(self, name: str, ref: str) -> Any: ...
 
     def subscribe(self, listener: Callable[[str, Any], None]) -> None: ...
+
+
+def __getattr__(name: str):
+    """A task's result type under its old address (`from universal_kernel.interface import RerankResult`):
+    found in the registry's task modules, where it lives now."""
+    if name.startswith("_"):
+        raise AttributeError(name)
+    from .tasks import TASKS
+
+    for parts in TASKS.values():
+        found = getattr(parts.runtime_part(), name, None)
+        if isinstance(found, type):
+            return found
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,8 +1,9 @@
 """The local runtime: one object that resolves, loads, schedules and measures models in this process.
 
 It implements `InferenceRuntime` (interface.py). What is particular to a task (checking its inputs,
-the work a model's worker runs) lives in that task's module (`universal_kernel/tasks/`); this module
-keeps what all tasks share: references, the cache, scheduling, status.
+the work a model's worker runs, its methods such as `rt.rerank`) lives in that task's module
+(`universal_kernel/tasks/`, offered through task_methods.py); this module keeps what all tasks share:
+references, the cache, scheduling, status.
 """
 
 from __future__ import annotations
@@ -20,20 +21,16 @@ from .cache import LoadedModel, ModelCache
 from .config import RuntimeConfig
 from .devices import memory_report
 from .memory_trend import RssTrend, tracemalloc_dumps_from_env
-from .errors import GenerationFailed, InvalidRequest, ModelNotFound
-from .interface import (
-    AnomalyDetector, AnomalyScores, ClassifyResult, EmbeddingResult, NerResult, OcrResult, RerankResult, RuntimeStatus,
-)
+from .errors import InvalidRequest, ModelNotFound
+from .interface import Capabilities, FileAccess, ModelStatus, RuntimeStatus, UnloadResult
 from .references import ModelSpec, Resolver
 from .scheduler import Request
 from .stats import RequestStats
-from .streams import AsyncGenerationStream, Completion, GenerationStream, async_sink
+from .streams import AsyncGenerationStream, Completion, GenerationStream, WorkerWait, async_sink, result_of
+from .task_methods import TaskMethods
 from .tasks import TaskCall, require, task_parts, tasks_of
-from .tasks import classify as classify_task
 from .tasks import embed as embed_task
-from .tasks import ner as ner_task
-from .tasks import rerank as rerank_task
-from .tasks.embed import EmbeddingCache
+from .tasks.embed import EmbeddingCache, EmbeddingResult
 from .tasks.generate import check_messages
 
 
@@ -117,10 +114,12 @@ def _prompt_reuse_status(entry) -> dict:
     return {"prompt_reuse": f"whole batches of {batch.chunk} tokens"}
 
 
-class Runtime:
-    """The in-process runtime (`InferenceRuntime`)."""
+class Runtime(TaskMethods):
+    """The in-process runtime (`InferenceRuntime`); the tasks' methods (`rt.rerank(...)`) come from the
+    task registry (task_methods.py)."""
 
     where = "local"
+    capabilities = Capabilities()  # every option: the work runs here
 
     def __init__(self, config: RuntimeConfig | None = None, *, clock: Callable[[], float] = time.monotonic,
                  reaper: bool = True):
@@ -235,7 +234,7 @@ class Runtime:
         return spec, entry, load_s
 
     def load(self, model: str | None = None, *, backend: str = "auto", keep_alive: float | None = None,
-             task: str | None = None, pin: bool = False, **options) -> dict:
+             task: str | None = None, pin: bool = False, **options) -> ModelStatus:
         """Load a model ahead of use; returns its status entry. `pin` keeps it loaded until a keep_alive
         is given for it (the server's preloads): the default keep_alive does not unload it."""
         spec = self.resolve(self.config.default_generation_model if model is None else model)
@@ -246,15 +245,20 @@ class Runtime:
         self.cache.release(entry)
         return self._entry_status(entry)
 
-    def unload(self, model: str | None = None, *, backend: str | None = None) -> list[str]:
-        """Unload every loaded instance of `model` (all models when None); returns what happened to each."""
+    def unload(self, model: str | None = None, *, backend: str | None = None) -> UnloadResult:
+        """Unload every loaded instance of `model` (all models when None); says what happened to each."""
         spec = self.resolve(model) if model else None
         results = []
         for entry in self.cache.entries():
             if (spec is None or entry.spec.path == spec.path) and (backend in (None, "auto", entry.backend_name)):
                 results.append(self.cache.unload(entry.key))
                 self._notify("unloaded", entry)
-        return results
+        return {"model": model, "results": results}
+
+    def file_access(self, task: str) -> FileAccess:
+        """Paths inside the data folders; this runtime's settings hold the input limits it applies."""
+        return FileAccess(lambda path, param: self.resolver.check_path(path, param, inside=self.config.data_folders),
+                          self.config)
 
     # Generation -----------------------------------------------------------------------------
     def _generation(self, model, prompt, messages, params, backend, keep_alive, sink) -> tuple[Request, LoadedModel]:
@@ -316,14 +320,18 @@ class Runtime:
         return request, entry
 
     def _answer_without_model(self, call: TaskCall):
-        """The result of a call that needs no model (an embed call whose rows are all cached: tasks/embed.py),
-        counted as any request; or None."""
+        """The result of a call its task answers in this process without a model's worker (an embed call
+        whose rows are all cached, any anomaly call), counted as any request when it has figures; or None."""
         answer = getattr(call.part, "answer_without_model", None)
         result = answer(self, call) if answer is not None else None
-        if result is not None:
-            self.recent.append(result.stats)
-            self._notify("finished", result.stats)
+        stats = getattr(result, "stats", None)
+        if stats is not None:
+            self.recent.append(stats)
+            self._notify("finished", stats)
         return result
+
+    def _waiting(self, request: Request, entry: LoadedModel) -> WorkerWait:
+        return WorkerWait(request, entry.worker, entry.spec.id, self.config.stream_poll_s)
 
     def run(self, call: TaskCall):
         """Run one task call to its result (the typed result of its task)."""
@@ -332,7 +340,7 @@ class Runtime:
             return answered
         inbox: queue.SimpleQueue = queue.SimpleQueue()
         request, entry = self._submit(call, inbox.put)
-        return self._wait(request, entry, lambda timeout: inbox.get(timeout=timeout))
+        return result_of(self._waiting(request, entry).next(inbox))
 
     async def arun(self, call: TaskCall):
         """`run` for the event loop: loading runs off the loop, the result is awaited."""
@@ -343,20 +351,7 @@ class Runtime:
                 return answered
         inbox: asyncio.Queue = asyncio.Queue()
         request, entry = await loop.run_in_executor(None, lambda: self._submit(call, async_sink(loop, inbox)))
-        try:
-            while True:  # wait in slices, checking that the worker still lives
-                try:
-                    kind, value = await asyncio.wait_for(inbox.get(), timeout=max(self.config.stream_poll_s, 0.5))
-                except asyncio.TimeoutError:
-                    self._worker_check(request, entry)
-                    continue
-                break
-        except BaseException:
-            request.cancel()
-            raise
-        if kind == "error":
-            raise value
-        return value
+        return result_of(await self._waiting(request, entry).anext(inbox))
 
     def embed(self, texts: list[str] | str, model: str | None = None, *, normalize: bool = True,
               backend: str = "auto", keep_alive: float | None = None, cache: bool = True,
@@ -371,86 +366,8 @@ class Runtime:
         return await self.arun(embed_task.call(texts, model, normalize=normalize, backend=backend,
                                                keep_alive=keep_alive))
 
-    def rerank(self, query: str, documents: list[str], model: str | None = None, top_n: int | None = None, *,
-               backend: str = "auto", keep_alive: float | None = None, truncate: bool = False) -> RerankResult:
-        return self.run(rerank_task.call(query, documents, model, top_n, backend=backend, keep_alive=keep_alive,
-                                         truncate=truncate))
-
-    def classify(self, texts: list[str] | str, model: str | None = None, labels: list[str] | None = None, *,
-                 backend: str = "auto", keep_alive: float | None = None, truncate: bool = False) -> ClassifyResult:
-        return self.run(classify_task.call(texts, model, labels, backend=backend, keep_alive=keep_alive,
-                                           truncate=truncate))
-
-    def ner(self, texts: list[str] | str, model: str | None = None, *, backend: str = "auto",
-            keep_alive: float | None = None, truncate: bool = False) -> NerResult:
-        return self.run(ner_task.call(texts, model, backend=backend, keep_alive=keep_alive, truncate=truncate))
-
-    def ocr(self, images, model: str | None = None, *, boxes: bool = False, backend: str = "auto",
-            keep_alive: float | None = None) -> OcrResult:
-        from .tasks import ocr as ocr_task  # Pillow and pypdfium2 load with the first image
-
-        return self.run(ocr_task.call(images, model, boxes=boxes, backend=backend, keep_alive=keep_alive,
-                                      max_pixels=self.config.ocr_max_pixels, max_pages=self.config.ocr_max_pages,
-                                      path_check=lambda path, param: self.resolver.check_path(
-                                          path, param, inside=self.config.data_folders)))
-
-    def document(self, source, model: str | None = None, *, backend: str = "auto", keep_alive: float | None = None):
-        """A `Document` (pages -> blocks, tables, `.markdown()`, `.frame()`) for one path, file's bytes, PIL image
-        or PDF; a list of them for a list (tasks/document.py)."""
-        from .tasks import document as document_task
-
-        call = document_task.call(source, model, backend=backend, keep_alive=keep_alive,
-                                  max_pixels=self.config.ocr_max_pixels, max_pages=self.config.ocr_max_pages,
-                                  path_check=lambda path, param: self.resolver.check_path(
-                                      path, param, inside=self.config.data_folders))
-        return document_task.documents_of(self.run(call), source)
-
-    # Anomaly detection: detectors fitted and kept by name (tasks/anomaly.py) -----------------------
-    def anomaly_fit(self, name: str, data, *, backend: str = "isolation_forest", contamination: float = 0.1,
-                    model: str | None = None, schema: dict[str, str] | None = None) -> AnomalyDetector:
-        from .tasks import anomaly
-
-        return anomaly.fit(self, name, data, backend=backend, contamination=contamination, model=model,
-                           schema=schema)
-
-    def anomaly_score(self, name: str, data, *, threshold: float | None = None) -> AnomalyScores:
-        from .tasks import anomaly
-
-        return anomaly.score(self, name, data, threshold=threshold)
-
-    def anomaly_models(self) -> list[AnomalyDetector]:
-        from .tasks import anomaly
-
-        return anomaly.models(self)
-
-    def anomaly_delete(self, name: str) -> bool:
-        from .tasks import anomaly
-
-        return anomaly.delete(self, name)
-
-    def _worker_check(self, request, entry) -> None:
-        """A reader waiting on a worker that died without finishing the request must not wait forever."""
-        if not entry.worker.thread.is_alive() and not request.finished.is_set():
-            if entry.worker.died_at is not None:
-                raise entry.worker.lost()
-            raise GenerationFailed(f"the worker of {entry.spec.id!r} stopped without finishing the request")
-
-    def _wait(self, request, entry, get):
-        while True:
-            try:
-                kind, value = get(self.config.stream_poll_s)
-            except queue.Empty:
-                self._worker_check(request, entry)
-                continue
-            except BaseException:
-                request.cancel()
-                raise
-            if kind == "error":
-                raise value
-            return value
-
     # Status ---------------------------------------------------------------------------------
-    def _entry_status(self, entry: LoadedModel) -> dict:
+    def _entry_status(self, entry: LoadedModel) -> ModelStatus:
         from .hub_pull import source_of as _source_of
 
         expires = entry.expires_at()

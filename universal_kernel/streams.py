@@ -1,7 +1,8 @@
 """Readers of a running generation: a synchronous iterator for the kernel, an async one for the server.
 
 Both read what the model's worker sends through the request's sink. Neither can hang on a dead
-worker: they wait with a timeout and check that the worker thread is still alive.
+worker: every reader of a worker (these streams, `Runtime.run`, `Runtime.arun`) waits through one
+`WorkerWait`, which waits with a timeout and checks that the worker thread is still alive.
 """
 
 from __future__ import annotations
@@ -14,6 +15,53 @@ from typing import Any
 from .errors import GenerationFailed
 from .scheduler import Request
 from .stats import RequestStats
+
+
+class WorkerWait:
+    """Waits for the next item a model's worker sends about one request, checking in slices of `poll_s`
+    that the worker still lives; whatever ends the wait early (an interrupt, the worker's death)
+    cancels the request."""
+
+    def __init__(self, request: Request, worker, model_id: str, poll_s: float):
+        self.request, self.worker, self.model, self.poll_s = request, worker, model_id, poll_s
+
+    def check(self) -> None:
+        """A reader waiting on a worker that died without finishing the request must not wait forever."""
+        if not self.worker.thread.is_alive() and not self.request.finished.is_set():
+            if getattr(self.worker, "died_at", None) is not None:
+                raise self.worker.lost()
+            raise GenerationFailed(f"the worker of {self.model!r} stopped without finishing the request")
+
+    def next(self, inbox: queue.SimpleQueue) -> tuple[str, Any]:
+        try:
+            while True:
+                try:
+                    return inbox.get(timeout=self.poll_s)
+                except queue.Empty:
+                    self.check()
+        except BaseException:
+            self.request.cancel()
+            raise
+
+    async def anext(self, inbox: asyncio.Queue) -> tuple[str, Any]:
+        """`next` on the event loop (the async queue an `async_sink` fills)."""
+        try:
+            while True:
+                try:
+                    return await asyncio.wait_for(inbox.get(), timeout=max(self.poll_s, 0.5))
+                except asyncio.TimeoutError:
+                    self.check()
+        except BaseException:
+            self.request.cancel()
+            raise
+
+
+def result_of(item: tuple[str, Any]):
+    """A finished request's result, or its error raised."""
+    kind, value = item
+    if kind == "error":
+        raise value
+    return value
 
 
 @dataclass
@@ -36,7 +84,7 @@ class _StreamBase:
         self.request = request
         self.worker = worker
         self.model = model_id
-        self.poll_s = poll_s
+        self._wait = WorkerWait(request, worker, model_id, poll_s)
         self.parts: list[str] = []
         self.completion: Completion | None = None
 
@@ -62,12 +110,6 @@ class _StreamBase:
         self.request.stats.prompt_tokens = value.prompt_tokens
         self.request.stats.completion_tokens = value.completion_tokens
         return None
-
-    def _check_worker(self) -> None:
-        if not self.worker.thread.is_alive() and not self.request.finished.is_set():
-            if getattr(self.worker, "died_at", None) is not None:
-                raise self.worker.lost()
-            raise GenerationFailed(f"the worker of {self.model!r} stopped without finishing the request")
 
 
 class ReadToEnd:
@@ -105,23 +147,15 @@ class GenerationStream(ReadToEnd, _StreamBase):
         if self._done:
             raise StopIteration
         try:
-            while True:
-                try:
-                    item = self._inbox.get(timeout=self.poll_s)
-                except queue.Empty:
-                    self._check_worker()
-                    continue
-                piece = self._handle(item)
-                if piece is None:
-                    self._done = True
-                    raise StopIteration
-                return piece
-        except StopIteration:
-            raise
+            piece = self._handle(self._wait.next(self._inbox))
         except BaseException:
             self._done = True
             self.request.cancel()
             raise
+        if piece is None:
+            self._done = True
+            raise StopIteration
+        return piece
 
     def close(self, wait: float = 5.0) -> None:
         """Cancel if still running, and wait (briefly) until the model's slot is free."""
@@ -150,23 +184,15 @@ class AsyncGenerationStream(_StreamBase):
         if self._done:
             raise StopAsyncIteration
         try:
-            while True:
-                try:
-                    item = await asyncio.wait_for(self._inbox.get(), timeout=max(self.poll_s, 0.5))
-                except asyncio.TimeoutError:
-                    self._check_worker()
-                    continue
-                piece = self._handle(item)
-                if piece is None:
-                    self._done = True
-                    raise StopAsyncIteration
-                return piece
-        except StopAsyncIteration:
-            raise
+            piece = self._handle(await self._wait.anext(self._inbox))
         except BaseException:
             self._done = True
             self.request.cancel()
             raise
+        if piece is None:
+            self._done = True
+            raise StopAsyncIteration
+        return piece
 
     def interrupt(self, error: BaseException) -> None:
         """Stop now with `error` (the server is shutting down): cancel the request and wake the reader,

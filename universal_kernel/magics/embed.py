@@ -56,11 +56,11 @@ def run_embed(runtime, shell, expr: str, args, *, model: str | None, chunk_rows:
 
     options = {}
     if args.no_cache:
-        if runtime.where != "local":
+        if not runtime.capabilities.embed_cache:
             raise UsageError("%embed --no-cache applies to the in-process runtime; the server keeps its own cache")
         options["cache"] = False
     if args.precision not in (None, "auto"):
-        if runtime.where != "local":
+        if not runtime.capabilities.embed_precision:
             raise UsageError("%embed --precision applies to the in-process runtime; the server chooses its own")
         options["precision"] = args.precision
     unique = list(dict.fromkeys(item for item in items if isinstance(item, str)))

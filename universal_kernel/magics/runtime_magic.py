@@ -125,8 +125,7 @@ def run_runtime(magics, args):
         model = None if not args.args or args.args[0] == "all" else args.args[0]
         if not args.args:
             raise UsageError("usage: %runtime unload MODEL (or `all`)")
-        result = runtime.unload(model)
-        results = result if isinstance(result, list) else (result or {}).get("results", [result])
+        results = runtime.unload(model)["results"]
         if not results:
             print(f"{model or 'no model'} was not loaded")
         else:

@@ -8,8 +8,9 @@ is used (and so that the runtime never imports the server or the magics):
 - `magic`: the notebook magic (`universal_kernel/magics/<task>.py`).
 
 `models` says which models serve the task, as (format, model kind) pairs; "*" is any format. A model's
-kind is what its files say it is (`ModelSpec.task`). Adding a task means adding its modules and one
-line in `TASKS`.
+kind is what its files say it is (`ModelSpec.task`). `methods` names the runtime part's functions that
+every runtime offers as methods (`rt.rerank(...)`: task_methods.py). Adding a task means adding its
+modules and one line in `TASKS`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class TaskParts:
     serving: str | None
     magic: str | None
     default_model: Callable[["RuntimeConfig"], str]
+    methods: tuple[str, ...] = ()  # functions of `runtime` taking the runtime first: rt.NAME(...)
 
     def serves(self, spec: "ModelSpec") -> bool:
         return (spec.format, spec.task) in self.models or ("*", spec.task) in self.models
@@ -56,25 +58,31 @@ TASKS: dict[str, TaskParts] = {parts.name: parts for parts in (
               "universal_kernel.magics.embed", _embedding_default),
     TaskParts("rerank", "rerank documents", frozenset({("*", "embed"), ("transformers", "rerank")}),
               "universal_kernel.tasks.rerank", "universal_kernel.server_ext.tasks.rerank",
-              "universal_kernel.magics.rerank", _embedding_default),
+              "universal_kernel.magics.rerank", _embedding_default,
+              methods=("rerank",)),
     TaskParts("classify", "classify", frozenset({("*", "embed"), ("*", "generate"), ("transformers", "classify"),
                                                  ("spacy", "classify")}),
               "universal_kernel.tasks.classify", "universal_kernel.server_ext.tasks.classify",
-              "universal_kernel.magics.classify", _embedding_default),
+              "universal_kernel.magics.classify", _embedding_default,
+              methods=("classify",)),
     TaskParts("ner", "find entities", frozenset({("spacy", "ner"), ("transformers", "ner")}),
               "universal_kernel.tasks.ner", "universal_kernel.server_ext.tasks.ner",
-              "universal_kernel.magics.ner", lambda config: "en-core-web-sm"),
+              "universal_kernel.magics.ner", lambda config: "en-core-web-sm",
+              methods=("ner",)),
     TaskParts("ocr", "read text from images", frozenset({("rapidocr", "ocr")}),
               "universal_kernel.tasks.ocr", "universal_kernel.server_ext.tasks.ocr",
-              "universal_kernel.magics.ocr", lambda config: "rapidocr"),
+              "universal_kernel.magics.ocr", lambda config: "rapidocr",
+              methods=("ocr",)),
     # an OCR model reads scanned pages; the layout model goes with it (tasks/document.py)
     TaskParts("document", "read documents", frozenset({("rapidocr", "ocr")}),
               "universal_kernel.tasks.document", "universal_kernel.server_ext.tasks.document",
-              "universal_kernel.magics.document", lambda config: "rapidocr"),
+              "universal_kernel.magics.document", lambda config: "rapidocr",
+              methods=("document",)),
     # numeric data needs no model; texts are scored over the vectors of an embedding model
     TaskParts("anomaly", "score anomalies of texts", frozenset({("*", "embed")}),
               "universal_kernel.tasks.anomaly", "universal_kernel.server_ext.tasks.anomaly",
-              "universal_kernel.magics.anomaly", _embedding_default),
+              "universal_kernel.magics.anomaly", _embedding_default,
+              methods=("anomaly_fit", "anomaly_score", "anomaly_models", "anomaly_delete")),
 )}
 
 _KINDS = {"generate": "a generation", "embed": "an embedding", "classify": "a classifier",

@@ -11,7 +11,8 @@ call may give its own threshold (in 0..1) instead.
 
 `data` is a numpy array, a DataFrame of numeric columns (their names are kept and checked when
 scoring), a list of rows ([x, ..] or {column: x}, the wire's shapes), or texts (a list or Series of
-str). The module functions are what `Runtime.anomaly_*` call; persistence is `anomaly_store.py`.
+str). The module functions are the local runtime's answers to anomaly calls (anomaly_calls.py: the
+calls, the runtime methods `rt.anomaly_fit(...)` etc., and the wire); persistence is `anomaly_store.py`.
 scikit-learn is imported only when a detector is fitted or loaded.
 """
 
@@ -26,17 +27,19 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import InvalidRequest
-from ..interface import AnomalyDetector, AnomalyScores
 from . import anomaly_columns as table
 from . import anomaly_detectors as detectors
+# the task's runtime contract (calls, methods, in-process answers, wire) and results, from their modules
+from .anomaly_calls import (  # noqa: F401
+    PATHS, anomaly_delete, anomaly_fit, anomaly_models, anomaly_score, answer_without_model, from_wire, route,
+    to_wire,
+)
+from .anomaly_result import AnomalyDetector, AnomalyScores
 from .anomaly_store import DetectorStore, check_name
 
 BACKENDS = detectors.BACKENDS
 LOF_NEIGHBORS = detectors.LOF_NEIGHBORS
 EMBED_CHUNK = 256  # texts per embedding call: bounded requests, the same vectors
-
-#: the wire paths, relative to `{base_url}universal/`
-PATHS = {"fit": "v1/anomaly/fit", "score": "v1/anomaly/score", "models": "v1/anomaly/models"}
 
 
 @dataclass

@@ -10,14 +10,38 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..errors import InvalidRequest
+from ..stats import RequestStats
 from . import TaskCall, check_lengths, texts_input
 
 #: cosines of MiniLM-like models to short labels differ by a few hundredths: a softmax of the raw
 #: cosines would be near uniform; at 0.05 a difference of 0.1 gives odds of about 7 to 1
 ZERO_SHOT_TEMPERATURE = 0.05
+
+
+@dataclass
+class Classification:
+    label: str  # the best label
+    score: float  # its probability
+    scores: dict[str, float]  # every label's probability, best first
+
+
+@dataclass
+class ClassifyResult:
+    model: str
+    rows: list[Classification]  # one per input, in input order
+    prompt_tokens: int
+    stats: RequestStats
+
+
+def classify(runtime, texts: list[str] | str, model: str | None = None, labels: list[str] | None = None, *,
+             backend: str = "auto", keep_alive: float | None = None, truncate: bool = False) -> ClassifyResult:
+    """A label and its probability per text: the model's own classes, or zero-shot over `labels`."""
+    return runtime.run(call(texts, model, labels, backend=backend, keep_alive=keep_alive, truncate=truncate))
 
 
 def labels_input(labels) -> list[str] | None:
@@ -73,8 +97,6 @@ def softmax(scores: np.ndarray) -> np.ndarray:
 
 
 def _row(scores: dict[str, float], labels: list[str] | None):
-    from ..interface import Classification
-
     if labels:  # narrowed to the given labels, renormalised
         total = sum(scores.get(label, 0.0) for label in labels) or 1.0
         scores = {label: scores.get(label, 0.0) / total for label in labels}
@@ -84,7 +106,6 @@ def _row(scores: dict[str, float], labels: list[str] | None):
 
 
 def work(ctx):
-    from ..interface import ClassifyResult
     from .embed import embed_rows
 
     texts, labels, truncate = ctx.inputs["texts"], ctx.inputs["labels"], ctx.inputs["truncate"]
@@ -119,8 +140,6 @@ def to_wire(call: TaskCall) -> dict:
 
 
 def from_wire(payload: dict, call: TaskCall, stats):
-    from ..interface import Classification, ClassifyResult
-
     rows = sorted(payload.get("data") or [], key=lambda r: r.get("index", 0))
     out = [Classification(r["label"], float(r["score"]), {k: float(v) for k, v in (r.get("scores") or {}).items()})
            for r in rows]

@@ -20,6 +20,14 @@ from .document_result import Document, DocumentResult, Page
 PATH = "v1/documents"
 
 
+def document(runtime, source, model: str | None = None, *, backend: str = "auto", keep_alive: float | None = None):
+    """A `Document` (pages -> blocks, tables, `.markdown()`, `.frame()`) for one path, file's bytes, PIL image
+    or PDF; a list of them for a list. Inputs are read and checked as OCR's (`tasks/ocr.py`)."""
+    checked = call(source, model, backend=backend, keep_alive=keep_alive,
+                   **ocr_task.read_options(runtime.file_access("document")))
+    return documents_of(runtime.run(checked), source)
+
+
 def call(sources, model: str | None = None, *, backend: str = "auto", keep_alive: float | None = None,
          max_pixels: int | None = None, max_pages: int | None = None, path_check: Callable | None = None) -> TaskCall:
     """Every input read and checked as OCR's are; nothing loads for a bad one."""

@@ -9,10 +9,20 @@ from __future__ import annotations
 import sys
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 
+from ..stats import RequestStats
 from . import TaskCall, check_lengths, embed_decisions, require, texts_input
+
+
+@dataclass
+class EmbeddingResult:
+    model: str
+    vectors: np.ndarray  # float32, one row per input, in input order
+    prompt_tokens: int
+    stats: RequestStats
 
 
 class EmbeddingCache:
@@ -134,7 +144,6 @@ def embed_rows(ctx, instance, texts: list[str], normalize: bool = True, *, trunc
 
 
 def work(ctx):
-    from ..interface import EmbeddingResult
 
     texts, normalize, cache = ctx.inputs["texts"], ctx.inputs["normalize"], ctx.inputs.get("cache", True)
 
@@ -155,7 +164,6 @@ def answer_without_model(runtime, call: TaskCall):
 
     from ..backends import choose_backend
     from ..cache import ModelCache
-    from ..interface import EmbeddingResult
     from ..stats import RequestStats
 
     store, inputs = runtime.embedding_store, call.inputs

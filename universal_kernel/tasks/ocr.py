@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import Cancelled, InvalidRequest, RuntimeFailure
+from ..stats import RequestStats
 from . import TaskCall
 
 #: PDF pages are rendered at 144 dpi (PDF points are 1/72 inch): small print stays readable
@@ -25,6 +26,51 @@ PDF_RENDER_SCALE = 2.0
 
 _PNG, _JPEG, _PDF = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"%PDF-"
 _NOT_SUPPORTED = "not a PNG, JPEG or PDF"
+
+
+@dataclass
+class OcrBox:
+    x1: float  # pixels of the image (or of the page rendered at the OCR's resolution)
+    y1: float
+    x2: float
+    y2: float
+    text: str
+    confidence: float
+
+
+@dataclass
+class OcrPage:
+    index: int  # the input's position
+    page: int  # 1 for an image; a PDF's page number, from 1
+    text: str  # the lines read, top to bottom, joined by newlines
+    confidence: float  # the mean confidence of the lines (0 when nothing was read)
+    boxes: list[OcrBox] | None = None  # when asked for
+
+
+@dataclass
+class OcrResult:
+    model: str
+    pages: list[OcrPage]  # in input order, a PDF's pages in order
+    stats: RequestStats | None = None
+
+
+def ocr(runtime, images, model: str | None = None, *, boxes: bool = False, backend: str = "auto",
+        keep_alive: float | None = None) -> OcrResult:
+    """The text of images and PDF pages (paths, files' bytes, PIL images, arrays), line by line.
+
+    Every input is read and checked here before a model loads, a path as the runtime reads it
+    (`runtime.file_access`: the local runtime's data folders; a server's client reads any path this
+    kernel can and sends the bytes, and the server applies its own limits)."""
+    return runtime.run(call(images, model, boxes=boxes, backend=backend, keep_alive=keep_alive,
+                            **read_options(runtime.file_access("ocr"))))
+
+
+def read_options(access) -> dict:
+    """`call`'s path check and limits under a runtime's `FileAccess` (the OCR limits of its settings)."""
+    settings = access.settings
+    return {"path_check": access.path_check,
+            "max_pixels": None if settings is None else settings.ocr_max_pixels,
+            "max_pages": None if settings is None else settings.ocr_max_pages}
 
 
 @dataclass
@@ -197,8 +243,6 @@ def _read_pdf(data: bytes, i: int, limits: _Limits) -> PdfInput:
 
 
 def work(ctx):
-    from ..interface import OcrBox, OcrPage, OcrResult
-
     inputs, boxes = ctx.inputs["images"], ctx.inputs["boxes"]
 
     def run(instance, emit, cancelled):
@@ -260,8 +304,6 @@ def decode_image(value: str, i: int) -> bytes:
 
 
 def from_wire(payload: dict, call: TaskCall, stats):
-    from ..interface import OcrBox, OcrPage, OcrResult
-
     rows = sorted(payload.get("data") or [], key=lambda r: (r.get("index", 0), r.get("page", 1)))
     pages = [OcrPage(int(r.get("index", 0)), int(r.get("page", 1)), str(r.get("text") or ""),
                      float(r.get("confidence") or 0.0),

@@ -7,10 +7,35 @@ query's and each document's vectors (rows come through the embedding cache).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..errors import InvalidRequest
+from ..stats import RequestStats
 from . import TaskCall, check_lengths
+
+
+@dataclass
+class RerankHit:
+    index: int  # the document's position in the request
+    score: float  # relevance in 0..1 for a cross-encoder; cosine in -1..1 for a bi-encoder
+    document: str
+
+
+@dataclass
+class RerankResult:
+    model: str
+    hits: list[RerankHit]  # best first, `top_n` of them
+    prompt_tokens: int
+    stats: RequestStats
+
+
+def rerank(runtime, query: str, documents: list[str], model: str | None = None, top_n: int | None = None, *,
+           backend: str = "auto", keep_alive: float | None = None, truncate: bool = False) -> RerankResult:
+    """`documents` ordered by relevance to `query`, best first (`top_n` of them): a `RerankResult`."""
+    return runtime.run(call(query, documents, model, top_n, backend=backend, keep_alive=keep_alive,
+                            truncate=truncate))
 
 
 def documents_input(documents) -> list[str]:
@@ -48,14 +73,11 @@ def call(query: str, documents, model: str | None = None, top_n: int | None = No
 
 def ranked(scores, documents: list[str], top_n: int | None):
     """Hits best first; equal scores keep the documents' order."""
-    from ..interface import RerankHit
-
     order = sorted(range(len(documents)), key=lambda i: (-float(scores[i]), i))
     return [RerankHit(i, float(scores[i]), documents[i]) for i in order[:top_n]]
 
 
 def work(ctx):
-    from ..interface import RerankResult
     from .embed import embed_rows
 
     query, documents, top_n, truncate = (ctx.inputs[k] for k in ("query", "documents", "top_n", "truncate"))
@@ -85,8 +107,6 @@ def to_wire(call: TaskCall) -> dict:
 
 
 def from_wire(payload: dict, call: TaskCall, stats):
-    from ..interface import RerankHit, RerankResult
-
     documents = call.inputs["documents"]
     hits = [RerankHit(int(r["index"]), float(r["relevance_score"]), documents[int(r["index"])])
             for r in payload.get("results") or []]
