@@ -30,6 +30,7 @@ from .backends import GenerationParams
 from .client_stream import (
     AsyncRemoteStream, ConnectionLost, NoRuntimeApi, RemoteError, RemoteStream, ServerUnavailable, _remote_failure,
 )
+from .config import EMBEDDING_MODEL, GENERATION_MODEL
 from .errors import GenerationFailed, InvalidRequest, ModelNotFound, RuntimeFailure
 from .interface import Capabilities, FileAccess, ModelStatus, RuntimeStatus, UnloadResult
 from .stats import RequestStats
@@ -43,9 +44,10 @@ from .wire import params_to_wire
 __all__ = ["ConnectionLost", "NoRuntimeApi", "RemoteError", "RemoteRuntime", "RemoteStream", "ServerUnavailable",
            "find_server", "running_servers"]
 
-#: The runtime's own defaults, which a Jupyter server with the extension serves by these names.
-BUILTIN_GENERATION_MODEL = "smollm2-135m-instruct"
-BUILTIN_EMBEDDING_MODEL = "all-minilm-l6-v2"
+#: The runtime's own defaults (their declarations, config.py), which a Jupyter server with the extension
+#: serves by these names.
+BUILTIN_GENERATION_MODEL = GENERATION_MODEL.default
+BUILTIN_EMBEDDING_MODEL = EMBEDDING_MODEL.default
 #: The OpenAI endpoints every OpenAI-compatible server has; the task endpoints (v1/rerank...) are ours.
 STANDARD_PATHS = frozenset({"v1/chat/completions", "v1/completions", "v1/embeddings", "v1/models"})
 #: How many of the client's own request figures are kept (the monitor of a server without runtime API)

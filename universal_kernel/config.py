@@ -1,103 +1,159 @@
-"""Runtime configuration: one dataclass, filled from arguments and environment variables.
+"""The settings, declared once here (the shared ones) and in each task's module (its own, collected through
+the registry), and `RuntimeConfig`: a runtime's settings, filled from keywords, else environment variables,
+else the declared defaults.
 
-The server extension fills it from its traitlets; the magics from `%runtime` and the environment.
+The server extension's traits (`c.UniversalKernelApp.keep_alive`) and the magics' traits
+(`c.UniversalKernelMagics.generation_model`) are generated from the same declarations (settings.py).
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-
-def _env_list(name: str) -> list[str]:
-    raw = os.environ.get(name, "")
-    return [p for p in raw.split(os.pathsep) if p]
-
-
-def _env_float(name: str, default: float | None) -> float | None:
-    raw = os.environ.get(name)
-    return float(raw) if raw not in (None, "") else default
-
+from .settings import MAGICS, RUNTIME, SERVER, UNSET, Setting, by_name
 
 #: generations decoded together by default: a kernel's runtime, and the server's (its trait's default)
 KERNEL_PARALLEL = 1
 SERVER_PARALLEL = 4
 
+_BOTH = frozenset({RUNTIME, SERVER})
 
-def env_parallel(default: int) -> int:
-    """UNIVERSAL_KERNEL_PARALLEL when set, else `default`."""
-    return int(_env_float("UNIVERSAL_KERNEL_PARALLEL", default))
+
+def _cache_folder(name: str):
+    return lambda: Path.home() / ".cache" / "universal-kernel" / name
+
+
+def _embedding_cache_from_env(raw: str):
+    if raw.strip().lower() in ("", "off", "0", "false", "no"):
+        return None
+    return Path(raw)
+
+
+GENERATION_MODEL = Setting("default_generation_model", "str", "smollm2-135m-instruct",
+                           "The model of generation calls that name none.")
+EMBEDDING_MODEL = Setting("default_embedding_model", "str", "all-minilm-l6-v2",
+                          "The model of embedding calls (and of tasks over embeddings) that name none.")
+#: the formats %%generate renders
+FORMATS = ("markdown", "text", "code", "json")
+
+SETTINGS: tuple[Setting, ...] = (
+    # the runtime's, in a kernel and on the server alike
+    Setting("model_folders", "paths", lambda: [Path.cwd(), _cache_folder("models")()],
+            "Folders that path references must stay inside (default: the working directory and "
+            "~/.cache/universal-kernel/models).", env="UNIVERSAL_KERNEL_MODEL_FOLDERS"),
+    Setting("data_folders", "paths", None,
+            "Folders that data files named by path (OCR images) must stay inside; None: any file this process "
+            "can read, as in a kernel (its user's own process). The server sets its model folders: its disk is "
+            "not its clients'.", optional=True),
+    Setting("aliases", "mapping", dict, "Extra model names: alias -> reference.", where=_BOTH,
+            trait="model_aliases"),
+    Setting("keep_alive", "float", 300.0,
+            "Seconds a model stays loaded after its last use; 0 unloads at once, negative keeps it forever. "
+            "Preloaded models are pinned: this default does not unload them.",
+            env="UNIVERSAL_KERNEL_KEEP_ALIVE", where=_BOTH),
+    Setting("memory_budget", "int", None, "Bytes that loaded models may take together; None means no budget.",
+            env="UNIVERSAL_KERNEL_MEMORY_BUDGET", where=_BOTH, optional=True),
+    Setting("queue_length", "int", 16,
+            "Requests that may wait per model, beyond those running, before a new one is refused as Busy (429).",
+            where=_BOTH),
+    Setting("parallel", "int", KERNEL_PARALLEL,
+            "Generations a llama.cpp model decodes together (continuous batching), each in its own KV stream "
+            "of the model's full context. A kernel runs one cell at a time: 1; the server, with many clients "
+            f"at once, {SERVER_PARALLEL}.", env="UNIVERSAL_KERNEL_PARALLEL", where=_BOTH,
+            server_default=SERVER_PARALLEL, minimum=1),
+    Setting("device", "str", "auto", '"auto" picks CUDA, then MPS, then CPU; or "cpu", "cuda", "mps".',
+            env="UNIVERSAL_KERNEL_DEVICE"),
+    Setting("precision", "str", "auto",
+            'Encoders\' precision: "auto" (bf16 on a CPU with AVX512_BF16/AMX, behind a probe), "fp32", "bf16".',
+            env="UNIVERSAL_KERNEL_PRECISION"),
+    Setting("precision_min_cosine", "float", 0.9999,
+            "The cosine to fp32 that every probe row must keep for bf16 to be used."),
+    Setting("threads", "int", None, "CPU threads for the backends; None: the machine's cores.", where=_BOTH,
+            optional=True),
+    Setting("allow_downloads", "bool", False,
+            "Let Hub ids missing from the local HF cache be pulled: on first use, POST universal/api/pull and "
+            "DELETE universal/api/models/REF (off: 403 downloads_disabled).", where=_BOTH),
+    Setting("convert_cache", "path", _cache_folder("converted"),
+            "Where converted weights (GGUF dequantised for transformers, ONNX exports) are kept between loads.",
+            env="UNIVERSAL_KERNEL_CONVERT_CACHE"),
+    Setting("embedding_cache_folder", "path", _cache_folder("embeddings"),
+            "Where embeddings are kept between runs (shared by kernels and the server); None (or `off`) turns "
+            "it off.", env="UNIVERSAL_KERNEL_EMBEDDING_CACHE", optional=True, parse=_embedding_cache_from_env),
+    Setting("embedding_cache_bytes", "int", 2 * 1024**3,
+            "The most bytes the embedding cache may take; the least recently used rows go first.",
+            env="UNIVERSAL_KERNEL_EMBEDDING_CACHE_BYTES"),
+    GENERATION_MODEL,
+    EMBEDDING_MODEL,
+    Setting("stream_poll_s", "float", 0.1,
+            "Seconds a reader waits for the generating thread before checking that it is alive."),
+    # the server's own
+    Setting("preload", "names", list, "Models to load when the server starts (in the background). They stay "
+                                      "loaded (pinned) until a keep_alive is given for them.", where={SERVER}),
+    Setting("model_folders", "names", list, "Folders that path references (and files named by path) must stay "
+            "inside. Default: the server's root_dir and ~/.cache/universal-kernel/models.", where={SERVER}),
+    Setting("max_body_size", "int", 16 * 2**20, "Largest request body in bytes; larger ones get 413.",
+            where={SERVER}),
+    Setting("stop_timeout", "float", 5.0, "Seconds that stopping the server waits for running generations to "
+            "send their error event, and then for the models to close.", where={SERVER}),
+    # the magics'
+    Setting("generation_model", "str", "", "Model of %%generate; empty means the runtime's default "
+            f"({GENERATION_MODEL.default}).", where={MAGICS}),
+    Setting("embedding_model", "str", "", "Model of %embed; empty means the runtime's default "
+            f"({EMBEDDING_MODEL.default}).", where={MAGICS}),
+    Setting("default_format", "str", "markdown", "Default --format of %%generate.", where={MAGICS},
+            choices=FORMATS),
+    Setting("use_server", "bool", False, "Send work to the Jupyter server's runtime by default.", where={MAGICS}),
+    Setting("server_url", "str", "", "URL of the Jupyter server (with its base_url); empty: discover it.",
+            where={MAGICS}),
+    Setting("server_token", "str", "", "Token of the Jupyter server; empty: from its runtime file.",
+            where={MAGICS}),
+    Setting("embed_chunk_rows", "int", 256, "Rows embedded per request by %embed.", where={MAGICS}),
+    Setting("progress_min_rows", "int", 512, "%embed shows a progress bar from this many unique rows.",
+            where={MAGICS}),
+    Setting("allow_downloads", "bool", True, "Pull a model named by its Hub id on first use (into the Hugging "
+            "Face cache, with a progress bar); False: only models already there.", where={MAGICS}),
+)
+
+
+def settings(place: str = RUNTIME) -> dict[str, Setting]:
+    """Every setting of `place` (RUNTIME, SERVER or MAGICS), the tasks' own included, by its name there."""
+    from .tasks import task_settings
+
+    return by_name((*SETTINGS, *task_settings()), place)
 
 
 def default_model_folders() -> list[Path]:
-    folders = _env_list("UNIVERSAL_KERNEL_MODEL_FOLDERS")
-    if folders:
-        return [Path(f) for f in folders]
-    return [Path.cwd(), Path.home() / ".cache" / "universal-kernel" / "models"]
+    """A kernel's model folders: UNIVERSAL_KERNEL_MODEL_FOLDERS, else the declared default."""
+    return settings()["model_folders"].value()
 
 
-def _embedding_cache_folder() -> Path | None:
-    raw = os.environ.get("UNIVERSAL_KERNEL_EMBEDDING_CACHE")
-    if raw is not None and raw.strip().lower() in ("", "off", "0", "false", "no"):
-        return None
-    return Path(raw) if raw else Path.home() / ".cache" / "universal-kernel" / "embeddings"
-
-
-@dataclass
 class RuntimeConfig:
-    #: folders that path references must stay inside
-    model_folders: list[Path] = field(default_factory=default_model_folders)
-    #: folders that data files named by path (OCR images) must stay inside; None: any file this process can
-    #: read, as in a kernel (its user's own process). The server sets its model folders: its disk is not its clients'
-    data_folders: list[Path] | None = None
-    #: user aliases: name -> reference
-    aliases: dict[str, str] = field(default_factory=dict)
-    #: seconds a model stays loaded after its last use; 0 unloads at once, negative never
-    keep_alive: float = field(default_factory=lambda: _env_float("UNIVERSAL_KERNEL_KEEP_ALIVE", 300.0))
-    #: bytes that loaded models may take together; None means no budget
-    memory_budget: int | None = field(
-        default_factory=lambda: (
-            int(v) if (v := _env_float("UNIVERSAL_KERNEL_MEMORY_BUDGET", None)) is not None else None
-        )
-    )
-    #: requests that may wait per model before a new one is refused as Busy (beyond those running)
-    queue_length: int = 16
-    #: generations a llama.cpp model decodes together, each in its own KV stream of the model's context.
-    #: A kernel runs one cell at a time: one stream, so its KV cache is one context's, not four's. The server
-    #: (many clients at once) keeps SERVER_PARALLEL. UNIVERSAL_KERNEL_PARALLEL overrides both.
-    parallel: int = field(default_factory=lambda: env_parallel(KERNEL_PARALLEL))
-    #: "auto" picks CUDA, then MPS, then CPU; UNIVERSAL_KERNEL_DEVICE overrides
-    device: str = field(default_factory=lambda: os.environ.get("UNIVERSAL_KERNEL_DEVICE", "auto"))
-    #: encoders' precision: "auto" (bf16 on a CPU with AVX512_BF16/AMX, behind a probe), "fp32", "bf16"
-    precision: str = field(default_factory=lambda: os.environ.get("UNIVERSAL_KERNEL_PRECISION", "auto"))
-    #: the cosine to fp32 that every probe row must keep for bf16 to be used
-    precision_min_cosine: float = 0.9999
-    #: CPU threads for backends; None means the machine's cores
-    threads: int | None = None
-    #: let hub ids that are not in the local cache be downloaded
-    allow_downloads: bool = False
-    #: where converted weights (GGUF dequantised for transformers) are kept between loads
-    convert_cache: Path = field(
-        default_factory=lambda: Path(
-            os.environ.get("UNIVERSAL_KERNEL_CONVERT_CACHE", Path.home() / ".cache" / "universal-kernel" / "converted")
-        )
-    )
-    #: where fitted anomaly detectors are kept: one folder for the kernels and the server alike
-    anomaly_folder: Path = field(
-        default_factory=lambda: Path(
-            os.environ.get("UNIVERSAL_KERNEL_ANOMALY_FOLDER", Path.home() / ".cache" / "universal-kernel" / "anomaly")
-        )
-    )
-    #: where embeddings are kept between runs (shared by kernels and the server); None turns it off
-    embedding_cache_folder: Path | None = field(default_factory=_embedding_cache_folder)
-    #: the most bytes it may take; the least recently used rows go first
-    embedding_cache_bytes: int = field(
-        default_factory=lambda: int(_env_float("UNIVERSAL_KERNEL_EMBEDDING_CACHE_BYTES", 2 * 1024**3)))
-    #: OCR limits, checked before an image is decoded: pixels per image (or rendered page), pages per PDF
-    ocr_max_pixels: int = 40_000_000
-    ocr_max_pages: int = 50
-    default_generation_model: str = "smollm2-135m-instruct"
-    default_embedding_model: str = "all-minilm-l6-v2"
-    #: seconds a reader waits for the generating thread before checking that it is alive
-    stream_poll_s: float = 0.1
+    """A runtime's settings: `RuntimeConfig(keep_alive=-1, ocr_max_pages=10)`; each is also an attribute.
+
+    A keyword not given takes its environment variable when set, else its declared default (`settings()`
+    lists them with their help)."""
+
+    def __init__(self, **values: Any):
+        declared = settings(RUNTIME)
+        unknown = [name for name in values if name not in declared]
+        if unknown:
+            raise TypeError(f"RuntimeConfig() got an unexpected keyword argument {unknown[0]!r}; "
+                            f"the settings are {', '.join(declared)}")
+        for name, setting in declared.items():
+            setattr(self, name, values[name] if name in values else setting.value(RUNTIME))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in settings(RUNTIME)}
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, RuntimeConfig) and self.as_dict() == other.as_dict()
+
+    __hash__ = None  # mutable, as the dataclass it replaced
+
+    def __repr__(self) -> str:
+        return f"RuntimeConfig({', '.join(f'{k}={v!r}' for k, v in self.as_dict().items())})"
+
+
+__all__ = ["FORMATS", "KERNEL_PARALLEL", "MAGICS", "RUNTIME", "SERVER", "SERVER_PARALLEL", "UNSET", "RuntimeConfig",
+           "Setting", "default_model_folders", "settings"]

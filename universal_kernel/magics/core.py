@@ -9,33 +9,18 @@ from __future__ import annotations
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
-from traitlets import Bool, Enum, Int, Unicode
 
+from ..config import EMBEDDING_MODEL, FORMATS, GENERATION_MODEL, MAGICS, settings
 from ..errors import RuntimeFailure
+from ..settings import traits_base
 from .common import one_line, split_args, user_errors
-
-FORMATS = ("markdown", "text", "code", "json")
 
 
 @magics_class
-class UniversalKernelMagics(Magics):
-    """%%generate, %embed and %runtime. Configurable: c.UniversalKernelMagics.generation_model = ..."""
+class UniversalKernelMagics(traits_base(settings(MAGICS), MAGICS, "UniversalKernelMagicsSettings"), Magics):
+    """%%generate, %embed and %runtime. Configurable: c.UniversalKernelMagics.generation_model = ...
 
-    generation_model = Unicode("", help="Model of %%generate; empty means the runtime's default "
-                                        "(smollm2-135m-instruct).").tag(config=True)
-    embedding_model = Unicode("", help="Model of %embed; empty means the runtime's default "
-                                       "(all-minilm-l6-v2).").tag(config=True)
-    default_format = Enum(FORMATS, "markdown", help="Default --format of %%generate.").tag(config=True)
-    use_server = Bool(False, help="Send work to the Jupyter server's runtime by default.").tag(config=True)
-    server_url = Unicode("", help="URL of the Jupyter server (with its base_url); empty: discover it.").tag(
-        config=True)
-    server_token = Unicode("", help="Token of the Jupyter server; empty: from its runtime file.").tag(
-        config=True)
-    embed_chunk_rows = Int(256, help="Rows embedded per request by %embed.").tag(config=True)
-    progress_min_rows = Int(512, help="%embed shows a progress bar from this many unique rows.").tag(config=True)
-    allow_downloads = Bool(True, help="Pull a model named by its Hub id on first use (into the Hugging Face "
-                                      "cache, with a progress bar); False: only models already there.").tag(
-        config=True)
+    Its traits are generated from the settings' declarations (`universal_kernel.config.settings("magics")`)."""
 
     def __init__(self, shell=None, runtime=None, **kwargs):
         super().__init__(shell=shell, **kwargs)
@@ -105,7 +90,7 @@ class UniversalKernelMagics(Magics):
     # Magics ---------------------------------------------------------------------------------
     @no_var_expand
     @magic_arguments("%generate")  # the usage line's prefix adds the other `%`: `%%generate` (a cell magic)
-    @argument("-m", "--model", default=None, help="model reference (default: smollm2-135m-instruct)")
+    @argument("-m", "--model", default=None, help=f"model reference (default: {GENERATION_MODEL.default})")
     @argument("--system", default=None, help="system message")
     @argument("--max-tokens", type=int, default=None, help="most tokens to generate (default 256)")
     @argument("--temperature", type=float, default=None, help="sampling temperature, 0 for greedy")
@@ -145,7 +130,7 @@ class UniversalKernelMagics(Magics):
     @no_var_expand
     @magic_arguments()
     @argument("expr", nargs="*", help="a Series (df.text), a list of strings, or one string")
-    @argument("-m", "--model", default=None, help="embedding model (default: all-minilm-l6-v2)")
+    @argument("-m", "--model", default=None, help=f"embedding model (default: {EMBEDDING_MODEL.default})")
     @argument("--out", default=None, metavar="VAR", help="store the float32 array in VAR")
     @argument("--column", default=None, metavar="NAME", help="add the vectors as column NAME of the DataFrame")
     @argument("--no-normalize", action="store_true", help="keep the vectors' lengths")

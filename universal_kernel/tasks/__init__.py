@@ -89,6 +89,16 @@ _KINDS = {"generate": "a generation", "embed": "an embedding", "classify": "a cl
           "rerank": "a cross-encoder", "ner": "an entity-recognition", "ocr": "an OCR"}
 
 
+def task_settings() -> list:
+    """Every task's own settings (the `SETTINGS` of its runtime module), in registry order: RuntimeConfig
+    takes them as keywords, the server and the magics as traits where they declare it (config.py)."""
+    found: dict = {}
+    for parts in TASKS.values():
+        for setting in getattr(parts.runtime_part(), "SETTINGS", ()):
+            found.setdefault(id(setting), setting)
+    return list(found.values())
+
+
 def task_parts(task: str) -> TaskParts:
     try:
         return TASKS[task]

@@ -18,8 +18,23 @@ from typing import Callable
 import numpy as np
 
 from ..errors import Cancelled, InvalidRequest, RuntimeFailure
+from ..settings import RUNTIME, SERVER, Setting
 from ..stats import RequestStats
 from . import TaskCall
+
+#: its settings, collected through the registry: `RuntimeConfig(ocr_max_pixels=...)`, `config.ocr_max_pixels`,
+#: `c.UniversalKernelApp.ocr_max_pixels`. The document task reads its inputs here, under the same limits.
+SETTINGS = (
+    Setting("ocr_max_pixels", "int", 40_000_000, "OCR and documents: the most pixels per image or rendered PDF "
+            "page, checked from the file's header before anything is decoded.", where={RUNTIME, SERVER}),
+    Setting("ocr_max_pages", "int", 50, "OCR and documents: the most pages per PDF.", where={RUNTIME, SERVER}),
+)
+
+
+def limits(config) -> dict:
+    """The limits of a RuntimeConfig, as `call`'s keywords: `call(images, model, **limits(config))`."""
+    return {"max_pixels": config.ocr_max_pixels, "max_pages": config.ocr_max_pages}
+
 
 #: PDF pages are rendered at 144 dpi (PDF points are 1/72 inch): small print stays readable
 PDF_RENDER_SCALE = 2.0
