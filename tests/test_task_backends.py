@@ -237,3 +237,78 @@ def test_spacy_backend_refuses_a_transformers_folder(tiny):
     with pytest.raises(InvalidRequest) as caught:
         choose_backend(spec, "spacy")
     assert caught.value.param == "backend"
+
+
+# The backend registry ---------------------------------------------------------------------------------
+def test_every_backend_serves_registered_tasks_and_every_task_has_a_backend():
+    from universal_kernel.backends.registry import BACKENDS
+    from universal_kernel.tasks import TASKS
+
+    for kind in BACKENDS.values():
+        assert kind.tasks <= set(TASKS), (kind.name, kind.tasks - set(TASKS))
+    for task, parts in TASKS.items():
+        for model_format, model_kind in parts.models:
+            loaders = [k.name for k in BACKENDS.values() if task in k.tasks
+                       and any(model_format in ("*", f) and c in ("*", model_kind) for f, c in k.loads)]
+            assert loaders, (task, model_format, model_kind)
+
+
+def test_the_choice_follows_the_declarations(spacy_spec, tiny):
+    from universal_kernel.backends.registry import BACKENDS
+
+    resolver = Resolver([])
+    specs = [resolver.resolve(name) for name in ("smollm2-135m-instruct", "all-minilm-l6-v2", "rapidocr")]
+    for spec in [*specs, spacy_spec, *(spec for spec, _ in tiny.values())]:
+        loaders = [kind for kind in BACKENDS.values() if kind.loads_spec(spec)]
+        assert choose_backend(spec) == next(kind.name for kind in loaders if kind.auto)
+        for kind in BACKENDS.values():
+            if kind in loaders:
+                assert choose_backend(spec, kind.name) == kind.name
+                continue
+            with pytest.raises(InvalidRequest) as caught:
+                choose_backend(spec, kind.name)
+            assert caught.value.param == "backend"
+            assert (f"only the {loaders[0].name} backend serves it" if len(loaders) == 1
+                    else f"the {kind.name} backend serves {kind.serves} only") in str(caught.value)
+    with pytest.raises(InvalidRequest, match="unknown backend 'llama'; use one of auto, llama_cpp"):
+        choose_backend(specs[0], "llama")
+
+
+def test_a_declared_backend_serves_through_the_runtime(monkeypatch):
+    """Adding a backend is one declaration: the runtime chooses it, imports its library before measuring
+    the load, builds it, and reports what it declares."""
+    from universal_kernel import Runtime
+    from universal_kernel.backends import Backend
+    from universal_kernel.backends import registry
+
+    imported = []
+
+    class CharacterCounts(Backend):
+        """Embeds a text as its counts of a, b and c."""
+
+        def embed(self, texts, normalize=True):
+            vectors = np.asarray([[t.count(c) for c in "abc"] for t in texts], dtype=np.float32)
+            return vectors, sum(map(len, texts))
+
+        def count_tokens(self, text):
+            return len(text)
+
+        def close(self):
+            pass
+
+    toy = registry.BackendKind(
+        "counts", frozenset({("transformers", "embed")}), frozenset({"embed"}), "embedding folders",
+        create=lambda spec, config, options, threads: CharacterCounts(spec),
+        library=lambda device: imported.append(device), auto=False,
+        precision=lambda backend, spec: {"precision": "counts", "precision_reason": "declared"})
+    monkeypatch.setitem(registry.BACKENDS, "counts", toy)
+    rt = Runtime(RuntimeConfig(device="cpu", embedding_cache_folder=None), reaper=False)
+    try:
+        result = rt.embed(["abcab", "cc"], model="all-minilm-l6-v2", normalize=False, backend="counts")
+        assert np.asarray(result.vectors).tolist() == [[2, 2, 1], [0, 0, 2]]
+        assert imported == ["cpu"]
+        (model,) = rt.status()["models"]
+        assert (model["backend"], model["precision"], model["precision_reason"]) == ("counts", "counts", "declared")
+        assert model["parallel"] == 1 and "prompt_reuse" not in model  # no batching declared
+    finally:
+        rt.close()

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from universal_kernel.backends import GenerationParams, create_backend
-from universal_kernel.backends.llama_cpp import classification_messages, log_softmax, shared_prefix_length
+from universal_kernel.backends.base import shared_prefix_length
+from universal_kernel.backends.zero_shot import classification_messages, log_softmax
 from universal_kernel.config import RuntimeConfig
 from universal_kernel.errors import InvalidRequest
 from universal_kernel.references import Resolver

@@ -21,6 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .backends.registry import backend_kind, batches
 from .devices import gpu_used_bytes, process_rss, release_memory
 from .errors import LoadFailed, MemoryBudgetExceeded, RuntimeFailure, WorkerLost
 from .references import ModelSpec
@@ -28,12 +29,6 @@ from .scheduler import ModelWorker, Request, make_worker
 from .stats import RequestStats, RollingFigures
 
 MiB = 2**20
-
-#: loaded bytes per byte of file, before this process has measured a load of the kind: conservative.
-#: The context a load sets aside (llama.cpp's KV cache) is counted apart, on top (`context_bytes`).
-#: Measured on CPU (llama.cpp; torch fp32): SmolLM2 GGUF 1.3x besides its KV cache, MiniLM folder 1.8x at
-#: load, 2.4x after its first batch.
-DEFAULT_FACTORS = {("gguf", "llama_cpp"): 3.0, ("transformers", "transformers"): 3.0}
 
 _learned: dict[tuple, list[float]] = {}  # (format, backend, task) -> (measured - context)/file of this process
 _learned_lock = threading.Lock()
@@ -67,10 +62,11 @@ def footprint_factor(spec: ModelSpec, backend: str) -> tuple[float, str]:
         ratios = list(_learned.get(_kind(spec, backend), ()))
     if ratios:
         return max(ratios[-8:]), "measured"  # the largest of the recent loads: noise errs on the safe side
-    if spec.format == "gguf" and backend == "transformers":
-        bits = {2: 4.5, 3: 5.0, 7: 8.5, 8: 8.5, 1: 16.0, 0: 32.0}.get(spec.metadata.get("general.file_type"), 5.0)
-        return 32 / bits * 1.5, "default"  # dequantised to fp32, plus the runtime around it
-    return DEFAULT_FACTORS.get((spec.format, backend), 3.0), "default"
+    # Before any load of the kind was measured, the backend's own default: conservative. The context a load
+    # sets aside (llama.cpp's KV cache) is counted apart, on top (`context_bytes`). Measured on CPU
+    # (llama.cpp; torch fp32): SmolLM2 GGUF 1.3x besides its KV cache, MiniLM folder 1.8x at load, 2.4x
+    # after its first batch.
+    return backend_kind(backend).footprint(spec), "default"
 
 
 def estimate_footprint(spec: ModelSpec, backend: str, context: int = 0) -> int:
@@ -258,7 +254,8 @@ class ModelCache:
                         worker=None, estimate_bytes=estimate, measured_bytes=measured, footprint_bytes=footprint,
                         load_s=load_s, loaded_at=time.time(), last_used=self.clock(), active=1,
                     )
-                    entry.worker = make_worker(spec.id, instance, queue_length=self.queue_length,
+                    entry.worker = make_worker(spec.id, instance, batching=batches(backend, spec),
+                                               queue_length=self.queue_length,
                                                on_finished=lambda request, e=entry: self.count(e, request),
                                                on_done=lambda request, e=entry: self.release(e),
                                                on_death=lambda worker, exc, e=entry: self._worker_died(e))

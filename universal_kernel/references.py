@@ -6,21 +6,15 @@ A reference is a built-in alias, a user alias, a path inside the configured mode
 
 from __future__ import annotations
 
-import functools
 import importlib.util
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
+from .backends.formats import ModelFormat, is_rapidocr_folder
+from .backends.registry import model_formats
 from .errors import InvalidRequest, ModelNotFound, ReferenceRefused
-from .gguf_metadata import read_gguf_metadata
-
-Format = Literal["gguf", "transformers", "spacy", "rapidocr"]
-#: what a model is, from its files: its first task (`universal_kernel.tasks` says which others it serves)
-Task = Literal["generate", "embed", "classify", "rerank", "ner", "ocr"]
-
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -28,8 +22,10 @@ class ModelSpec:
 
     id: str  # the name clients use (alias or reference as given)
     path: Path  # the .gguf file, or the model folder
-    format: Format
-    task: Task
+    format: str  # a backend's `ModelFormat.name` (backends/formats.py)
+    #: what the files say the model is (its kind): the first task it serves; `universal_kernel.tasks` says
+    #: which others
+    task: str
     architecture: str
     size_bytes: int  # weights on disk
     metadata: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
@@ -64,18 +60,13 @@ def weight_files(path: Path) -> list[Path]:
     """The files whose contents make the model: a GGUF file, or a folder's config and weights."""
     if path.is_file():
         return [path]
-    if _is_spacy_pipeline(path):
-        files = [path / "meta.json", path / "config.cfg"] + sorted(path.glob("*/model"))
-    elif _is_rapidocr_folder(path):
-        files = [path / "config.yaml"] + sorted((path / "models").glob("*.onnx"))
-    else:
-        files = [path / "config.json"]
-    for pattern in ("*.safetensors", "*.bin", "*.gguf"):
-        found = sorted(path.glob(pattern))
-        if found:
-            files += found
-            break
-    return files
+    found = _format_of(path)
+    return found.weight_files(path) if found is not None else [path / "config.json"]
+
+
+def _format_of(path: Path) -> ModelFormat | None:
+    """The first format (in the backends' order) whose model `path` is."""
+    return next((f for f in model_formats() if f.matches(path)), None)
 
 
 def _package_folder(package: str) -> Path | None:
@@ -112,13 +103,7 @@ def _spacy_sm_folder() -> Path | None:
 
 def _rapidocr_folder() -> Path | None:
     folder = _package_folder("rapidocr")
-    return folder if folder is not None and _is_rapidocr_folder(folder) else None
-
-
-def _is_rapidocr_folder(path: Path) -> bool:
-    """rapidocr's package folder: its config and the detection and recognition ONNX files it ships."""
-    return path.is_dir() and (path / "config.yaml").exists() and any((path / "models").glob("*det*.onnx")) \
-        and any((path / "models").glob("*rec*.onnx"))
+    return folder if folder is not None and is_rapidocr_folder(folder) else None
 
 
 #: built-in aliases -> (function finding the files, the PyPI package that ships them)
@@ -129,101 +114,24 @@ BUILTIN_ALIASES: dict[str, tuple[Callable[[], Path | None], str]] = {
     "rapidocr": (_rapidocr_folder, "rapidocr and onnxruntime (pip install rapidocr onnxruntime)"),
 }
 
-_EMBEDDING_GGUF_ARCHS = {"bert", "nomic-bert", "jina-bert-v2", "t5encoder", "gte", "modern-bert"}
-
-
-def _is_spacy_pipeline(path: Path) -> bool:
-    return path.is_dir() and (path / "meta.json").exists() and (path / "config.cfg").exists()
-
-
-def _spacy_files(path: Path) -> list[Path]:
-    return sorted(f for f in path.rglob("*") if f.is_file())
-
-
-def _weights_size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    if _is_spacy_pipeline(path):
-        return sum(f.stat().st_size for f in _spacy_files(path))
-    if _is_rapidocr_folder(path):
-        return sum(f.stat().st_size for f in (path / "models").glob("*.onnx"))
-    total = 0
-    for pattern in ("*.safetensors", "*.bin", "*.gguf"):
-        total += sum(f.stat().st_size for f in path.glob(pattern))
-        if total:
-            break
-    return total
-
-
-@functools.lru_cache(maxsize=64)
-def _describe_gguf(path: Path, stamp: tuple) -> tuple[str, str, dict]:
-    meta = read_gguf_metadata(path)
-    arch = str(meta.get("general.architecture", "unknown"))
-    task: Task = "embed" if arch in _EMBEDDING_GGUF_ARCHS or f"{arch}.pooling_type" in meta else "generate"
-    return arch, task, meta
-
-
-def _describe_folder(path: Path) -> tuple[str, str, dict]:
-    config = json.loads((path / "config.json").read_text())
-    archs = config.get("architectures") or [config.get("model_type", "unknown")]
-    arch = archs[0]
-    generative = any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in archs)
-    sentence_transformers = (path / "modules.json").exists() or (path / "sentence_bert_config.json").exists()
-    task: Task
-    if sentence_transformers:
-        task = "embed"
-    elif generative:
-        task = "generate"
-    elif any(a.endswith("ForSequenceClassification") for a in archs):
-        labels = config.get("id2label") or {}
-        # one logit is a cross-encoder (a relevance score through a sigmoid), more are classes
-        task = "rerank" if int(config.get("num_labels") or len(labels) or 2) == 1 else "classify"
-    elif any(a.endswith("ForTokenClassification") for a in archs):
-        task = "ner"
-    else:
-        task = "embed"
-    return arch, task, config
-
-
-def _describe_spacy(path: Path) -> tuple[str, str, dict]:
-    meta = json.loads((path / "meta.json").read_text())
-    pipes = list(meta.get("pipeline") or [])
-    task: Task = "ner" if "ner" in pipes or "entity_ruler" in pipes else "classify"
-    arch = f"spacy:{meta.get('lang', '?')}_{meta.get('name', 'pipeline')}"
-    return arch, task, meta
-
-
 def describe(model_id: str, path: Path) -> ModelSpec:
-    """Detect format and task from the files."""
+    """Detect format and model kind from the files, as the backends' formats recognise them."""
     try:
-        if path.is_file():
-            if path.suffix.lower() != ".gguf":
-                raise ModelNotFound(f"{model_id!r} is a file but not a .gguf model")
+        found = _format_of(path)
+        if found is not None:
             stamp = file_stamp(path)
             try:
-                arch, task, meta = _describe_gguf(path, stamp)
+                arch, kind, meta = found.describe(path)
             except ValueError as exc:
                 raise ModelNotFound(f"{model_id!r}: {exc}") from None
-            return ModelSpec(model_id, path, "gguf", task, arch, stamp[0][0], meta, stamp)
-        if _is_spacy_pipeline(path):
-            stamp = file_stamp(path)
-            arch, task, meta = _describe_spacy(path)
-            return ModelSpec(model_id, path, "spacy", task, arch, _weights_size(path), meta, stamp)
-        if _is_rapidocr_folder(path):
-            stamp = file_stamp(path)
-            models = sorted(f.name for f in (path / "models").glob("*.onnx"))
-            return ModelSpec(model_id, path, "rapidocr", "ocr", "rapidocr:" + "+".join(models), _weights_size(path),
-                             {"models": models}, stamp)
-        if path.is_dir() and (path / "config.json").exists():
-            stamp = file_stamp(path)
-            arch, task, config = _describe_folder(path)
-            return ModelSpec(model_id, path, "transformers", task, arch, _weights_size(path), config, stamp)
+            return ModelSpec(model_id, path, found.name, kind, arch, found.size(path), meta, stamp)
     except FileNotFoundError as exc:  # removed while we looked at it
         raise ModelNotFound(f"{model_id!r}: {exc.filename or path} is gone from disk") from None
     if not os.path.lexists(path):
         raise ModelNotFound(f"{model_id!r}: {path} is gone from disk")
-    raise ModelNotFound(f"{model_id!r} is neither a .gguf file, a model folder with config.json nor a spaCy "
-                        f"pipeline folder")
+    if path.is_file():
+        raise ModelNotFound(f"{model_id!r} is a file but not a .gguf model")
+    raise ModelNotFound(f"{model_id!r} is none of: {', '.join(f.what for f in model_formats())}")
 
 
 def _inside(path: Path, folder: Path) -> bool:

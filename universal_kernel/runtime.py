@@ -16,7 +16,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .backends import GenerationParams, choose_backend, context_bytes, create_backend
+from .backends import (
+    GenerationParams, choose_backend, context_bytes, create_backend, import_library, precision_status,
+    prompt_reuse_status,
+)
 from .cache import LoadedModel, ModelCache
 from .config import RuntimeConfig
 from .devices import memory_report
@@ -45,32 +48,6 @@ class TaskContext:
     inputs: dict
 
 
-def _import_backend_library(backend: str, device: str = "auto") -> None:
-    """Import a backend's library (and start CUDA for a GPU load) before its first load is measured:
-    one-time costs of the process (about 200 MB of RSS for torch and transformers, a few hundred MB of
-    GPU memory for a CUDA context), not the footprint of the model being loaded."""
-    try:
-        if backend == "llama_cpp":
-            from .backends.llama_cpp import llama_library
-
-            llama_library()
-        elif backend == "spacy":
-            import spacy  # noqa: F401
-        elif backend in ("rapidocr", "onnx"):
-            import onnxruntime  # noqa: F401  (an "onnx" load imports torch only when it must export)
-        else:
-            import torch
-            import transformers  # noqa: F401
-
-            from .devices import pick_device
-
-            chosen = pick_device(device)
-            if chosen.kind == "cuda":
-                torch.zeros(1, device=chosen.torch_name)  # creates the context once; a no-op later
-    except Exception:
-        pass  # the load itself reports a missing library or device
-
-
 def _open_embedding_store(config: RuntimeConfig):
     """The embedding cache on disk, or None (turned off, or its folder cannot be used: said once)."""
     from .tasks.embedding_store import open_store
@@ -83,35 +60,6 @@ def _open_embedding_store(config: RuntimeConfig):
         warnings.warn(f"the embedding cache in {config.embedding_cache_folder} cannot be used "
                       f"({type(exc).__name__}: {exc}); embeddings are kept in memory only", RuntimeWarning)
         return None
-
-
-#: llama.cpp's `general.file_type` values: how a GGUF file's weights are stored
-_GGUF_FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
-                    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
-                    17: "Q5_K_M", 18: "Q6_K", 32: "BF16"}
-
-
-def _precision_status(entry) -> dict:
-    """What precision a model runs in, and why (encoders choose it per device: precision.py)."""
-    precision = getattr(entry.backend, "precision", None)
-    if precision is not None and hasattr(precision, "reason"):
-        return {"precision": precision.name, "precision_reason": precision.reason}
-    spec = entry.spec
-    if spec.format == "gguf" and entry.backend_name == "llama_cpp":
-        stored = _GGUF_FILE_TYPES.get(spec.metadata.get("general.file_type"))
-        return {"precision": stored, "precision_reason": "as the GGUF file stores its weights" if stored else None}
-    return {"precision": None, "precision_reason": None}
-
-
-def _prompt_reuse_status(entry) -> dict:
-    """How much of a slot's last prompt a new prompt may reuse (llama_batch.py); only batching backends."""
-    batch = getattr(entry.backend, "batch", None)
-    if batch is None:
-        return {}
-    if batch.small_rows:
-        return {"prompt_reuse": f"any prefix of prompts under {batch.small_rows} tokens, "
-                                f"else whole batches of {batch.chunk}"}
-    return {"prompt_reuse": f"whole batches of {batch.chunk} tokens"}
 
 
 class Runtime(TaskMethods):
@@ -132,7 +80,7 @@ class Runtime(TaskMethods):
             queue_length=self.config.queue_length,
             clock=clock,
             reaper=reaper,
-            prepare=lambda backend: _import_backend_library(backend, self.config.device),
+            prepare=lambda backend: import_library(backend, self.config.device),
             finished=lambda stats: self._notify("finished", stats),
             context_bytes=lambda spec, backend, options: context_bytes(spec, backend, self.config, options),
         )
@@ -379,7 +327,7 @@ class Runtime(TaskMethods):
             # what serves it: an "onnx" load that ONNX Runtime refused runs on torch (precision_reason says why)
             "engine": getattr(entry.backend, "name", entry.backend_name),
             "device": getattr(entry.backend, "device", "cpu"),
-            **_precision_status(entry),
+            **precision_status(entry),
             "task": entry.spec.task,
             "tasks": tasks_of(entry.spec),
             "format": entry.spec.format,
@@ -400,7 +348,7 @@ class Runtime(TaskMethods):
             "running": entry.worker.running is not None,
             "sequences": len(entry.worker.active),  # requests running now (generations decoded together)
             "parallel": entry.worker.slots,  # how many may run at once
-            **_prompt_reuse_status(entry),
+            **prompt_reuse_status(entry),
             "figures": entry.figures.summary(),
         }
 

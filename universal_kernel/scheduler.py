@@ -2,7 +2,7 @@
 
 A llama.cpp context is not thread-safe, and a CPU runs one model's matmuls best alone, so each
 model has a single thread that owns its backend. Most models run one request at a time
-(`ModelWorker`); a backend that decodes generations together (llama.cpp: `backend.batch`) gets a
+(`ModelWorker`); a backend declared to decode a model's generations together (`backends.batches`) gets a
 `BatchingWorker`, which runs up to `backend.parallel` generations at once and lets a new one join
 at the next step. Readers get the results through a `sink`, which is a plain queue for the kernel
 and an asyncio bridge for the server.
@@ -304,10 +304,11 @@ class BatchingWorker(ModelWorker):
                 self._end(request, self._succeed(request, outcome))
 
 
-def make_worker(name: str, backend, *, queue_length: int, on_done: Callable[[Request], None],
+def make_worker(name: str, backend, *, batching: bool, queue_length: int, on_done: Callable[[Request], None],
                 on_finished: Callable[[Request], None] = lambda request: None,
                 on_death: Callable[[ModelWorker, BaseException], None] = lambda worker, exc: None) -> ModelWorker:
-    """A batching worker for a backend that decodes generations together, else a one-at-a-time worker."""
-    kind = BatchingWorker if getattr(backend, "batch", None) is not None else ModelWorker
+    """A batching worker for a backend that decodes this model's generations together (as its declaration
+    says: `backends.batches`), else a one-at-a-time worker."""
+    kind = BatchingWorker if batching else ModelWorker
     return kind(name, backend, queue_length=queue_length, on_done=on_done, on_finished=on_finished,
                 on_death=on_death)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from ..errors import InvalidRequest, WrongTask
-from ..references import ModelSpec
+
+if TYPE_CHECKING:
+    from ..references import ModelSpec
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -118,6 +120,15 @@ class Backend(ABC):
     @abstractmethod
     def close(self) -> None:
         """Free everything the model holds."""
+
+
+def shared_prefix_length(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two token lists share."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
 
 
 class StopMatcher:

@@ -13,25 +13,17 @@ repacked buffers that AVX2 and AVX-512 CPUs use stay on.
 from __future__ import annotations
 
 from ..machine import cpu_has_amx
+from .llama_internals import use_plain_cpu_buffers, wrap_model_default_params
 
 
 def keep_weights_out_of_amx_buffers(llama_cpp) -> None:
     """Wrap `llama_model_default_params` of the `llama_cpp` package (once per process)."""
-    low_level = llama_cpp.llama_cpp
-    original = low_level.llama_model_default_params
-    if getattr(original, "universal_kernel_wrapped", False):
-        return
+    wrap_model_default_params(llama_cpp, _plain_buffers_under_amx)
 
-    def llama_model_default_params():
-        params = original()
-        if cpu_has_amx() and hasattr(params, "use_extra_bufts"):
-            params.use_extra_bufts = False
-        return params
 
-    llama_model_default_params.universal_kernel_wrapped = True
-    llama_model_default_params.original = original
-    low_level.llama_model_default_params = llama_model_default_params
-    llama_cpp.llama_model_default_params = llama_model_default_params
+def _plain_buffers_under_amx(model_params) -> None:
+    if cpu_has_amx():  # read at each load: tests set the CPU's flags both ways
+        use_plain_cpu_buffers(model_params)
 
 
 #: `python -c LLAMA_SERVER --config_file ...`: llama-cpp-python's own OpenAI server (a peer in tests and

@@ -15,48 +15,19 @@ same kernel (llama_shapes.py). With one unified cache shared by the sequences, t
 summed each row over cells of other sequences in other groupings, and 5 of 8 greedy texts of SmolLM2
 changed within 48 tokens (Zen 1).
 
-Private llama-cpp-python APIs used (0.3.x): `Llama._ctx`, `Llama._model`, `Llama.context_params`,
-`Llama.n_batch`, `_internals.LlamaContext` (to rebuild the context with `n_seq_max`), `_internals.LlamaSampler`
-(its `add_*` methods and `.sampler`), `LlamaGrammar` through `LlamaSampler.add_grammar`.
+Every call below llama-cpp-python's public `Llama` methods goes through llama_internals.py.
 """
 
 from __future__ import annotations
 
 import codecs
-import ctypes
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .base import StopMatcher
+from .base import StopMatcher, shared_prefix_length
+from .llama_internals import RawContext
 from .llama_shapes import may_share, small_rows
-
-
-def shared_prefix_length(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
-
-
-def multi_sequence_context(llm, llama_cpp, parallel: int, n_ctx_seq: int) -> None:
-    """Replace `llm`'s context by one with a KV stream of `n_ctx_seq` cells for each of `parallel` sequences.
-
-    `Llama` builds a one-sequence context and takes no `n_seq_max`; the new context has its very
-    parameters otherwise (threads, batch sizes, flash attention, offload)."""
-    from llama_cpp import _internals
-
-    params = type(llm.context_params).from_buffer_copy(llm.context_params)
-    params.n_ctx = n_ctx_seq * parallel
-    params.n_seq_max = parallel
-    params.kv_unified = False
-    llm._ctx.close()  # its KV cache goes before the new one is allocated
-    llm._ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
-    llm.context_params = params
-    if llama_cpp.llama_n_ctx_seq(llm._ctx.ctx) < n_ctx_seq:
-        raise ValueError(f"llama.cpp gave each sequence {llama_cpp.llama_n_ctx_seq(llm._ctx.ctx)} cells, "
-                         f"not {n_ctx_seq}")
 
 
 @dataclass(eq=False)
@@ -94,7 +65,7 @@ class Sequence:
     slot: Slot
     prompt: list[int]
     max_tokens: int
-    sampler: object  # _internals.LlamaSampler
+    sampler: object  # a sampler chain (llama_internals.RawContext.sampler)
     stops: StopMatcher
     emit: Callable[[str], None]
     cancelled: Callable[[], bool]
@@ -112,17 +83,15 @@ class DecodeBatch:
 
     def __init__(self, llm, llama_cpp, parallel: int, n_ctx_seq: int, last_n_tokens: int = 64):
         self.llm = llm
-        self.lib = llama_cpp
+        self.raw = RawContext(llm, llama_cpp)
         self.n_ctx_seq = n_ctx_seq
         self.slots = [Slot(i) for i in range(parallel)]
         self.active: list[Sequence] = []
         self.last_n_tokens = last_n_tokens  # the penalties' window, as llama-cpp-python's
         self.chunk = llm.n_batch
-        self._batch = llama_cpp.llama_batch_init(max(self.chunk, parallel), 0, 1)
-        self._vocab = llm._model.vocab
-        self._n_vocab = llm.n_vocab()
+        self._batch = self.raw.new_batch(max(self.chunk, parallel))
         self._pieces: dict[int, bytes] = {}
-        self.n_ubatch = min(llm.context_params.n_ubatch, self.chunk)  # llama.cpp caps it at n_batch too
+        self.n_ubatch = min(self.raw.n_ubatch, self.chunk)  # llama.cpp caps it at n_batch too
         #: below this many rows of one sequence, every micro-batch computes the same numbers (llama_shapes.py)
         self.small_rows = small_rows(self)
 
@@ -170,8 +139,7 @@ class DecodeBatch:
 
     def forget(self, slot: Slot, keep: int) -> None:
         """Remove the stream's cells from position `keep` on."""
-        memory = self.lib.llama_get_memory(self.llm._ctx.ctx)
-        self.lib.llama_memory_seq_rm(memory, slot.seq_id, keep, -1)
+        self.raw.forget(slot.seq_id, keep)
         del slot.held[keep:]
 
     def release(self, slot: Slot, decoded_prompt: list[int] | None) -> None:
@@ -182,25 +150,14 @@ class DecodeBatch:
         if not slot.held_small:
             keep = keep // self.chunk * self.chunk
         slot.held = list((decoded_prompt or [])[:keep])
-        memory = self.lib.llama_get_memory(self.llm._ctx.ctx)
-        self.lib.llama_memory_seq_rm(memory, slot.seq_id, keep, -1)
+        self.raw.forget(slot.seq_id, keep)
         slot.busy = False
         slot.last_used = time.monotonic()
 
     # Decoding -------------------------------------------------------------------------------
     def decode(self, rows: list[tuple[int, int, int, bool]]) -> None:
         """One `llama_decode` of rows (token, position, seq_id, wants logits)."""
-        batch = self._batch
-        batch.n_tokens = len(rows)
-        for i, (token, pos, seq_id, logits) in enumerate(rows):
-            batch.token[i] = token
-            batch.pos[i] = pos
-            batch.seq_id[i][0] = seq_id
-            batch.n_seq_id[i] = 1
-            batch.logits[i] = logits
-        code = self.lib.llama_decode(self.llm._ctx.ctx, batch)
-        if code != 0:
-            raise RuntimeError(f"llama_decode returned {code}")
+        self._batch.decode(rows)
 
     def decode_chunk(self, seq_id: int, tokens: list[int], start: int, logits_all: bool = False) -> None:
         """Decode `tokens` at positions from `start` in `seq_id`, alone, in `n_batch` chunks as `Llama.eval`
@@ -212,24 +169,7 @@ class DecodeBatch:
 
     def sampler(self, settings: SamplingSettings):
         """The sampler chain llama-cpp-python's `Llama._init_sampler` builds for these settings."""
-        from llama_cpp import _internals
-
-        chain = _internals.LlamaSampler()
-        chain.add_penalties(n_vocab=self._n_vocab, penalty_last_n=self.last_n_tokens,
-                            penalty_repeat=settings.repeat_penalty, penalty_freq=settings.frequency_penalty,
-                            penalty_present=settings.presence_penalty)
-        if settings.grammar is not None:
-            chain.add_grammar(self.llm._model, settings.grammar)
-        if settings.temperature == 0.0:
-            chain.add_greedy()
-        else:
-            chain.add_top_k(settings.top_k)
-            chain.add_typical(1.0, 1)
-            chain.add_top_p(settings.top_p, 1)
-            chain.add_min_p(settings.min_p, 1)
-            chain.add_temp(settings.temperature)
-            chain.add_dist(settings.seed)
-        return chain
+        return self.raw.sampler(settings, self.last_n_tokens)
 
     def begin(self, tokens: list[int], max_tokens: int, settings: SamplingSettings, stops: list[str],
               emit: Callable[[str], None], cancelled: Callable[[], bool]) -> Sequence:
@@ -304,8 +244,8 @@ class DecodeBatch:
         return joined
 
     def _sample(self, sequence: Sequence, row: int) -> None:
-        token = self.lib.llama_sampler_sample(sequence.sampler.sampler, self.llm._ctx.ctx, row)
-        if self.lib.llama_vocab_is_eog(self._vocab, token):
+        token = self.raw.sample(sequence.sampler, row)
+        if self.raw.ends_generation(token):
             sequence.finish = "stop"
             self._flush(sequence)
             return
@@ -325,14 +265,7 @@ class DecodeBatch:
         """A token's bytes as llama-cpp-python's detokenize gives them (special tokens as nothing)."""
         piece = self._pieces.get(token)
         if piece is None:
-            size = 64
-            while True:
-                buffer = ctypes.create_string_buffer(size)
-                n = self.lib.llama_token_to_piece(self._vocab, token, buffer, size, 0, False)
-                if n <= size:
-                    break
-                size = n
-            piece = self._pieces[token] = buffer.raw[:max(n, 0)]
+            piece = self._pieces[token] = self.raw.piece(token)
         return piece
 
     @staticmethod
@@ -352,6 +285,4 @@ class DecodeBatch:
         sequence.sampler.close()
 
     def close(self) -> None:
-        if self._batch is not None:
-            self.lib.llama_batch_free(self._batch)
-            self._batch = None
+        self._batch.close()

@@ -9,10 +9,10 @@ import numpy as np
 
 from ..errors import BackendUnavailable, GenerationFailed, InvalidRequest, LoadFailed, RuntimeFailure
 from ..references import ModelSpec
+from . import llama_internals as internals
 from .base import Backend, Emit, GenerationOutcome, GenerationParams, IsCancelled
-from .llama_batch import (  # noqa: F401 - shared_prefix_length is imported from here by others
-    DecodeBatch, SamplingSettings, Sequence, Slot, multi_sequence_context, shared_prefix_length,
-)
+from .llama_batch import DecodeBatch, SamplingSettings, Sequence, Slot
+from .zero_shot import LabelScorer, classification_messages, log_softmax
 
 
 def llama_library():
@@ -28,7 +28,6 @@ def llama_library():
 
     keep_weights_out_of_amx_buffers(llama_cpp)
     return llama_cpp
-
 
 
 def default_context(spec: ModelSpec) -> int:
@@ -58,45 +57,6 @@ def kv_cache_bytes(spec: ModelSpec, cells: int) -> int:
 _RANDOM_SEED = 0xFFFFFFFF
 
 
-def classification_messages(text: str, labels: list[str]) -> list[dict]:
-    """The chat that asks a generation model to pick one label for `text`.
-
-    Both backends ask in these very words, so that their label probabilities are comparable.
-    """
-    return [
-        {"role": "system",
-         "content": f"Classify the text. Answer with exactly one of these labels: {', '.join(labels)}."},
-        {"role": "user", "content": text},
-    ]
-
-
-def checked_labels(labels: list[str]) -> list[str]:
-    """The labels of a zero-shot request, refused when there are none, when one is empty or repeated."""
-    if isinstance(labels, str) or not labels:
-        raise InvalidRequest("give at least one label", param="labels")
-    labels = list(labels)
-    if not all(isinstance(label, str) and label.strip() for label in labels):
-        raise InvalidRequest("every label must be a non-empty string", param="labels")
-    if len(set(labels)) != len(labels):
-        raise InvalidRequest("the labels must differ from one another", param="labels")
-    return labels
-
-
-def label_probabilities(labels: list[str], logprobs: list[float]) -> dict[str, float]:
-    """Softmax over each label's total log-probability: {label: probability}, best first (ties in label order)."""
-    totals = np.asarray(logprobs, dtype=np.float64)
-    weights = np.exp(totals - totals.max())
-    probabilities = weights / weights.sum()
-    order = sorted(range(len(labels)), key=lambda i: -probabilities[i])
-    return {labels[i]: float(probabilities[i]) for i in order}
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    logits = np.asarray(logits, dtype=np.float64)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
 def sampler_seed(seed: int | None) -> int:
     """The uint32 seed llama.cpp's sampler gets: the request's own, or a fresh random one.
 
@@ -113,23 +73,22 @@ def sampler_seed(seed: int | None) -> int:
 def json_or_text_gbnf(schema: dict) -> str:
     """A GBNF grammar for either one JSON value of `schema` or text whose first character is neither
     `{` nor white space (how a tool call with tool_choice auto is left to the model)."""
-    from llama_cpp import llama_grammar
-
     rule = "uk-json-or-text-object"
-    gbnf = llama_grammar.json_schema_to_gbnf(json.dumps(schema))
+    gbnf = internals.json_schema_gbnf(json.dumps(schema))
     lines = [f"{rule} ::={line[len('root ::='):]}" if line.startswith("root ::=") else line
              for line in gbnf.splitlines()]
     return "\n".join([f"root ::= {rule} | uk-free-text", 'uk-free-text ::= [^{ \\t\\n\\r] [^\\x00]*', *lines])
 
 
-class LlamaCppBackend(Backend):
+class LlamaCppBackend(LabelScorer, Backend):
     name = "llama_cpp"
+    limit_holder = "the context"
 
     def __init__(self, spec: ModelSpec, *, threads: int, device: str = "auto", n_ctx: int | None = None,
                  parallel: int = 1):
         super().__init__(spec)
         llama_cpp = llama_library()
-        gpu = device != "cpu" and bool(llama_cpp.llama_supports_gpu_offload())
+        gpu = device != "cpu" and internals.supports_gpu_offload(llama_cpp)
         self.device = "gpu" if gpu else "cpu"
         #: the context of one request (each of the `parallel` sequences has this many cells)
         self.n_ctx = n_ctx or default_context(spec)
@@ -139,7 +98,7 @@ class LlamaCppBackend(Backend):
         try:
             self.llm = llama_cpp.Llama(**self.library_settings(), embedding=not generates, verbose=False)
             if generates:
-                multi_sequence_context(self.llm, llama_cpp, self.parallel, self.n_ctx)
+                internals.rebuild_context(self.llm, llama_cpp, self.parallel, self.n_ctx)
         except Exception as exc:  # llama.cpp reports a bad file as a bare ValueError
             llm = getattr(self, "llm", None)
             if llm is not None:
@@ -147,8 +106,7 @@ class LlamaCppBackend(Backend):
             raise LoadFailed(f"llama.cpp could not load {spec.id!r}: {exc}") from None
         #: the generations running together (llama_batch.py); None for an embedding model
         self.batch = DecodeBatch(self.llm, llama_cpp, self.parallel, self.n_ctx) if generates else None
-        self._formatter = self._chat_formatter(llama_cpp)
-        self._llama_cpp = llama_cpp
+        self._formatter = self._chat_formatter()
 
     def library_settings(self) -> dict:
         """The `llama_cpp.Llama` arguments of one sequence of this model: raw llama-cpp-python built with them
@@ -158,19 +116,18 @@ class LlamaCppBackend(Backend):
                 "n_threads_batch": self._threads, "n_gpu_layers": -1 if self.device == "gpu" else 0,
                 "flash_attn": self.spec.task != "embed"}
 
-    def _chat_formatter(self, llama_cpp):
+    @property
+    def token_limit(self) -> int:
+        return self.n_ctx
+
+    def _chat_formatter(self):
         template = self.llm.metadata.get("tokenizer.chat_template")
         if not template:
             return None
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        def token_text(token_id: int) -> str:
-            return self.llm._model.token_get_text(token_id) if token_id != -1 else ""
-
-        return Jinja2ChatFormatter(
-            template=template,
-            eos_token=token_text(self.llm.token_eos()),
-            bos_token=token_text(self.llm.token_bos()),
+        return internals.chat_formatter(
+            template,
+            eos_token=internals.token_text(self.llm, self.llm.token_eos()),
+            bos_token=internals.token_text(self.llm, self.llm.token_bos()),
             stop_token_ids=[self.llm.token_eos()],
         )
 
@@ -186,7 +143,7 @@ class LlamaCppBackend(Backend):
         """The chat prompt `classify_labels` scores the labels after: the assistant turn is opened."""
         return self.chat_prompt(classification_messages(text, labels))[0]
 
-    def _tokens(self, text: str) -> list[int]:
+    def prompt_tokens(self, text: str) -> list[int]:
         """A prompt's tokens as `generate` makes them (BOS as the model says, special tokens parsed)."""
         try:
             encoded = text.encode("utf-8")
@@ -194,37 +151,12 @@ class LlamaCppBackend(Backend):
             raise InvalidRequest("the input is not valid Unicode (a lone surrogate?)", param="input") from None
         return self.llm.tokenize(encoded, add_bos=True, special=True)
 
-    def _label_tokens(self, text: str, labels: list[str], *, truncate: bool):
-        """The prompt's tokens and each label's as the model would generate it after that prompt.
+    def text_tokens(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
-        A label is tokenised together with the prompt and its tokens are the tail: the prompt's last
-        token and the label's first can merge differently than each alone. Returns (prompt tokens,
-        tokens shared by the prompt and every prompt+label, each label's tokens after those).
-        With `truncate`, a text too long for the context is cut from its end until all fits.
-        """
-        while True:
-            prompt = self.classification_prompt(text, labels)
-            prompt_tokens = self._tokens(prompt)
-            joined = [self._tokens(prompt + label) for label in labels]
-            shared = min(shared_prefix_length(prompt_tokens, tokens) for tokens in joined)
-            needed = max(len(tokens) for tokens in joined)
-            excess = needed - self.n_ctx
-            if excess <= 0:
-                label_tokens = [tokens[shared:] for tokens in joined]
-                if not all(label_tokens):
-                    raise InvalidRequest("a label adds no token to the prompt", param="labels")
-                return prompt_tokens, prompt_tokens[:shared], label_tokens
-            text_tokens = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) if text else []
-            if not truncate or not text_tokens:
-                if not text_tokens:
-                    raise InvalidRequest(f"the labels alone need {needed} tokens; the context holds {self.n_ctx}",
-                                         param="labels")
-                raise InvalidRequest(f"an input needs {needed} tokens with its prompt and longest label; "
-                                     f"the context holds {self.n_ctx} (truncate cuts it to fit)", param="input")
-            kept = text_tokens[: max(len(text_tokens) - excess, 0)]
-            # A cut through a character leaves an incomplete UTF-8 sequence at the end: dropped.
-            shorter = self.llm.detokenize(kept).decode("utf-8", errors="ignore") if kept else ""
-            text = shorter if len(shorter) < len(text) else text[:-1]  # always shorter: the loop ends
+    def text_of(self, tokens: list[int]) -> str:
+        # A cut through a character leaves an incomplete UTF-8 sequence at the end: dropped.
+        return self.llm.detokenize(tokens).decode("utf-8", errors="ignore")
 
     def _decode_with_logits(self, tokens: list[int], n_past: int, seq_id: int) -> None:
         """Decode `tokens` of sequence `seq_id` from position `n_past` in `n_batch` chunks, as `Llama.eval`
@@ -239,51 +171,40 @@ class LlamaCppBackend(Backend):
 
     def _next_token_logprobs(self, index: int) -> np.ndarray:
         """Log-probabilities of the next token after the `index`-th token of the last decoded batch."""
-        logits = self._llama_cpp.llama_get_logits_ith(self.llm._ctx.ctx, index)
-        return log_softmax(np.ctypeslib.as_array(logits, shape=(self.llm.n_vocab(),)))
+        return log_softmax(self.batch.raw.logits(index))
 
-    def classify_labels(self, texts: list[str], labels: list[str], *,
-                        truncate: bool = False) -> tuple[list[dict[str, float]], int]:
-        """Each label's probability as the answer of the chat in `classification_messages`.
+    def score_continuations(self, shared: list[int], continuations: list[list[int]]) -> list[float]:
+        """Each label's total log-probability after the prompt `shared` (zero_shot.py).
 
-        A label's score is the sum of its tokens' log-probabilities after the prompt (teacher
-        forcing); the softmax over the labels is the exact distribution of a decode constrained to
-        the labels. The prompt is decoded once per text in a free slot, in the chunks in which a
-        generation decodes a prompt (so that the slot's whole chunks stay reusable); each label is
-        then decoded from the prompt's end and its KV cells removed again, so every label sees only
-        the prompt. The worker runs this while no generation runs (scheduler.BatchingWorker).
+        The prompt is decoded once in a free slot, in the chunks in which a generation decodes a prompt (so
+        that the slot's whole chunks stay reusable); each label is then decoded from the prompt's end and
+        its KV cells removed again, so every label sees only the prompt. The worker runs this while no
+        generation runs (scheduler.BatchingWorker).
         """
-        labels = checked_labels(labels)
         chunk = self.llm.n_batch
-        results: list[dict[str, float]] = []
-        prompt_token_count = 0
-        for text in texts:
-            prompt_tokens, shared, continuations = self._label_tokens(text, labels, truncate=truncate)
-            prompt_token_count += len(prompt_tokens)
-            slot, kept = self.batch.claim(shared)
-            decoded = shared[:kept]
-            try:
-                self._decode_with_logits(shared[kept:], kept, slot.seq_id)
-                decoded = shared
-                after_prompt = self._next_token_logprobs(-1)
-                totals = []
-                for tokens in continuations:
-                    # The whole label is decoded (its last row unused), as a teacher-forced pass over
-                    # prompt+label decodes it: the same batch shapes give the same numbers.
-                    total = float(after_prompt[tokens[0]])
-                    for start in range(0, len(tokens), chunk):
-                        batch = tokens[start:start + chunk]
-                        self._decode_with_logits(batch, len(shared) + start, slot.seq_id)
-                        for i in range(min(len(batch), len(tokens) - 1 - start)):
-                            total += float(self._next_token_logprobs(i)[tokens[start + i + 1]])
-                    self.batch.forget(slot, len(shared))
-                    totals.append(total)
-            except Exception as exc:
-                raise GenerationFailed(f"llama.cpp failed while scoring labels: {exc}") from exc
-            finally:
-                self.batch.release(slot, decoded)  # the slot keeps the prompt's whole chunks, never a label
-            results.append(label_probabilities(labels, totals))
-        return results, prompt_token_count
+        slot, kept = self.batch.claim(shared)
+        decoded = shared[:kept]
+        try:
+            self._decode_with_logits(shared[kept:], kept, slot.seq_id)
+            decoded = shared
+            after_prompt = self._next_token_logprobs(-1)
+            totals = []
+            for tokens in continuations:
+                # The whole label is decoded (its last row unused), as a teacher-forced pass over
+                # prompt+label decodes it: the same batch shapes give the same numbers.
+                total = float(after_prompt[tokens[0]])
+                for start in range(0, len(tokens), chunk):
+                    batch = tokens[start:start + chunk]
+                    self._decode_with_logits(batch, len(shared) + start, slot.seq_id)
+                    for i in range(min(len(batch), len(tokens) - 1 - start)):
+                        total += float(self._next_token_logprobs(i)[tokens[start + i + 1]])
+                self.batch.forget(slot, len(shared))
+                totals.append(total)
+            return totals
+        except Exception as exc:
+            raise GenerationFailed(f"llama.cpp failed while scoring labels: {exc}") from exc
+        finally:
+            self.batch.release(slot, decoded)  # the slot keeps the prompt's whole chunks, never a label
 
     def count_tokens(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)) if text else 0
@@ -291,16 +212,12 @@ class LlamaCppBackend(Backend):
     def _grammar(self, response_format: dict | None):
         if not response_format or response_format.get("type") == "text":
             return None
-        from llama_cpp import llama_grammar
-
         try:
             if response_format["type"] == "json_schema":
-                schema = response_format.get("schema") or {}
-                return llama_grammar.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+                return internals.grammar_from_json_schema(json.dumps(response_format.get("schema") or {}))
             if response_format["type"] == "json_schema_or_text":
-                return llama_grammar.LlamaGrammar.from_string(
-                    json_or_text_gbnf(response_format.get("schema") or {}), verbose=False)
-            return llama_grammar.LlamaGrammar.from_string(llama_grammar.JSON_GBNF, verbose=False)
+                return internals.grammar_from_gbnf(json_or_text_gbnf(response_format.get("schema") or {}))
+            return internals.json_grammar()
         except Exception as exc:
             raise InvalidRequest(f"cannot build a grammar from response_format: {exc}",
                                  param="response_format") from None

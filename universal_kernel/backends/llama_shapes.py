@@ -35,10 +35,7 @@ def small_rows(batch) -> int:
     """`SMALL_ROWS` if a sequence's last row gives the same logits from micro-batches of 1, 2 and
     `SMALL_ROWS - 1` rows on this machine, else 0. Uses slot 0 of `batch`'s fresh context; one check per
     model file and settings in a process (about `SMALL_ROWS` tokens of prefill)."""
-    llm = batch.llm
-    params = llm.context_params
-    flash_attention = getattr(params, "flash_attn_type", getattr(params, "flash_attn", None))
-    key = (llm.model_path, params.n_threads, params.n_ubatch, flash_attention, llm.model_params.n_gpu_layers)
+    key = batch.raw.settings_key()
     if key not in _checked:
         _checked[key] = SMALL_ROWS if _same_logits(batch, SMALL_ROWS - 1) else 0
     return _checked[key]
@@ -47,26 +44,20 @@ def small_rows(batch) -> int:
 def _same_logits(batch, n: int) -> bool:
     import numpy as np
 
-    lib, ctx = batch.lib, batch.llm._ctx.ctx
+    raw = batch.raw
     tokens = batch.llm.tokenize(_PROBE * (1 + n // 16), add_bos=True, special=False)[:n]
-    memory = lib.llama_get_memory(ctx)
-    n_vocab = batch.llm.n_vocab()
-
-    def last_logits() -> np.ndarray:
-        return np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, -1), shape=(n_vocab,)).copy()
-
     try:
-        lib.llama_memory_seq_rm(memory, 0, 0, -1)
+        raw.forget(0, 0)
         batch.decode([(t, i, 0, i == n - 1) for i, t in enumerate(tokens)])
-        whole = last_logits()
+        whole = raw.logits(-1).copy()
         same = True
         for tail in (1, 2):  # odd and even counts: some kernels take rows in pairs
-            lib.llama_memory_seq_rm(memory, 0, n - tail, -1)
+            raw.forget(0, n - tail)
             batch.decode([(t, n - tail + i, 0, i == tail - 1) for i, t in enumerate(tokens[n - tail:])])
-            same = same and np.array_equal(whole, last_logits())
+            same = same and np.array_equal(whole, raw.logits(-1))
         return same
     finally:
-        lib.llama_memory_seq_rm(memory, 0, 0, -1)
+        raw.forget(0, 0)
 
 
 def may_share(sizes: list[int], small: int, n_ubatch: int) -> bool:

@@ -17,9 +17,8 @@ from ..devices import Device, torch_dtype
 from ..errors import BackendUnavailable, GenerationFailed, InvalidRequest, LoadFailed
 from ..references import ModelSpec
 from .base import Backend, Emit, GenerationOutcome, GenerationParams, IsCancelled, StopMatcher
-# One wording and one scoring for zero-shot labels on both backends, so that they are comparable.
-from .llama_cpp import checked_labels, classification_messages, label_probabilities, shared_prefix_length
 from .transformers_logprobs import score_text
+from .zero_shot import LabelScorer, classification_messages
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +88,7 @@ def keep_converted(model, tokenizer, folder: Path) -> bool:
         return False
 
 
-class TransformersLMBackend(Backend):
+class TransformersLMBackend(LabelScorer, Backend):
     name = "transformers"
 
     def __init__(self, spec: ModelSpec, *, device: Device, threads: int, convert_cache: Path | None = None):
@@ -148,7 +147,7 @@ class TransformersLMBackend(Backend):
         return self.tokenizer.apply_chat_template(classification_messages(text, labels),
                                                   add_generation_prompt=True, tokenize=False)
 
-    def _tokens(self, text: str) -> list[int]:
+    def prompt_tokens(self, text: str) -> list[int]:
         """A chat prompt's tokens as `generate` makes them (the template wrote the special tokens)."""
         try:
             text.encode("utf-8")
@@ -156,37 +155,16 @@ class TransformersLMBackend(Backend):
             raise InvalidRequest("the input is not valid Unicode (a lone surrogate?)", param="input") from None
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _label_tokens(self, text: str, labels: list[str], *, truncate: bool):
-        """(prompt tokens, tokens shared by the prompt and every prompt+label, each label's tokens after those).
+    def text_tokens(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-        As in the llama_cpp backend: a label is tokenised together with the prompt and its tokens
-        are the tail, as the model would generate them; with `truncate` a text too long for the
-        model is cut from its end until all fits.
-        """
+    def text_of(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens).rstrip("\ufffd")  # no half character
+
+    @property
+    def token_limit(self) -> int | None:
         limit = getattr(self.model.config, "max_position_embeddings", None)
-        limit = limit if isinstance(limit, int) and limit > 0 else None
-        while True:
-            prompt = self.classification_prompt(text, labels)
-            prompt_tokens = self._tokens(prompt)
-            joined = [self._tokens(prompt + label) for label in labels]
-            shared = min(shared_prefix_length(prompt_tokens, tokens) for tokens in joined)
-            needed = max(len(tokens) for tokens in joined)
-            excess = needed - limit if limit is not None else 0
-            if excess <= 0:
-                label_tokens = [tokens[shared:] for tokens in joined]
-                if not all(label_tokens):
-                    raise InvalidRequest("a label adds no token to the prompt", param="labels")
-                return prompt_tokens, prompt_tokens[:shared], label_tokens
-            text_tokens = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-            if not text_tokens:
-                raise InvalidRequest(f"the labels alone need {needed} tokens; the model holds {limit}",
-                                     param="labels")
-            if not truncate:
-                raise InvalidRequest(f"an input needs {needed} tokens with its prompt and longest label; "
-                                     f"the model holds {limit} (truncate cuts it to fit)", param="input")
-            kept = text_tokens[: max(len(text_tokens) - excess, 0)]
-            shorter = self.tokenizer.decode(kept).rstrip("\ufffd") if kept else ""  # no half character
-            text = shorter if len(shorter) < len(text) else text[:-1]  # always shorter: the loop ends
+        return limit if isinstance(limit, int) and limit > 0 else None
 
     @property
     def _cache_argument(self) -> str:
@@ -200,52 +178,40 @@ class TransformersLMBackend(Backend):
         cache = getattr(output, "cache", None)
         return cache if cache is not None else getattr(output, "past_key_values", None)
 
-    def classify_labels(self, texts: list[str], labels: list[str], *,
-                        truncate: bool = False) -> tuple[list[dict[str, float]], int]:
-        """Each label's probability as the answer of the chat in `classification_messages`.
-
-        The same method as the llama_cpp backend's: a label's score is the sum of its tokens'
-        log-probabilities after the prompt (teacher forcing), softmaxed over the labels. The prompt
-        is run once per text; each label continues from its KV cache, cropped back to the prompt
-        after the label (a cache that cannot be cropped is rebuilt from the prompt instead).
-        """
+    def score_continuations(self, shared: list[int], continuations: list[list[int]]) -> list[float]:
+        """Each label's total log-probability after the prompt `shared` (zero_shot.py). The prompt is run once;
+        each label continues from its KV cache, cropped back to the prompt after the label (a cache that
+        cannot be cropped is rebuilt from the prompt instead)."""
         torch = self.torch
-        labels = checked_labels(labels)
         device = self.model.device
-        results: list[dict[str, float]] = []
-        prompt_token_count = 0
-        for text in texts:
-            prompt_tokens, shared, label_token_lists = self._label_tokens(text, labels, truncate=truncate)
-            prompt_token_count += len(prompt_tokens)
 
-            def run_prompt():
-                output = self.model(torch.tensor([shared], device=device), use_cache=True)
-                return self._cache_of(output), torch.log_softmax(output.logits[0, -1].float(), dim=-1)
+        def run_prompt():
+            output = self.model(torch.tensor([shared], device=device), use_cache=True)
+            return self._cache_of(output), torch.log_softmax(output.logits[0, -1].float(), dim=-1)
 
-            totals = []
-            try:
-                with torch.inference_mode():
-                    cache, after_prompt = run_prompt()
-                    for tokens in label_token_lists:
-                        total = float(after_prompt[tokens[0]])
-                        if len(tokens) > 1:
-                            if cache is None:
-                                cache, _ = run_prompt()
-                            output = self.model(torch.tensor([tokens[:-1]], device=device),
-                                                **{self._cache_argument: cache}, use_cache=True)
-                            logprobs = torch.log_softmax(output.logits[0].float(), dim=-1)
-                            following = torch.tensor(tokens[1:], device=device)
-                            total += float(logprobs.gather(1, following[:, None]).sum())
-                            # A negative crop removes that many tokens, in transformers 4 and 5 alike.
-                            if hasattr(cache, "crop") and getattr(cache, "is_croppable", True):
-                                cache.crop(-(len(tokens) - 1))
-                            else:
-                                cache = None
-                        totals.append(total)
-            except Exception as exc:
-                raise GenerationFailed(f"transformers failed while scoring labels: {exc}") from exc
-            results.append(label_probabilities(labels, totals))
-        return results, prompt_token_count
+        totals = []
+        try:
+            with torch.inference_mode():
+                cache, after_prompt = run_prompt()
+                for tokens in continuations:
+                    total = float(after_prompt[tokens[0]])
+                    if len(tokens) > 1:
+                        if cache is None:
+                            cache, _ = run_prompt()
+                        output = self.model(torch.tensor([tokens[:-1]], device=device),
+                                            **{self._cache_argument: cache}, use_cache=True)
+                        logprobs = torch.log_softmax(output.logits[0].float(), dim=-1)
+                        following = torch.tensor(tokens[1:], device=device)
+                        total += float(logprobs.gather(1, following[:, None]).sum())
+                        # A negative crop removes that many tokens, in transformers 4 and 5 alike.
+                        if hasattr(cache, "crop") and getattr(cache, "is_croppable", True):
+                            cache.crop(-(len(tokens) - 1))
+                        else:
+                            cache = None
+                    totals.append(total)
+        except Exception as exc:
+            raise GenerationFailed(f"transformers failed while scoring labels: {exc}") from exc
+        return totals
 
     def generate(self, prompt, messages, params: GenerationParams, emit: Emit,
                  cancelled: IsCancelled) -> GenerationOutcome:
