@@ -19,6 +19,8 @@ from IPython.core.error import UsageError
 
 from universal_kernel import ModelNotFound, dask_cluster
 from universal_kernel.machine import cpu_has_bf16
+from universal_kernel.row_executor import run_partition
+from universal_kernel.tasks.embed_rows import ROWS as EMBED_ROWS
 
 from .conftest import MINILM
 from .magics_support import ip, run  # noqa: F401,F811
@@ -188,7 +190,7 @@ def test_a_missing_model_is_a_clear_error_not_a_hang(ip, client, frames):
     message = str(info.value)
     assert "\n" not in message and "2 of 2 Dask workers" in message and "no-such-model" in message
     # a graph built without the check (another client's, say) fails at compute, with the runtime's error
-    lazy = frames[1].text.map_partitions(dask_cluster.embed_partition, model="no-such-model",
+    lazy = frames[1].text.map_partitions(run_partition, EMBED_ROWS, {"model": "no-such-model"},
                                          meta=pd.Series([], dtype=object))
     with pytest.raises(ModelNotFound):  # raised, not hung (the suite's timeout ends a hang)
         lazy.compute()

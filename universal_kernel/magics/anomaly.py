@@ -21,7 +21,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from .common import check_name, user_errors
-from .dask_rows import for_shell, is_dask
+from .dask_rows import is_dask, run_lazy
 from .rows import column_target, deliver, evaluate, parse, read_texts, require_pandas, store_column, warn_missing
 
 _OPTIONS_WITH_VALUE = {"--fit", "--model", "-m", "--contamination", "--column", "--backend", "--embedding-model",
@@ -75,7 +75,7 @@ def run_anomaly(runtime, shell, expr: str, args):
     pd = require_pandas()
     value = evaluate(shell, expr, "%anomaly")
     if is_dask(value):  # lazy, on the cluster: nothing is computed here
-        return for_shell(shell).anomaly(shell, expr, value, args, runtime)
+        return _score_lazily(runtime, shell, expr, value, args)
     frame = None
     if args.column:
         frame = value if isinstance(value, pd.DataFrame) else column_target(shell, expr)
@@ -121,6 +121,35 @@ def run_anomaly(runtime, shell, expr: str, args):
     return deliver(shell, series, args.out, frame is not None)
 
 
+def _score_lazily(runtime, shell, expr: str, value, args):
+    """A Dask collection's rows, scored where they are with a kept detector that travels with the graph
+    (tasks/anomaly_rows.py): read (its signature checked) here, on this kernel's runtime."""
+    from ..tasks import anomaly
+    from ..tasks.anomaly_rows import NUMBER_ROWS, TEXT_ROWS
+    from . import get_magics
+
+    if not args.model:
+        raise UsageError("%anomaly on a Dask collection scores with a kept detector: fit one on a sample "
+                         "that fits in memory (%anomaly --fit NAME sample), then %anomaly ddf --model NAME")
+    pd = require_pandas()
+    frame = None
+    if hasattr(value, "columns"):  # a DataFrame: its columns are the data
+        texts, frame = False, (value if args.column else None)
+        # a cell run again: the columns its first run wrote are its output, not data
+        value = _without_own_columns(value, args.column)
+        other = [str(c) for c, dtype in value.dtypes.items() if not pd.api.types.is_numeric_dtype(dtype)]
+        if other:
+            raise UsageError(f"%anomaly takes numeric columns; {', '.join(other)} are not: select them "
+                             f"(ddf.select_dtypes('number')) or pass one text column (ddf.text)")
+    else:
+        texts = not pd.api.types.is_numeric_dtype(value.dtype)
+    magics = get_magics(shell)
+    fitted = anomaly.load_fitted(magics.local_runtime() if magics is not None else runtime, args.model)
+    check = ("embed", fitted["detector"].get("text_model")) if texts else (None, None)
+    return run_lazy(TEXT_ROWS if texts else NUMBER_ROWS, shell, expr, value, args, {"fitted": fitted},
+                    check=check, report_model=args.model, frame=frame)
+
+
 #: `DataFrame.attrs` key: the columns that `%anomaly --column` wrote into the frame (pandas copies attrs
 #: along with the frame), so that a later run reads them as its output, never as data
 OWN_COLUMNS = "universal_kernel.anomaly_columns"
@@ -133,6 +162,6 @@ def _output_columns(column: str | None) -> list[str]:
 def _without_own_columns(frame, column: str | None):
     """`frame` without the score and flag columns of %anomaly (this run's --column NAME, and those earlier
     runs wrote): a cell run twice reads the same data columns as the first time, not its own output."""
-    own = {*frame.attrs.get(OWN_COLUMNS, ()), *_output_columns(column)}
+    own = {*getattr(frame, "attrs", {}).get(OWN_COLUMNS, ()), *_output_columns(column)}
     drop = [c for c in frame.columns if c in own]
     return frame.drop(columns=drop) if drop else frame

@@ -1,17 +1,18 @@
 """The row-wise magics on a Dask DataFrame or Series: lazy results computed on the cluster.
 
-When EXPR is a Dask collection, `%embed`, `%classify`, `%ner`, `%ocr` and `%anomaly --model NAME`
-build a lazy result with `map_partitions` (the functions in `universal_kernel.dask_cluster` run on
-the workers, one runtime per worker process) instead of computing anything here. The cluster is the
-one `%runtime use dask` chose, else the current `distributed.Client`; the workers are asked first
-whether they have the model, so a missing model is a one-line error now rather than at `.compute()`.
-With no client at all the graph still builds, and runs on whichever scheduler computes it.
+When EXPR is a Dask collection, a row magic's `RowTask` (universal_kernel/row_executor.py) becomes a lazy
+result: `map_partitions(run_partition, task, options)`, where each worker runs the task's row function on
+its own runtime (one per worker process, `dask_cluster.runtime_here`) instead of anything being computed
+here. The cluster is the one `%runtime use dask` chose, else the current `distributed.Client`; the workers
+are asked first whether they have the model, so a missing model is a one-line error now rather than at
+`.compute()`. With no client at all the graph still builds, and runs on whichever scheduler computes it.
 """
 
 from __future__ import annotations
 
 from IPython.core.error import UsageError
 
+from ..row_executor import RowTask, Rows, column_values, run_partition, table_columns
 from .rows import column_target
 
 
@@ -20,194 +21,96 @@ def is_dask(value) -> bool:
     return type(value).__module__.split(".")[0] == "dask" and hasattr(value, "map_partitions")
 
 
-class DaskRows:
-    """The Dask side of the row magics for one magics object (its `%runtime use dask` client)."""
+def run_lazy(task: RowTask, shell, expr: str, value, args, options: dict, *, check: tuple | None = None,
+             report_model: str | None = None, frame=None):
+    """`task` over a Dask collection, as a lazy result (what the magic gives; --column adds lazy columns).
 
-    def __init__(self, magics=None):
-        self.magics = magics
+    `check` is the (registry task, model) every worker must serve (default: the task's, with
+    options["model"]; a task of None needs no model), `report_model` the name the report line gives,
+    `frame` the DataFrame --column adds to when it is not the one EXPR is a column of."""
+    import dask.dataframe as dd
 
-    # Where the work goes -------------------------------------------------------------------------
-    def _prepare(self, task: str | None, model: str | None, args) -> str:
-        """Install the workers' runtimes and check the model on them (a task of None needs no model: numeric
-        anomaly scoring); a phrase saying where the work runs."""
-        if getattr(args, "server", False):
-            raise UsageError("--server does not apply to a Dask collection: it is computed on its Dask cluster")
-        from .. import dask_cluster
+    column, out = getattr(args, "column", None), getattr(args, "out", None)
+    if isinstance(value, dd.DataFrame) and task.reads != "frame":
+        raise UsageError(f"{task.magic} takes a column, not a DataFrame: use ddf.text or ddf['text']")
+    if column and frame is None:
+        frame = value if isinstance(value, dd.DataFrame) else column_target(shell, expr, dd.DataFrame, example="ddf")
+    check_task, check_model = check if check is not None else (task.task, options.get("model"))
+    magics = _magics(shell)
+    where = _prepare(magics, check_task, check_model, args)
+    _report(report_model or _model_name(magics, check_task, check_model), value, where)
 
-        client = dask_cluster.current_client(getattr(self.magics, "dask_client", None))
-        if client is None:
-            return "lazy; computed by the scheduler you compute it with"
-        dask_cluster.install(client, self._config())
-        if task is None:
-            return f"lazy on the Dask cluster at {client.scheduler.address}"
-        workers = dask_cluster.check_workers(client, task, model)
-        return f"lazy on the Dask cluster at {client.scheduler.address} ({workers} worker{'s' if workers != 1 else ''})"
-
-    @staticmethod
-    def _series(value, name: str):
-        import dask.dataframe as dd
-
-        if isinstance(value, dd.DataFrame):
-            raise UsageError(f"{name} takes a column, not a DataFrame: use ddf.text or ddf['text']")
-        return value
-
-    @staticmethod
-    def _frame(shell, expr: str):
-        """The Dask DataFrame that `--column` writes into: EXPR must be one of its columns."""
-        import dask.dataframe as dd
-
-        return column_target(shell, expr, dd.DataFrame, example="ddf")
-
-    def _config(self):
-        return self.magics.local_runtime().config if self.magics is not None else _process_config()
-
-    def _model_name(self, task: str, model: str | None) -> str:
-        """The model the workers will use: `model`, else the task's default (the workers' runtimes are
-        installed with this runtime's config), named as the eager magics name it."""
-        if model:
-            return model
-        from ..tasks import task_parts
-
-        return task_parts(task).default_model(self._config())
-
-    @staticmethod
-    def _report(model: str, value, where: str) -> None:
-        parts = value.npartitions
-        print(f"{model} \u00b7 {parts} partition{'s' if parts != 1 else ''} \u00b7 {where}: "
-              f"call .compute() (or .persist()) for the rows")
-
-    @staticmethod
-    def _deliver(shell, result, args, stored: bool):
-        if args.out:
-            shell.user_ns[args.out] = result
-        return None if (args.out or stored) else result
-
-    # The magics ----------------------------------------------------------------------------------
-    def embed(self, shell, expr: str, value, args, model: str | None):
-        import pandas as pd
-
-        from ..dask_cluster import embed_partition
-
-        series = self._series(value, "%embed")
-        frame = self._frame(shell, expr) if args.column else None
-        where = self._prepare("embed", model, args)
-        result = series.map_partitions(embed_partition, model=model, normalize=not args.no_normalize,
-                                       meta=pd.Series([], dtype=object, name=series.name))
-        self._report(self._model_name("embed", model), series, where)
-        if frame is not None:
-            frame[args.column] = result
-        return self._deliver(shell, result, args, frame is not None)
-
-    def classify(self, shell, expr: str, value, args, labels):
-        import pandas as pd
-
-        from ..dask_cluster import classify_partition
-
-        series = self._series(value, "%classify")
-        frame = self._frame(shell, expr) if args.column else None
-        where = self._prepare("classify", args.model, args)
-        meta = pd.DataFrame({"label": pd.Series([], dtype=object), "score": pd.Series([], dtype="float64")})
-        result = series.map_partitions(classify_partition, model=args.model, labels=labels,
-                                       truncate=args.truncate, meta=meta)
-        self._report(self._model_name("classify", args.model), series, where)
-        if frame is not None:
-            frame[args.column] = result["label"]
-            frame[f"{args.column}_score"] = result["score"]
-        return self._deliver(shell, result, args, frame is not None)
-
-    def ner(self, shell, expr: str, value, args):
-        import pandas as pd
-
-        from ..dask_cluster import NER_COLUMNS, ner_column_partition, ner_partition
-
-        series = self._series(value, "%ner")
-        frame = self._frame(shell, expr) if args.column else None
-        where = self._prepare("ner", args.model, args)
-        self._report(self._model_name("ner", args.model), series, where)
-        if frame is not None:
-            frame[args.column] = series.map_partitions(ner_column_partition, model=args.model,
-                                                       truncate=args.truncate,
-                                                       meta=pd.Series([], dtype=object, name=args.column))
-            return self._deliver(shell, frame[args.column], args, True)
-        meta = pd.DataFrame({"row": pd.Series([], dtype=series._meta.index.dtype),
-                             "text": pd.Series([], dtype=object), "label": pd.Series([], dtype=object),
-                             "start": pd.Series([], dtype="int64"), "end": pd.Series([], dtype="int64"),
-                             "score": pd.Series([], dtype="float64")})[NER_COLUMNS]
-        result = series.map_partitions(ner_partition, model=args.model, truncate=args.truncate, meta=meta,
-                                       clear_divisions=True)
-        return self._deliver(shell, result, args, False)
-
-    def ocr(self, shell, expr: str, value, args):
-        import pandas as pd
-
-        from ..dask_cluster import BOX_COLUMNS, ocr_boxes_partition, ocr_partition
-
-        series = self._series(value, "%ocr")
-        frame = self._frame(shell, expr) if args.column else None
-        if args.boxes and frame is not None:
-            raise UsageError("%ocr on a Dask collection: --boxes gives a long DataFrame of lines; "
-                             "--column stores texts (leave out --boxes)")
-        where = self._prepare("ocr", args.model, args)
-        self._report(self._model_name("ocr", args.model), series, where)
-        if args.boxes:
-            meta = pd.DataFrame({"row": pd.Series([], dtype=series._meta.index.dtype),
-                                 "page": pd.Series([], dtype="int64"),
-                                 **{c: pd.Series([], dtype="float64") for c in ("x1", "y1", "x2", "y2")},
-                                 "text": pd.Series([], dtype=object),
-                                 "confidence": pd.Series([], dtype="float64")})[BOX_COLUMNS]
-            result = series.map_partitions(ocr_boxes_partition, model=args.model, meta=meta, clear_divisions=True)
-        else:
-            result = series.map_partitions(ocr_partition, model=args.model,
-                                           meta=pd.Series([], dtype=object, name=series.name))
-        if frame is not None:
-            frame[args.column] = result
-        return self._deliver(shell, result, args, frame is not None)
-
-    def anomaly(self, shell, expr: str, value, args, runtime):
-        import dask.dataframe as dd
-        import pandas as pd
-
-        from ..dask_cluster import anomaly_partition
-        from ..tasks import anomaly
-
-        if not args.model:
-            raise UsageError("%anomaly on a Dask collection scores with a kept detector: fit one on a sample "
-                             "that fits in memory (%anomaly --fit NAME sample), then %anomaly ddf --model NAME")
-        if isinstance(value, dd.DataFrame):
-            texts = False
-            frame = value if args.column else None
-            # a cell run again: the columns its first run wrote are its output, not data
-            own = [c for c in (args.column, f"{args.column}_is_anomaly") if args.column and c in value.columns]
-            value = value.drop(columns=own) if own else value
-            other = [str(c) for c, dtype in value.dtypes.items() if not pd.api.types.is_numeric_dtype(dtype)]
-            if other:
-                raise UsageError(f"%anomaly takes numeric columns; {', '.join(other)} are not: select them "
-                                 f"(ddf.select_dtypes('number')) or pass one text column (ddf.text)")
-        else:
-            texts = not pd.api.types.is_numeric_dtype(value.dtype)
-            frame = self._frame(shell, expr) if args.column else None
-        # the detector is read (its signature checked) here and travels with the graph to the workers
-        local = self.magics.local_runtime() if self.magics is not None else runtime
-        fitted = anomaly.load_fitted(local, args.model)
-        detector_model = fitted["detector"].get("text_model")
-        where = self._prepare("embed", detector_model, args) if texts else self._prepare(None, None, args)
-        meta = pd.DataFrame({"anomaly_score": pd.Series([], dtype="float64"),
-                             "is_anomaly": pd.Series([], dtype=bool)})
-        scored = value.map_partitions(anomaly_partition, fitted=fitted, texts=texts, meta=meta)
-        self._report(args.model, value, where)
-        if frame is not None:
-            frame[args.column] = scored["anomaly_score"]
-            frame[f"{args.column}_is_anomaly"] = scored["is_anomaly"]
-        return self._deliver(shell, scored["anomaly_score"], args, frame is not None)
+    empty = Rows(value._meta if task.reads == "frame" else [], [], value._meta.index, value._meta.name
+                 if getattr(value._meta, "ndim", 2) == 1 else None, options)
+    if frame is not None and not task.aligned:  # a long table's --column values: one per row
+        meta = column_values(task, empty, column)
+        lazy = value.map_partitions(run_partition, task, options, column, meta=meta, token=_token(task))
+        for name, part in table_columns(lazy, column).items():
+            frame[name] = part
+        return _deliver(shell, frame[column], out, True)
+    meta = task.meta(empty) if task.meta is not None else task.table(empty)
+    lazy = value.map_partitions(run_partition, task, options, meta=meta, clear_divisions=not task.aligned,
+                                token=_token(task))
+    if frame is not None:
+        for name, part in table_columns(lazy, column).items():
+            frame[name] = part
+    result = task.lazy_result(lazy) if task.lazy_result is not None else lazy
+    return _deliver(shell, result, out, frame is not None)
 
 
-def _process_config():
+def _token(task: RowTask) -> str:
+    """The graph's key names say which task they run (`classify_partition-...` in the dashboard)."""
+    return f"{task.magic.lstrip('%')}_partition"
+
+
+# Where the work goes --------------------------------------------------------------------------------------
+def _magics(shell):
+    registry = getattr(getattr(shell, "magics_manager", None), "registry", {}) or {}
+    return registry.get("UniversalKernelMagics")
+
+
+def _config(magics):
+    if magics is not None:
+        return magics.local_runtime().config
     from ..runtime import get_runtime
 
     return get_runtime().config
 
 
-def for_shell(shell) -> DaskRows:
-    """The Dask side for the magics registered in `shell` (their `%runtime use dask` client)."""
-    registry = getattr(getattr(shell, "magics_manager", None), "registry", {}) or {}
-    return DaskRows(registry.get("UniversalKernelMagics"))
+def _prepare(magics, task: str | None, model: str | None, args) -> str:
+    """Install the workers' runtimes and check the model on them (a task of None needs no model); a phrase
+    saying where the work runs."""
+    if getattr(args, "server", False):
+        raise UsageError("--server does not apply to a Dask collection: it is computed on its Dask cluster")
+    from .. import dask_cluster
+
+    client = dask_cluster.current_client(getattr(magics, "dask_client", None))
+    if client is None:
+        return "lazy; computed by the scheduler you compute it with"
+    dask_cluster.install(client, _config(magics))
+    if task is None:
+        return f"lazy on the Dask cluster at {client.scheduler.address}"
+    workers = dask_cluster.check_workers(client, task, model)
+    return f"lazy on the Dask cluster at {client.scheduler.address} ({workers} worker{'s' if workers != 1 else ''})"
+
+
+def _model_name(magics, task: str | None, model: str | None) -> str:
+    """The model the workers will use: `model`, else the task's default (the workers' runtimes are installed
+    with this runtime's config), named as the eager magics name it."""
+    if model or task is None:
+        return model or "no model"
+    from ..tasks import task_parts
+
+    return task_parts(task).default_model(_config(magics))
+
+
+def _report(model: str, value, where: str) -> None:
+    parts = value.npartitions
+    print(f"{model} \u00b7 {parts} partition{'s' if parts != 1 else ''} \u00b7 {where}: "
+          f"call .compute() (or .persist()) for the rows")
+
+
+def _deliver(shell, result, out: str | None, stored: bool):
+    if out:
+        shell.user_ns[out] = result
+    return None if (out or stored) else result

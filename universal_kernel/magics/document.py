@@ -15,8 +15,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from .common import check_name, user_errors
-from .ocr import read_images
-from .rows import deliver, evaluate, parse
+from .rows import deliver, evaluate, is_one_item, parse
 
 _OPTIONS_WITH_VALUE = {"-m", "--model", "--out"}
 _FLAGS = {"--server", "--tables"}
@@ -52,12 +51,11 @@ def source_of(shell, expr: str):
 def run_document(runtime, shell, expr: str, args):
     check_name("--out", args.out)
     value = source_of(shell, expr)
-    items, _, one = read_images(value)
-    if not one:
+    if not is_one_item(value):
         raise UsageError(f"%document takes one document (a path, bytes, a PIL image or an array), not a "
                          f"{type(value).__name__}; for several, call rt.document([...])")
     started = time.perf_counter()
-    document = runtime.document(items[0], args.model)
+    document = runtime.document(value, args.model)
     seconds = time.perf_counter() - started
     where = f" ({runtime.where})" if runtime.where != "local" else ""
     print(f"{args.model or 'rapidocr'} + rapid-layout \u00b7 {len(document.pages)} page"

@@ -10,24 +10,12 @@ the input's index). Missing values (None/NaN) give empty text.
 
 from __future__ import annotations
 
-import os
-import sys
-import time
-
-import numpy as np
-from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument, magic_arguments
 
+from ..tasks.ocr_rows import BOX_ROWS, OCR_CHUNK_ROWS, TEXT_ROWS
 from .common import check_name, user_errors
-from .dask_rows import for_shell, is_dask
-from .rows import chunked, column_target, deliver, evaluate, is_missing, parse, require_pandas, store_column, summary, \
-    warn_missing
+from .rows import evaluate, parse, run_rows
 
-BOX_COLUMNS = ["row", "page", "x1", "y1", "x2", "y2", "text", "confidence"]
-PAGE_BREAK = "\f"
-
-#: images per runtime call: an image takes about a second, so small chunks keep the progress bar moving
-OCR_CHUNK_ROWS = 4
 #: a progress bar from this many images (the row magics' default of 512 rows is minutes of OCR)
 OCR_PROGRESS_MIN_ROWS = 8
 
@@ -51,74 +39,10 @@ def magic(magics, line):
                                 progress_min_rows=min(magics.progress_min_rows, OCR_PROGRESS_MIN_ROWS))
 
 
-def _is_one_image(value) -> bool:
-    if isinstance(value, (str, os.PathLike, bytes, bytearray, memoryview)):
-        return True
-    if isinstance(value, np.ndarray):
-        return value.ndim >= 2  # an image; a 1-D array is a list of paths
-    pil = sys.modules.get("PIL.Image")
-    return pil is not None and isinstance(value, pil.Image)
-
-
-def read_images(value) -> tuple[list, object, bool]:
-    """(items, pandas index or None, whether EXPR was one image rather than a collection)."""
-    if _is_one_image(value):
-        return [value], None, True
-    pd = sys.modules.get("pandas")
-    if pd is not None and isinstance(value, pd.DataFrame):
-        raise UsageError("%ocr takes a column, not a DataFrame: use df.path or df['path']")
-    if pd is not None and isinstance(value, pd.Series):
-        return value.tolist(), value.index, False
-    if isinstance(value, np.ndarray):
-        return value.tolist(), None, False
-    if isinstance(value, (list, tuple)):
-        return list(value), None, False
-    raise UsageError(f"%ocr takes a path, bytes, a PIL image, a numpy array, or a list or Series of them, "
-                     f"not {type(value).__name__}")
-
-
 def run_ocr(runtime, shell, expr: str, args, *, chunk_rows: int = OCR_CHUNK_ROWS,
             progress_min_rows: int = OCR_PROGRESS_MIN_ROWS):
     check_name("--out", args.out)
     value = evaluate(shell, expr, "%ocr")
-    if is_dask(value):  # lazy, on the cluster: nothing is computed here
-        return for_shell(shell).ocr(shell, expr, value, args)
-    frame = column_target(shell, expr) if args.column else None
-    items, index, one = read_images(value)
-    present = [i for i, item in enumerate(items) if not is_missing(item)]
-
-    started = time.perf_counter()
-    pages_by_row: dict[int, list] = {i: [] for i in range(len(items))}
-    model_id = args.model
-    for part in chunked(present, chunk_rows, progress_min_rows):
-        result = runtime.ocr([items[i] for i in part], args.model, boxes=args.boxes)
-        model_id = result.model
-        for page in result.pages:
-            pages_by_row[part[page.index]].append(page)
-    elapsed = time.perf_counter() - started
-
-    warn_missing(len(items) - len(present), len(items), "their text is empty")
-    print(summary(model_id, len(items), elapsed, runtime))
-    row_labels = list(index) if index is not None else list(range(len(items)))
-    if args.boxes:
-        result = _box_table(row_labels, pages_by_row)
-        column_values = [[{name: getattr(box, name) for name in BOX_COLUMNS[2:]} | {"page": page.page}
-                          for page in pages_by_row[i] for box in page.boxes or []] for i in range(len(items))]
-    else:
-        texts = [PAGE_BREAK.join(page.text for page in pages_by_row[i]) for i in range(len(items))]
-        column_values = texts
-        pd = require_pandas() if not one else None
-        result = texts[0] if one else pd.Series(texts, index=index, dtype=object)
-    if frame is not None:
-        store_column(frame, args.column, column_values, index)
-    return deliver(shell, result, args.out, frame is not None)
-
-
-def _box_table(row_labels: list, pages_by_row: dict[int, list]):
-    pd = require_pandas()
-    records = [(row_labels[i], page.page, box.x1, box.y1, box.x2, box.y2, box.text, box.confidence)
-               for i, pages in pages_by_row.items() for page in pages for box in page.boxes or []]
-    table = pd.DataFrame.from_records(records, columns=BOX_COLUMNS)
-    # typed even when nothing was read, so that `table.x1` is always numeric
-    return table.astype({"page": "int64", "x1": "float64", "y1": "float64", "x2": "float64", "y2": "float64",
-                         "confidence": "float64"})
+    return run_rows(BOX_ROWS if args.boxes else TEXT_ROWS, runtime, shell, expr, value, args,
+                    {"model": args.model, "boxes": args.boxes}, chunk_rows=chunk_rows,
+                    progress_min_rows=progress_min_rows)[0]

@@ -7,15 +7,13 @@ the Series (its position in a list). Missing or empty documents are left out.
 
 from __future__ import annotations
 
-import time
-
 from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument, magic_arguments
 
+from ..row_executor import CHUNK_ROWS
+from ..tasks.rerank_rows import ROWS
 from .common import check_name, user_errors
-from .rows import CHUNK_ROWS, chunked, deliver, evaluate, parse, read_texts, require_pandas, summary, warn_missing
-
-COLUMNS = ["index", "document", "score"]
+from .rows import evaluate, parse, run_here
 
 _OPTIONS_WITH_VALUE = {"-m", "--model", "--out", "--top"}
 _FLAGS = {"--server", "--truncate"}
@@ -45,31 +43,10 @@ def run_rerank(runtime, shell, expr: str, args, *, chunk_rows: int = CHUNK_ROWS,
     query = evaluate(shell, query_expr, "%rerank")
     if not isinstance(query, str) or not query.strip():
         raise UsageError(f"%rerank: the query {query_expr} must be a non-empty string, not {query!r}"[:200])
-    items, index, present = read_texts(evaluate(shell, docs_expr, "%rerank"), "%rerank")
-
-    documents = [items[i] for i in present]
-    started = time.perf_counter()
-    ranked, model_id = [], args.model  # (position in the input, score, document)
-    # each document's score depends on the query and that document only, so chunks merge exactly
-    offset = 0
-    for part in chunked(documents, chunk_rows, progress_min_rows):
-        result = runtime.rerank(query, part, args.model, None, truncate=args.truncate)
-        model_id = result.model
-        ranked.extend((present[offset + hit.index], hit.score, hit.document) for hit in result.hits)
-        offset += len(part)
-    elapsed = time.perf_counter() - started
-    ranked.sort(key=lambda entry: (-entry[1], entry[0]))  # ties keep the input's order
-    if args.top is not None:
-        ranked = ranked[:args.top]
-
-    pd = require_pandas()
-    row_labels = list(index) if index is not None else list(range(len(items)))
-    table = pd.DataFrame.from_records([(row_labels[pos], doc, score) for pos, score, doc in ranked],
-                                      columns=COLUMNS).astype({"score": "float64"})
-
-    warn_missing(len(items) - len(present), len(items), "they are not ranked")
-    print(summary(model_id, len(items), elapsed, runtime))
-    return deliver(shell, table, args.out, False)
+    documents = evaluate(shell, docs_expr, "%rerank")
+    options = {"query": query, "model": args.model, "truncate": args.truncate, "top": args.top}
+    return run_here(ROWS, runtime, shell, docs_expr, documents, args, options, chunk_rows=chunk_rows,
+                    progress_min_rows=progress_min_rows)[0]
 
 
 def split_query(expr: str) -> tuple[str, str]:

@@ -1,10 +1,11 @@
 """What the row-wise magics share (`%embed`, `%classify`, `%ner`, ...): splitting EXPR from the options,
-reading a Series, list or string into rows with their index, missing values, the progress bar, and the
-DataFrame that `--column` writes to."""
+reading a Series, list or string into rows with their index, the progress bar, the DataFrame that
+`--column` writes to, and `run_rows`: a task's `RowTask` (universal_kernel/row_executor.py) run on
+EXPR's rows here in chunks, or lazily on a Dask collection (dask_rows.py)."""
 
 from __future__ import annotations
 
-import math
+import os
 import re
 import shlex
 import sys
@@ -13,6 +14,7 @@ import time
 import numpy as np
 from IPython.core.error import UsageError
 
+from ..row_executor import Report, RowTask, Rows, present_rows, run_chunks, table_columns
 from .common import drop_comment
 
 _COLUMN_EXPR = re.compile(r"^(?P<frame>.+?)\s*(?:\.\s*(?P<attr>[A-Za-z_]\w*)|\[\s*(?P<q>['\"])(?P<key>.+?)(?P=q)\s*\])$",
@@ -65,31 +67,41 @@ def split_line(line: str, options_with_value: set[str], flags: set[str]) -> tupl
     return " ".join(expr), argv
 
 
-def is_missing(value) -> bool:
-    if value is None:
+def is_one_item(value) -> bool:
+    """One value rather than a collection: a string, a path, bytes, an image (a PIL image, an array of 2 or
+    more dimensions; a 1-D array is a list)."""
+    if isinstance(value, (str, os.PathLike, bytes, bytearray, memoryview)):
         return True
-    if isinstance(value, float) and math.isnan(value):
-        return True
+    if isinstance(value, np.ndarray):
+        return value.ndim >= 2
+    pil = sys.modules.get("PIL.Image")
+    return pil is not None and isinstance(value, pil.Image)
+
+
+def read_items(value, magic: str, *, reads: str = "texts", takes: str = "a pandas Series, a list of strings or a "
+               "string", example: str = "text") -> tuple[list, object, bool]:
+    """(items, pandas index or None, whether EXPR was one value) of what EXPR evaluated to; UsageError for
+    anything else. `reads` "texts": one string is one row; "values": any one value (`is_one_item`)."""
     pd = sys.modules.get("pandas")
-    return pd is not None and (value is pd.NA or value is pd.NaT)
+    if isinstance(value, str) or (reads != "texts" and is_one_item(value)):
+        return [value], None, True
+    if pd is not None and isinstance(value, pd.DataFrame):
+        raise UsageError(f"{magic} takes a column, not a DataFrame: use df.{example} or df['{example}']")
+    if pd is not None and isinstance(value, pd.Series):
+        return value.tolist(), value.index, False
+    if pd is not None and isinstance(value, pd.Index):
+        return value.tolist(), None, False
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        return value.tolist(), None, False
+    if isinstance(value, (list, tuple)):
+        return list(value), None, False
+    raise UsageError(f"{magic} takes {takes}, not {type(value).__name__}")
 
 
 def texts_of(value, magic: str = "%embed") -> tuple[list, object]:
-    """(items, pandas index or None) of what EXPR evaluated to; UsageError for anything else."""
-    pd = sys.modules.get("pandas")
-    if isinstance(value, str):
-        return [value], None
-    if pd is not None and isinstance(value, pd.DataFrame):
-        raise UsageError(f"{magic} takes a column, not a DataFrame: use df.text or df['text']")
-    if pd is not None and isinstance(value, pd.Series):
-        return value.tolist(), value.index
-    if pd is not None and isinstance(value, pd.Index):
-        return value.tolist(), None
-    if isinstance(value, np.ndarray) and value.ndim == 1:
-        return value.tolist(), None
-    if isinstance(value, (list, tuple)):
-        return list(value), None
-    raise UsageError(f"{magic} takes a pandas Series, a list of strings or a string, not {type(value).__name__}")
+    """(items, pandas index or None) of texts EXPR evaluated to; UsageError for anything else."""
+    items, index, _ = read_items(value, magic)
+    return items, index
 
 
 def _progress_bundle(done: int, total: int, elapsed: float) -> dict:
@@ -141,10 +153,6 @@ def column_target(shell, expr: str, frame_type=None, example: str = "df"):
     return frame
 
 
-#: rows per runtime call: large enough to batch well, small enough for the progress bar to move
-CHUNK_ROWS = 256
-
-
 # The task magics' rows (%classify, %ner, %rerank) ---------------------------------------------
 def parse(parser, line: str, options_with_value: set[str], flags: set[str], name: str):
     """(EXPR, parsed options): options anywhere on the line, everything else is the expression."""
@@ -168,31 +176,12 @@ def read_texts(value, name: str) -> tuple[list, object, list[int]]:
     """(items, pandas index or None, positions of the rows with text): None, NaN and blank strings
     have nothing to classify, find or rank, so they are left out (and counted by the caller)."""
     items, index = texts_of(value, name)
-    present = []
-    for i, item in enumerate(items):
-        if is_missing(item) or (isinstance(item, str) and not item.strip()):
-            continue
-        if not isinstance(item, str):
-            label = index[i] if index is not None else i
-            raise UsageError(f"{name} takes strings; the row at {label!r} is a {type(item).__name__}")
-        present.append(i)
-    return items, index, present
+    return items, index, present_rows(items, index, magic=name)
 
 
-def chunked(texts: list[str], chunk_rows: int, progress_min_rows: int):
-    """The texts in chunks of `chunk_rows`; a progress bar with rows/s when there are many."""
-    chunk_rows = max(1, chunk_rows)
-    progress = Progress(len(texts), show=len(texts) >= progress_min_rows and len(texts) > chunk_rows)
-    for start in range(0, len(texts), chunk_rows):
-        part = texts[start:start + chunk_rows]
-        yield part
-        progress.update(start + len(part))
-
-
-def warn_missing(missing: int, total: int, consequence: str) -> None:
+def warn_missing(missing: int, total: int, consequence: str, means: str = "missing or empty (None/NaN/'')") -> None:
     if missing:
-        print(f"warning: {missing} of {total} values are missing or empty (None/NaN/''): {consequence}",
-              file=sys.stderr)
+        print(f"warning: {missing} of {total} values are {means}: {consequence}", file=sys.stderr)
 
 
 def summary(model_id: str | None, n_rows: int, seconds: float, runtime) -> str:
@@ -231,3 +220,65 @@ def require_pandas():
     except ImportError:
         raise UsageError("the task magics return DataFrames: pip install pandas") from None
     return pd
+
+
+# The executor's side in the kernel ------------------------------------------------------------------------
+def run_rows(task: RowTask, runtime, shell, expr: str, value, args, options: dict, *, chunk_rows: int | None = None,
+             progress_min_rows: int = 512, local_options=None, check: tuple | None = None,
+             report_model: str | None = None) -> tuple[object, Report | None]:
+    """`task` over the rows of `value` (EXPR evaluated): (what the magic gives, the Report; None on Dask).
+
+    A Dask collection gets a lazy result (dask_rows.py: `check` is the (task, model) the workers are asked
+    about, `report_model` the name its report line gives); anything else runs here (`run_here`)."""
+    from .dask_rows import is_dask, run_lazy
+
+    if is_dask(value):  # lazy, on the cluster: nothing is computed here
+        return run_lazy(task, shell, expr, value, args, options, check=check, report_model=report_model), None
+    return run_here(task, runtime, shell, expr, value, args, options, chunk_rows=chunk_rows,
+                    progress_min_rows=progress_min_rows, local_options=local_options)
+
+
+def run_here(task: RowTask, runtime, shell, expr: str, value, args, options: dict, *, chunk_rows: int | None = None,
+             progress_min_rows: int = 512, local_options=None) -> tuple[object, Report]:
+    """`task` over the rows of `value` on `runtime`, in chunks of `chunk_rows` (a progress bar from
+    `progress_min_rows` items), with `options` and `local_options()` (what only this side honours, checked
+    when it applies); the warning for missing rows and the summary line; `args.column` and `args.out`."""
+    column = getattr(args, "column", None)
+    frame = column_target(shell, expr, example="df") if column else None
+    items, index, one = read_items(value, task.magic, reads=task.reads, takes=task.takes, example=task.example_column)
+    present = present_rows(items, index, magic=task.magic, reads=task.reads, blank_is_missing=task.blank_is_missing)
+    if local_options is not None:
+        options = {**options, **local_options()}
+    size = max(1, chunk_rows if chunk_rows is not None else (task.chunk_rows or len(items) or 1))
+    bars = []
+
+    def progress(total: int):
+        bars.append(Progress(total, show=total >= progress_min_rows and total > size))
+        return bars[-1].update
+
+    started = time.perf_counter()
+    outputs, model, counts, distinct = run_chunks(runtime, task, items, present, options, chunk_rows=size,
+                                                  progress=progress)
+    report = Report(model, len(items), distinct, len(items) - len(present), time.perf_counter() - started,
+                    bars[-1].updates if bars else 0, counts)
+    warn_missing(report.missing, report.rows, task.missing, task.missing_means)
+    print(task.summary(report, runtime) if task.summary is not None
+          else summary(report.model, report.rows, report.seconds, runtime))
+
+    rows = Rows(items, outputs, _index(index, len(items)), None, options, runtime, one)
+    result = task.local_result(rows) if task.local_result is not None else task.table(rows)
+    if frame is not None:
+        values = task.columns(rows) if task.columns is not None else {
+            name[len(column):]: series.tolist()
+            for name, series in table_columns(task.table(rows) if task.local_result else result, column).items()}
+        for suffix, by_row in values.items():
+            store_column(frame, column + suffix, by_row, index)
+    return deliver(shell, result, getattr(args, "out", None), frame is not None), report
+
+
+def _index(index, n: int):
+    """The input's index; for a list, the positions (a pandas RangeIndex when pandas is there)."""
+    if index is not None:
+        return index
+    pd = sys.modules.get("pandas")
+    return pd.RangeIndex(n) if pd is not None else range(n)
