@@ -16,7 +16,7 @@ from jupyter_server.extension.application import ExtensionApp
 
 from universal_kernel.config import RUNTIME, SERVER, RuntimeConfig, settings
 from universal_kernel.runtime import Runtime
-from universal_kernel.settings import from_trait, traits_base
+from universal_kernel.settings import cache_folder, from_trait, traits_base
 
 from . import handlers
 from .generation import Jobs, shutting_down
@@ -26,7 +26,7 @@ from .serving import Serving
 _SETTINGS = settings(SERVER)
 
 
-class UniversalKernelApp(traits_base(_SETTINGS, SERVER, "UniversalKernelSettings"), ExtensionApp):
+class UniversalKernelApp(traits_base(_SETTINGS, SERVER, "UniversalKernelApp"), ExtensionApp):
     """The OpenAI HTTP API (`{base_url}universal/v1`) and the runtime API (`{base_url}universal/api`).
 
     Its traits are generated from the settings' declarations (`universal_kernel.config.settings("server")`):
@@ -41,7 +41,7 @@ class UniversalKernelApp(traits_base(_SETTINGS, SERVER, "UniversalKernelSettings
         folders = [Path(f).expanduser() for f in self.model_folders]
         if not folders:
             root = Path(self.serverapp.root_dir) if self.serverapp is not None else Path.cwd()
-            folders = [root, Path.home() / ".cache" / "universal-kernel" / "models"]
+            folders = [root, cache_folder("models")()]
         # the settings the runtime shares with the server: as the traits say
         shared = {setting.name: from_trait(setting, getattr(self, name)) for name, setting in _SETTINGS.items()
                   if RUNTIME in setting.where}

@@ -11,23 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .settings import MAGICS, RUNTIME, SERVER, UNSET, Setting, by_name
+from .settings import MAGICS, RUNTIME, SERVER, Setting, by_name, cache_folder
 
 #: generations decoded together by default: a kernel's runtime, and the server's (its trait's default)
 KERNEL_PARALLEL = 1
 SERVER_PARALLEL = 4
 
 _BOTH = frozenset({RUNTIME, SERVER})
-
-
-def _cache_folder(name: str):
-    return lambda: Path.home() / ".cache" / "universal-kernel" / name
-
-
-def _embedding_cache_from_env(raw: str):
-    if raw.strip().lower() in ("", "off", "0", "false", "no"):
-        return None
-    return Path(raw)
 
 
 GENERATION_MODEL = Setting("default_generation_model", "str", "smollm2-135m-instruct",
@@ -39,11 +29,11 @@ FORMATS = ("markdown", "text", "code", "json")
 
 SETTINGS: tuple[Setting, ...] = (
     # the runtime's, in a kernel and on the server alike
-    Setting("model_folders", "paths", lambda: [Path.cwd(), _cache_folder("models")()],
+    Setting("model_folders", "paths", lambda: [Path.cwd(), cache_folder("models")()],
             "Folders that path references must stay inside (default: the working directory and "
             "~/.cache/universal-kernel/models).", env="UNIVERSAL_KERNEL_MODEL_FOLDERS"),
     Setting("data_folders", "paths", None,
-            "Folders that data files named by path (OCR images) must stay inside; None: any file this process "
+            "Folders that data files named by path (images to read) must stay inside; None: any file this process "
             "can read, as in a kernel (its user's own process). The server sets its model folders: its disk is "
             "not its clients'.", optional=True),
     Setting("aliases", "mapping", dict, "Extra model names: alias -> reference.", where=_BOTH,
@@ -74,15 +64,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("allow_downloads", "bool", False,
             "Let Hub ids missing from the local HF cache be pulled: on first use, POST universal/api/pull and "
             "DELETE universal/api/models/REF (off: 403 downloads_disabled).", where=_BOTH),
-    Setting("convert_cache", "path", _cache_folder("converted"),
+    Setting("convert_cache", "path", cache_folder("converted"),
             "Where converted weights (GGUF dequantised for transformers, ONNX exports) are kept between loads.",
             env="UNIVERSAL_KERNEL_CONVERT_CACHE"),
-    Setting("embedding_cache_folder", "path", _cache_folder("embeddings"),
-            "Where embeddings are kept between runs (shared by kernels and the server); None (or `off`) turns "
-            "it off.", env="UNIVERSAL_KERNEL_EMBEDDING_CACHE", optional=True, parse=_embedding_cache_from_env),
-    Setting("embedding_cache_bytes", "int", 2 * 1024**3,
-            "The most bytes the embedding cache may take; the least recently used rows go first.",
-            env="UNIVERSAL_KERNEL_EMBEDDING_CACHE_BYTES"),
     GENERATION_MODEL,
     EMBEDDING_MODEL,
     Setting("stream_poll_s", "float", 0.1,
@@ -108,7 +92,6 @@ SETTINGS: tuple[Setting, ...] = (
             where={MAGICS}),
     Setting("server_token", "str", "", "Token of the Jupyter server; empty: from its runtime file.",
             where={MAGICS}),
-    Setting("embed_chunk_rows", "int", 256, "Rows embedded per request by %embed.", where={MAGICS}),
     Setting("progress_min_rows", "int", 512, "%embed shows a progress bar from this many unique rows.",
             where={MAGICS}),
     Setting("allow_downloads", "bool", True, "Pull a model named by its Hub id on first use (into the Hugging "
@@ -155,5 +138,5 @@ class RuntimeConfig:
         return f"RuntimeConfig({', '.join(f'{k}={v!r}' for k, v in self.as_dict().items())})"
 
 
-__all__ = ["FORMATS", "KERNEL_PARALLEL", "MAGICS", "RUNTIME", "SERVER", "SERVER_PARALLEL", "UNSET", "RuntimeConfig",
-           "Setting", "default_model_folders", "settings"]
+__all__ = ["FORMATS", "KERNEL_PARALLEL", "MAGICS", "RUNTIME", "SERVER", "SERVER_PARALLEL", "RuntimeConfig",
+           "Setting", "cache_folder", "default_model_folders", "settings"]

@@ -80,6 +80,11 @@ class Setting:
         return f"{self.help} (environment: {self.env})" if self.env else self.help
 
 
+def cache_folder(name: str) -> Callable[[], Path]:
+    """The default of a folder setting: `~/.cache/universal-kernel/NAME`, HOME read when it is needed."""
+    return lambda: Path.home() / ".cache" / "universal-kernel" / name
+
+
 def by_name(settings: Iterable[Setting], place: str) -> dict[str, Setting]:
     """The settings set in `place`, by the name they have there (trait name or keyword)."""
     found: dict[str, Setting] = {}
@@ -94,34 +99,42 @@ def by_name(settings: Iterable[Setting], place: str) -> dict[str, Setting]:
 
 
 def traits_base(settings: dict[str, Setting], place: str, class_name: str) -> type:
-    """A HasTraits class with one configurable trait per setting, its default read when first used, for a
-    configurable to inherit (traitlets reads `c.<subclass>.<name>` for inherited traits too)."""
+    """A HasTraits class with one configurable trait per setting, its default read when first used, for the
+    configurable `class_name` to inherit (traitlets reads `c.<class_name>.<name>` for inherited traits too, and
+    lists them in its help and config file). It bears that class's name: traitlets' messages name a trait's
+    class (`--UniversalKernelApp.preload`); not being a Configurable, it is no config section of its own."""
     from traitlets import HasTraits, default, validate
 
-    namespace: dict[str, Any] = {"__doc__": f"The {place} settings, generated from their declarations."}
+    namespace: dict[str, Any] = {"__doc__": f"The {place} settings, generated from their declarations.",
+                                 "__module__": __name__}
     for name, setting in settings.items():
-        namespace[name] = _trait(setting).tag(config=True)
+        namespace[name] = _trait(setting, place).tag(config=True)
         namespace[f"_default_{name}"] = default(name)(lambda self, s=setting: s.value(place))
         if setting.type in ("names", "paths"):
             namespace[f"_validate_{name}"] = validate(name)(lambda self, proposal: _list_literals(proposal["value"]))
         if setting.minimum is not None:
             namespace[f"_validate_{name}"] = validate(name)(
                 lambda self, proposal, s=setting: _at_least(s, proposal["value"]))
-    return type(class_name, (HasTraits,), namespace)
+    base = type(class_name, (HasTraits,), namespace)
+    base.__qualname__ = f"{class_name}.settings"
+    return base
 
 
-def _trait(setting: Setting):
+def _trait(setting: Setting, place: str):
     from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode
 
     help_text = setting.described()
-    if setting.choices:
-        return Enum(setting.choices, allow_none=setting.optional, help=help_text)
     if setting.type == "mapping":
         return Dict(value_trait=Unicode(), help=help_text)
     if setting.type in ("names", "paths"):
         return List(Unicode(), allow_none=setting.optional, help=help_text)
+    declared = setting.server_default if place == SERVER and setting.server_default is not _SAME else setting.default
+    # the declared default, for the help and config files (the one used is read when needed: `value`)
+    shown = {} if callable(declared) or (declared is None and not setting.optional) else {"default_value": declared}
+    if setting.choices:
+        return Enum(setting.choices, allow_none=setting.optional, help=help_text, **shown)
     kind = {"str": Unicode, "path": Unicode, "int": Integer, "float": Float, "bool": Bool}[setting.type]
-    return kind(allow_none=setting.optional, help=help_text)
+    return kind(allow_none=setting.optional, help=help_text, **shown)
 
 
 def from_trait(setting: Setting, value: Any) -> Any:

@@ -17,7 +17,7 @@ from .common import one_line, split_args, user_errors
 
 
 @magics_class
-class UniversalKernelMagics(traits_base(settings(MAGICS), MAGICS, "UniversalKernelMagicsSettings"), Magics):
+class UniversalKernelMagics(traits_base(settings(MAGICS), MAGICS, "UniversalKernelMagics"), Magics):
     """%%generate, %embed and %runtime. Configurable: c.UniversalKernelMagics.generation_model = ...
 
     Its traits are generated from the settings' declarations (`universal_kernel.config.settings("magics")`)."""

@@ -9,8 +9,9 @@ is used (and so that the runtime never imports the server or the magics):
 
 `models` says which models serve the task, as (format, model kind) pairs; "*" is any format. A model's
 kind is what its files say it is (`ModelSpec.task`). `methods` names the runtime part's functions that
-every runtime offers as methods (`rt.rerank(...)`: task_methods.py). Adding a task means adding its
-modules and one line in `TASKS`.
+every runtime offers as methods (`rt.rerank(...)`: task_methods.py). A task's own settings are the
+`SETTINGS` of its runtime part (`settings.Setting`s; `task_settings()` collects them for config.py).
+Adding a task means adding its modules and one line in `TASKS`.
 """
 
 from __future__ import annotations

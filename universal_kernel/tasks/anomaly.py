@@ -23,12 +23,11 @@ import numbers
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import InvalidRequest
-from ..settings import Setting
+from ..settings import Setting, cache_folder
 from . import anomaly_columns as table
 from . import anomaly_detectors as detectors
 # the task's runtime contract (calls, methods, in-process answers, wire) and results, from their modules
@@ -45,7 +44,7 @@ EMBED_CHUNK = 256  # texts per embedding call: bounded requests, the same vector
 
 #: its settings, collected through the registry: `RuntimeConfig(anomaly_folder=...)`, `config.anomaly_folder`
 SETTINGS = (
-    Setting("anomaly_folder", "path", lambda: Path.home() / ".cache" / "universal-kernel" / "anomaly",
+    Setting("anomaly_folder", "path", cache_folder("anomaly"),
             "Where fitted anomaly detectors are kept: one folder for the kernels and the server alike.",
             env="UNIVERSAL_KERNEL_ANOMALY_FOLDER"),
 )

@@ -10,11 +10,30 @@ import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from ..settings import MAGICS, Setting, cache_folder
 from ..stats import RequestStats
 from . import TaskCall, check_lengths, embed_decisions, require, texts_input
+
+
+def _cache_folder_from_env(raw: str) -> Path | None:
+    return None if raw.strip().lower() in ("", "off", "0", "false", "no") else Path(raw)
+
+
+#: its settings, collected through the registry: `RuntimeConfig(embedding_cache_folder=None)`,
+#: `config.embedding_cache_bytes`, `c.UniversalKernelMagics.embed_chunk_rows`
+SETTINGS = (
+    Setting("embedding_cache_folder", "path", cache_folder("embeddings"),
+            "Where embeddings are kept between runs (shared by kernels and the server); None (or `off`) turns "
+            "it off.", env="UNIVERSAL_KERNEL_EMBEDDING_CACHE", optional=True, parse=_cache_folder_from_env),
+    Setting("embedding_cache_bytes", "int", 2 * 1024**3,
+            "The most bytes the embedding cache may take; the least recently used rows go first.",
+            env="UNIVERSAL_KERNEL_EMBEDDING_CACHE_BYTES"),
+    Setting("embed_chunk_rows", "int", 256, "Rows embedded per request by %embed.", where={MAGICS}),
+)
 
 
 @dataclass
