@@ -10,12 +10,13 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 
 import pytest
 
-from universal_kernel import InferenceRuntime, Runtime, WrongTask
-from universal_kernel.client import RemoteRuntime
+from universal_kernel import InferenceRuntime, InvalidRequest, Runtime, WrongTask
+from universal_kernel.client import NoRuntimeApi, RemoteRuntime
 from universal_kernel.magics import get_magics, register_task_magics
 from universal_kernel.server_ext import handlers
 from universal_kernel.server_ext.handlers import SERVING_SETTING
@@ -99,6 +100,48 @@ def test_both_runtimes_implement_the_interface_and_say_where_they_run(runtime):
         assert isinstance(rt, InferenceRuntime), type(rt)
         assert rt.where == where
     assert not isinstance(object(), InferenceRuntime)
+
+
+def test_the_task_methods_come_from_the_registry_alike_on_every_runtime(runtime):
+    remote = RemoteRuntime("http://127.0.0.1:1/", "token")
+    names = [name for parts in TASKS.values() for name in parts.methods]
+    assert {"rerank", "classify", "ner", "ocr", "document", "anomaly_fit", "anomaly_score", "anomaly_models",
+            "anomaly_delete"} <= set(names)
+    for name in names:
+        assert name not in vars(Runtime), name  # written once, in the task
+        local, far = getattr(runtime, name), getattr(remote, name)
+        assert inspect.signature(local) == inspect.signature(far), name
+        assert name in dir(runtime) and name in dir(remote)  # tab completion lists them
+        if name not in vars(RemoteRuntime):  # the embeddings' own path also serves OpenAI servers
+            assert local.__doc__ and local.__doc__ == far.__doc__, name
+    assert list(inspect.signature(runtime.rerank).parameters)[:4] == ["query", "documents", "model", "top_n"]
+    assert type(runtime.rerank("a query", ["a match", "other"], MINILM)).__name__ == "RerankResult"
+
+
+def test_capabilities_say_what_a_runtime_honours(runtime):
+    remote = RemoteRuntime("http://127.0.0.1:1/", "token")  # nothing listens: every refusal comes first
+    assert runtime.capabilities.embed_cache and runtime.capabilities.embed_precision
+    assert not remote.capabilities.embed_cache and not remote.capabilities.embed_precision
+    with pytest.raises(InvalidRequest, match="keeps its own embedding cache"):
+        remote.embed(["x"], cache=False)
+    foreign = RemoteRuntime("http://127.0.0.1:1/v1/", runtime_api=False, default_embedding_model="m")
+    assert not foreign.capabilities.pull and remote.capabilities.pull
+    with pytest.raises(NoRuntimeApi, match="%ocr"):  # refused before the file is looked for
+        foreign.ocr("no-such-file.png")
+    # unload answers the HTTP shape in every runtime
+    assert runtime.unload(MINILM, backend="llama_cpp") == {"model": MINILM, "results": []}
+
+
+def test_a_task_registered_later_gets_its_methods(runtime, count_task, monkeypatch):
+    def count(rt, texts, model=None):
+        """Each text's token count."""
+        return rt.run(count_task.call(texts, model))["counts"]
+
+    monkeypatch.setattr(count_task, "count", count, raising=False)
+    monkeypatch.setitem(TASKS, "count", TaskParts(**{**vars(TASKS["count"]), "methods": ("count",)}))
+    assert "count" in dir(runtime) and inspect.signature(runtime.count) == inspect.signature(
+        lambda texts, model=None: None)
+    assert runtime.count(["hello world"], MINILM) == [runtime.embed(["hello world"], MINILM).prompt_tokens]
 
 
 def test_a_third_runtime_plugs_into_the_magics_unchanged(ip, runtime):  # noqa: F811

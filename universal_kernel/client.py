@@ -147,8 +147,7 @@ class RemoteRuntime(TaskMethods):
 
     @property
     def capabilities(self) -> Capabilities:
-        """What the server's API takes: no per-call embedding cache or precision (the server keeps its own
-        cache and chooses its own precision), no load options, no aliases (its configuration sets them)."""
+        """The server keeps its own embedding cache and precision; its configuration sets load options and aliases."""
         return Capabilities(embed_cache=False, embed_precision=False, load_options=False, aliases=False,
                             pull=self.has_runtime_api)
 
@@ -339,8 +338,7 @@ class RemoteRuntime(TaskMethods):
             body.update(logprobs=True, top_logprobs=params.logprobs)
         return RemoteStream(self, {**body, "messages": messages}, "v1/chat/completions")
 
-    async def astream(self, model: str | None = None, **kwargs) -> AsyncRemoteStream:
-        """`stream` for the event loop, with the same keywords: the request and each piece off the loop."""
+    async def astream(self, model: str | None = None, **kwargs) -> AsyncRemoteStream:  # `stream` off the loop
         return AsyncRemoteStream(await asyncio.get_running_loop().run_in_executor(
             None, lambda: self.stream(model, **kwargs)))
 
@@ -348,10 +346,12 @@ class RemoteRuntime(TaskMethods):
         with self.stream(model, **kwargs) as stream:
             return stream.result()
 
-    def embed(self, texts, model: str | None = None, *, normalize: bool = True, backend: str = "auto",
-              keep_alive: float | None = None, cache: bool = True, precision: str = "auto") -> EmbeddingResult:
-        """On a server without runtime API, vectors come as it computes them and are normalised here.
-        `cache` and `precision` are the server's own (`capabilities`): only their defaults are taken."""
+    def embed(self, texts: list[str] | str, model: str | None = None, *, normalize: bool = True,
+              backend: str = "auto", keep_alive: float | None = None, cache: bool = True,
+              precision: str = "auto") -> EmbeddingResult:
+        """`/v1/embeddings`, on any OpenAI-compatible server (not through `run`: a server without runtime API
+        has no task paths); there, vectors come as it computes them and are normalised here. `cache` and
+        `precision` are the server's own (`capabilities`): only their defaults are taken."""
         if not cache:
             raise InvalidRequest("the server keeps its own embedding cache: cache=False applies to the "
                                  "in-process runtime", param="cache")
@@ -387,8 +387,8 @@ class RemoteRuntime(TaskMethods):
         self.record(stats)
         return EmbeddingResult(payload.get("model", model), vectors, stats.prompt_tokens, stats)
 
-    async def aembed(self, texts, model: str | None = None, *, normalize: bool = True, backend: str = "auto",
-                     keep_alive: float | None = None) -> EmbeddingResult:
+    async def aembed(self, texts: list[str] | str, model: str | None = None, *, normalize: bool = True,
+                     backend: str = "auto", keep_alive: float | None = None) -> EmbeddingResult:
         """`embed` off the event loop (the client's HTTP is blocking)."""
         return await asyncio.get_running_loop().run_in_executor(None, lambda: self.embed(
             texts, model, normalize=normalize, backend=backend, keep_alive=keep_alive))
@@ -417,8 +417,7 @@ class RemoteRuntime(TaskMethods):
         stats.prompt_tokens = getattr(result, "prompt_tokens", 0)  # a task without tokens counts none
         return result
 
-    async def arun(self, call: TaskCall):
-        """`run` off the event loop."""
+    async def arun(self, call: TaskCall):  # `run` off the event loop
         return await asyncio.get_running_loop().run_in_executor(None, self.run, call)
 
     def status(self) -> RuntimeStatus:

@@ -47,23 +47,36 @@ class FileAccess:
 
 # Status ---------------------------------------------------------------------------------------
 class ModelStatus(TypedDict, total=False):
+    """One loaded model (`load`'s answer, and each of `status()["models"]`)."""
+
     id: str
+    path: str
+    source: str  # hub:org/repo@commit for a pulled model, else file
     backend: str
+    engine: str  # what serves it (an "onnx" load that ONNX Runtime refused runs on torch)
     device: str
     precision: str | None  # "fp32", "bf16", "fp16"; None where the files decide (GGUF, spaCy, ONNX)
     precision_reason: str | None
     task: str
     tasks: list[str]
     format: str
+    options: dict  # its load options
     size_bytes: int
+    estimate_bytes: int
+    measured_bytes: int
     footprint_bytes: int
+    budget_fraction: float | None
+    load_s: float
+    loaded_at: float
     keep_alive: float
+    pinned: bool
     expires_in_s: float | None
     active: int
     queue_depth: int  # requests waiting plus those running
     running: bool
     sequences: int  # requests running now (a llama.cpp model decodes up to `parallel` generations together)
     parallel: int
+    prompt_reuse: str  # batching backends only
     figures: dict
 
 

@@ -32,8 +32,7 @@ from .stats import RequestStats
 from .streams import AsyncGenerationStream, Completion, GenerationStream, WorkerWait, async_sink, result_of
 from .task_methods import TaskMethods
 from .tasks import TaskCall, require, task_parts, tasks_of
-from .tasks import embed as embed_task
-from .tasks.embed import EmbeddingCache, EmbeddingResult
+from .tasks.embed import EmbeddingCache
 from .tasks.generate import check_messages
 
 
@@ -300,19 +299,6 @@ class Runtime(TaskMethods):
         inbox: asyncio.Queue = asyncio.Queue()
         request, entry = await loop.run_in_executor(None, lambda: self._submit(call, async_sink(loop, inbox)))
         return result_of(await self._waiting(request, entry).anext(inbox))
-
-    def embed(self, texts: list[str] | str, model: str | None = None, *, normalize: bool = True,
-              backend: str = "auto", keep_alive: float | None = None, cache: bool = True,
-              precision: str = "auto") -> EmbeddingResult:
-        """`cache=False` computes every row: neither the memory nor the disk cache is read or written.
-        `precision="fp32"` forces fp32 (precision.py): a separate instance where auto runs bf16."""
-        return self.run(embed_task.call(texts, model, normalize=normalize, backend=backend, keep_alive=keep_alive,
-                                        cache=cache, precision=precision))
-
-    async def aembed(self, texts, model: str | None = None, *, normalize: bool = True, backend: str = "auto",
-                     keep_alive: float | None = None) -> EmbeddingResult:
-        return await self.arun(embed_task.call(texts, model, normalize=normalize, backend=backend,
-                                               keep_alive=keep_alive))
 
     # Status ---------------------------------------------------------------------------------
     def _entry_status(self, entry: LoadedModel) -> ModelStatus:

@@ -4,7 +4,9 @@ A task's runtime part defines them as functions that take the runtime first, bui
 and call `runtime.run` (tasks/rerank.py's `rerank`); its registry line names them (`TaskParts.methods`).
 `TaskMethods` offers each as a method of the runtime classes that inherit it, the local runtime and a
 server's client alike: `inspect.signature`, `help` and tab completion show the task's own function, and
-nothing of a task is imported until one of its methods is looked up.
+nothing of a task is imported until one of its methods is looked up. A runtime class may still define
+one itself where its transport needs more than `run` (`RemoteRuntime.embed` also serves OpenAI servers
+without our runtime API).
 """
 
 from __future__ import annotations

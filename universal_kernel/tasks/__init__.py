@@ -56,7 +56,7 @@ TASKS: dict[str, TaskParts] = {parts.name: parts for parts in (
               "universal_kernel.magics.generate", lambda config: config.default_generation_model),
     TaskParts("embed", "embed", frozenset({("*", "embed")}),
               "universal_kernel.tasks.embed", "universal_kernel.server_ext.serving",
-              "universal_kernel.magics.embed", _embedding_default),
+              "universal_kernel.magics.embed", _embedding_default, methods=("embed", "aembed")),
     TaskParts("rerank", "rerank documents", frozenset({("*", "embed"), ("transformers", "rerank")}),
               "universal_kernel.tasks.rerank", "universal_kernel.server_ext.tasks.rerank",
               "universal_kernel.magics.rerank", _embedding_default,

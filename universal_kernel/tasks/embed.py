@@ -90,6 +90,22 @@ class EmbeddingCache:
                 self._bytes -= self._row_bytes(dropped, vector_out)
 
 
+def embed(runtime, texts: list[str] | str, model: str | None = None, *, normalize: bool = True,
+          backend: str = "auto", keep_alive: float | None = None, cache: bool = True,
+          precision: str = "auto") -> EmbeddingResult:
+    """One vector per text (float32 rows, in input order). `cache=False` computes every row: neither the
+    memory nor the disk cache is read or written. `precision="fp32"` forces fp32 (precision.py): a
+    separate instance where auto runs bf16."""
+    return runtime.run(call(texts, model, normalize=normalize, backend=backend, keep_alive=keep_alive, cache=cache,
+                            precision=precision))
+
+
+async def aembed(runtime, texts: list[str] | str, model: str | None = None, *, normalize: bool = True,
+                 backend: str = "auto", keep_alive: float | None = None) -> EmbeddingResult:
+    """`embed` for the event loop (the server's)."""
+    return await runtime.arun(call(texts, model, normalize=normalize, backend=backend, keep_alive=keep_alive))
+
+
 def call(texts, model: str | None = None, *, normalize: bool = True, backend: str = "auto",
          keep_alive: float | None = None, cache: bool = True, precision: str = "auto") -> TaskCall:
     return TaskCall("embed", model, {"texts": texts_input(texts), "normalize": bool(normalize), "cache": bool(cache)},
