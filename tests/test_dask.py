@@ -168,6 +168,14 @@ def test_ocr_of_image_paths(ip, client, runtime):
     remote = lazy.compute()
     assert remote.tolist() == local.tolist() and remote.loc["b"] == ""
     assert "4217" in remote.loc["a"]
+    # --boxes --column: each row's lines as a list of dicts, as the local magic stores them
+    scans = pd.DataFrame({"path": images})
+    ip.user_ns.update(scans=scans, lazy_scans=dd.from_pandas(scans, npartitions=2))
+    ran(ip, "%ocr lazy_scans.path --boxes --column lines")
+    ran(ip, "%ocr scans.path --boxes --column lines")
+    far = ip.user_ns["lazy_scans"].compute().lines
+    assert [[b["text"] for b in row] for row in far] == [[b["text"] for b in row] for row in scans.lines]
+    assert far.loc["b"] == [] and any("4217" in b["text"] for b in far.loc["a"])
 
 
 def test_anomaly_scores_with_a_detector_shipped_to_the_workers(ip, client, frames):

@@ -14,7 +14,7 @@ import time
 import numpy as np
 from IPython.core.error import UsageError
 
-from ..row_executor import Report, RowTask, Rows, present_rows, run_chunks, table_columns
+from ..row_executor import Report, RowTask, Rows, present_rows, run_chunks, table_columns, task_rows
 from .common import drop_comment
 
 _COLUMN_EXPR = re.compile(r"^(?P<frame>.+?)\s*(?:\.\s*(?P<attr>[A-Za-z_]\w*)|\[\s*(?P<q>['\"])(?P<key>.+?)(?P=q)\s*\])$",
@@ -246,7 +246,7 @@ def run_here(task: RowTask, runtime, shell, expr: str, value, args, options: dic
     column = getattr(args, "column", None)
     frame = column_target(shell, expr, example="df") if column else None
     items, index, one = read_items(value, task.magic, reads=task.reads, takes=task.takes, example=task.example_column)
-    present = present_rows(items, index, magic=task.magic, reads=task.reads, blank_is_missing=task.blank_is_missing)
+    present = task_rows(task, items, index)
     if local_options is not None:
         options = {**options, **local_options()}
     size = max(1, chunk_rows if chunk_rows is not None else (task.chunk_rows or len(items) or 1))
