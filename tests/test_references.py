@@ -127,3 +127,35 @@ def test_the_key_of_a_model_changes_with_its_files(tmp_path, smollm_path):
     (tmp_path / "m.gguf").unlink()
     with pytest.raises(ModelNotFound, match="m.gguf"):
         resolver.resolve("m.gguf")
+
+
+def test_a_format_a_backend_declares_is_recognised_without_touching_references(tmp_path, monkeypatch):
+    """references.py knows no format: each backend's declaration says what its models look like on disk and
+    what kind they are. A new one is recognised, stamped and sized; a folder that no format claims is refused
+    with the formats named."""
+    from universal_kernel.backends import choose_backend, registry
+    from universal_kernel.backends.formats import ModelFormat
+    from universal_kernel.references import weight_files
+
+    def describe(path):
+        meta = json.loads((path / "toy.json").read_text())
+        return f"toy:{meta['name']}", meta["kind"], meta
+
+    toy = ModelFormat("toy", "a toy model folder", lambda path: (path / "toy.json").is_file(), describe,
+                      lambda path: [path / "toy.json", path / "weights.bin"],
+                      lambda path: (path / "weights.bin").stat().st_size)
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "toy.json").write_text(json.dumps({"name": "mine", "kind": "embed"}))
+    (folder / "weights.bin").write_bytes(b"\0" * 1000)
+    resolver = Resolver([tmp_path])
+    with pytest.raises(ModelNotFound, match="is none of: a .gguf file, a spaCy pipeline, a RapidOCR model, a "
+                                            "Hugging Face model folder"):
+        resolver.resolve("mine")
+    kind = registry.BackendKind("toy", frozenset({("toy", "*")}), frozenset({"embed"}), "toy folders",
+                                create=lambda *args: None, library=lambda device: None, recognises=toy)
+    monkeypatch.setitem(registry.BACKENDS, "toy", kind)
+    spec = resolver.resolve("mine")
+    assert (spec.format, spec.task, spec.architecture, spec.size_bytes) == ("toy", "embed", "toy:mine", 1000)
+    assert weight_files(spec.path) == [folder / "toy.json", folder / "weights.bin"] and len(spec.stamp) == 2
+    assert choose_backend(spec) == "toy"

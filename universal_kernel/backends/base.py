@@ -70,6 +70,8 @@ IsCancelled = Callable[[], bool]
 class Backend(ABC):
     """A loaded model. One instance serves one generation at a time (the scheduler ensures it)."""
 
+    #: the engine that computes: its declaration's name in `registry.BACKENDS` (an "onnx" load that ONNX
+    #: Runtime refused is served by a "transformers" backend)
     name: str = "base"
     device: str = "cpu"
 
@@ -88,6 +90,11 @@ class Backend(ABC):
     def embed(self, texts: list[str], normalize: bool = True) -> tuple[Any, int]:
         """Return (float32 array, one row per text; prompt token count)."""
         raise WrongTask(f"{self.spec.id!r} generates text; use an embedding model to embed")
+
+    def vector_settings(self) -> dict:
+        """What this backend does that changes a model's vectors (pooling, length, precision...): with its
+        `name`, part of the embedding cache's key (tasks/embedding_store.py)."""
+        return {}
 
     # The other tasks: a backend overrides what its model can do ------------------------------
     #: the most tokens one input may have (None: no limit known); longer inputs are refused unless truncated

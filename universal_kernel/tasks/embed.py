@@ -124,9 +124,10 @@ def precision_option(precision: str | None) -> dict:
 
 
 def vector_settings(instance) -> dict:
-    """What the backend does that changes a model's vectors (pooling, length, precision...)."""
-    own = getattr(instance, "vector_settings", None)
-    return {"backend": type(instance).__name__, **(own() if callable(own) else {})}
+    """What the backend does that changes a model's vectors: the engine that computes them (its declared
+    `name`: an "onnx" load that ONNX Runtime refused is computed by "transformers") and its own settings
+    (pooling, length, precision...)."""
+    return {"backend": instance.name, **instance.vector_settings()}
 
 
 def embed_rows(ctx, instance, texts: list[str], normalize: bool = True, *, truncate: bool | None = None,
