@@ -20,6 +20,7 @@ from universal_kernel.settings import cache_folder, from_trait, traits_base
 
 from . import handlers
 from .generation import Jobs, shutting_down
+from .routes import routes
 from .serving import Serving
 
 #: the server's settings (config.py and the tasks' own), each a trait of the app
@@ -58,7 +59,7 @@ class UniversalKernelApp(traits_base(_SETTINGS, SERVER, "UniversalKernelApp"), E
         self.jobs = self.settings[handlers.JOBS_SETTING] = Jobs()
 
     def initialize_handlers(self) -> None:
-        self.handlers.extend(handlers.routes())
+        self.handlers.extend(routes())
 
     async def _start_jupyter_server_extension(self, serverapp) -> None:
         if self.preload:

@@ -16,8 +16,8 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 from tornado.iostream import StreamClosedError
 
+from .base_handler import BaseHandler
 from .errors import Failure, failure, failure_from
-from .handlers import BaseHandler
 from .protocol import _Request
 from .serving import parse
 

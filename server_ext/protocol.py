@@ -8,17 +8,13 @@ by the serving layer with a 400 naming the parameter.
 from __future__ import annotations
 
 import time
-import uuid
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
-from universal_kernel.errors import InvalidRequest
-from universal_kernel.wire import keep_alive_seconds
+from universal_kernel.tasks.wire_base import KeepAlive, WireRequest, new_id
 
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+__all__ = ["KeepAlive", "new_id"]
 
 
 def now() -> int:
@@ -28,21 +24,8 @@ def now() -> int:
 #: the int32 range: values that llama.cpp's C parameters take
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
-
-def _keep_alive(value):
-    try:
-        return keep_alive_seconds(value)
-    except InvalidRequest as exc:
-        raise ValueError(exc.message) from None
-
-
-#: Ollama's keep_alive (seconds or a duration such as "5m"), read into seconds; None: not given
-KeepAlive = Annotated[Union[float, None], BeforeValidator(_keep_alive)]
-
-
-class _Request(BaseModel):
-    # NaN and Infinity (JSON extensions that Python's json accepts) are no sampling parameter
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+#: every request body: unknown fields ignored, no NaN or Infinity (shared with the tasks' wire schemas)
+_Request = WireRequest
 
 
 class _Response(BaseModel):

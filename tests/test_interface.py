@@ -18,7 +18,7 @@ import pytest
 from universal_kernel import InferenceRuntime, InvalidRequest, Runtime, WrongTask
 from universal_kernel.client import NoRuntimeApi, RemoteRuntime
 from universal_kernel.magics import get_magics, register_task_magics
-from universal_kernel.server_ext import handlers
+from universal_kernel.server_ext import routes as server_routes
 from universal_kernel.server_ext.handlers import SERVING_SETTING
 from universal_kernel.tasks import TASKS, TaskParts, tasks_of
 
@@ -167,7 +167,7 @@ def test_a_new_task_is_its_modules_and_one_registry_line(runtime, ip, count_task
     with pytest.raises(WrongTask, match="cannot count tokens"):
         runtime.run(count_task.call(["x"], SMOLLM))
     # the server mounts its route before the catch-all
-    routes = [pattern for pattern, _ in handlers.routes()]
+    routes = [pattern for pattern, _ in server_routes.routes()]
     assert routes.index(r"universal/v1/count/?") < routes.index(r"universal/(.*)")
     # %load_ext registers its magic
     register_task_magics(ip, get_magics(ip))

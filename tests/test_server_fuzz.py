@@ -15,8 +15,10 @@ import pytest
 from universal_kernel.server_ext import handlers, hub
 from universal_kernel.server_ext import protocol as p
 from universal_kernel.server_ext.responses import ResponsesRequest
-from universal_kernel.server_ext.tasks import anomaly, classify, document, ner, ocr, rerank
-from universal_kernel.server_ext.upstream import door, wire
+from universal_kernel.server_ext.routes import routes
+from universal_kernel.server_ext.tasks import anomaly, anomaly_upstream, classify, classify_upstream, document, ner, \
+    ner_upstream, ocr, ocr_upstream, rerank, rerank_upstream
+from universal_kernel.server_ext.upstream import door
 
 from .conftest import MINILM, SMOLLM
 
@@ -38,12 +40,12 @@ REQUEST_TYPES = {
     anomaly.AnomalyScoreHandler: anomaly.AnomalyScoreRequest,
     # the compatibility door (server_ext/upstream): LlamaFarm's shapes
     door.EmbeddingsDoor: p.EmbeddingRequest,
-    door.RerankDoor: wire.RerankRequest,
-    door.ClassifyDoor: wire.ClassifyRequest,
-    door.NerDoor: wire.NerRequest,
-    door.OcrDoor: wire.OcrRequest,
-    door.AnomalyFitDoor: wire.AnomalyFitRequest,
-    door.AnomalyScoreDoor: wire.AnomalyScoreRequest,
+    rerank_upstream.RerankDoor: rerank_upstream.RerankRequest,
+    classify_upstream.ClassifyDoor: classify_upstream.ClassifyRequest,
+    ner_upstream.NerDoor: ner_upstream.NerRequest,
+    ocr_upstream.OcrDoor: ocr_upstream.OcrRequest,
+    anomaly_upstream.AnomalyFitDoor: anomaly_upstream.AnomalyFitRequest,
+    anomaly_upstream.AnomalyScoreDoor: anomaly_upstream.AnomalyScoreRequest,
 }
 GENERATION = (handlers.ChatCompletionsHandler, handlers.CompletionsHandler, handlers.ResponsesHandler)
 
@@ -69,12 +71,12 @@ BASE = {
     anomaly.AnomalyFitHandler: {"model": "fuzz-detector", "data": [[0.0, 1.0], [1.0, 0.5], [0.2, 0.3], [2.0, 1.0]]},
     anomaly.AnomalyScoreHandler: {"model": "fuzz-detector", "data": [[0.1, 0.2]]},
     door.EmbeddingsDoor: {"model": MINILM + ":Q4_K_M", "input": ["a", "b"]},
-    door.RerankDoor: {"model": MINILM, "query": "q", "documents": ["a", "b"], "top_k": 1},
-    door.ClassifyDoor: {"model": MINILM, "texts": ["a"], "labels": ["x", "y"]},
-    door.NerDoor: {"model": "en-core-web-sm", "texts": ["Tim Cook works at Apple."]},
-    door.OcrDoor: {"model": "rapidocr", "images": [TINY_PNG]},
-    door.AnomalyFitDoor: {"model": "fuzz-door-detector", "data": [[0.0, 1.0], [1.0, 0.5], [0.2, 0.3], [2.0, 1.0]]},
-    door.AnomalyScoreDoor: {"model": "fuzz-door-detector", "data": [[0.1, 0.2]], "threshold": 0.5},
+    rerank_upstream.RerankDoor: {"model": MINILM, "query": "q", "documents": ["a", "b"], "top_k": 1},
+    classify_upstream.ClassifyDoor: {"model": MINILM, "texts": ["a"], "labels": ["x", "y"]},
+    ner_upstream.NerDoor: {"model": "en-core-web-sm", "texts": ["Tim Cook works at Apple."]},
+    ocr_upstream.OcrDoor: {"model": "rapidocr", "images": [TINY_PNG]},
+    anomaly_upstream.AnomalyFitDoor: {"model": "fuzz-door-detector", "data": [[0.0, 1.0], [1.0, 0.5], [0.2, 0.3], [2.0, 1.0]]},
+    anomaly_upstream.AnomalyScoreDoor: {"model": "fuzz-door-detector", "data": [[0.1, 0.2]], "threshold": 0.5},
 }
 
 #: plausible values per field, valid ones among them, so that random requests also reach deep code
@@ -149,7 +151,7 @@ def post_routes(door: bool = False) -> list[tuple[str, type]]:
     """Every route of the extension that answers POST, from the handlers themselves: ours, or (door=True)
     the compatibility door's."""
     found = []
-    for pattern, handler in handlers.routes():
+    for pattern, handler in routes():
         if "post" in vars(handler) and handler is not handlers.NotFoundHandler \
                 and pattern.startswith(DOOR) == door:
             found.append((pattern.removesuffix("/?"), handler))

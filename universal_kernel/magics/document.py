@@ -1,6 +1,6 @@
 """`%document EXPR [--tables] [-m M] [--server] [--out VAR]`: a document's structure.
 
-EXPR is a path (as `%ocr` takes it: any file the kernel can read; a bare path that is not a Python
+EXPR is a path (any file the kernel can read, `~` expanded; a bare path that is not a Python
 expression is taken as written), the bytes of a PNG, JPEG or PDF, a PIL image or a numpy array. The
 result is the `Document` (pages -> blocks in reading order, tables, `.markdown()`, `.frame()`), shown
 as its Markdown; with `--tables`, the list of its tables as DataFrames.
@@ -23,7 +23,7 @@ _FLAGS = {"--server", "--tables"}
 
 @magic_arguments("document")
 @argument("expr", nargs="*", help="a path, the bytes of a PNG, JPEG or PDF, a PIL image or an array")
-@argument("-m", "--model", default=None, help="OCR model for scanned pages (default: rapidocr)")
+@argument("-m", "--model", default=None, help="the text reader's model, for scanned pages (default: rapidocr)")
 @argument("--tables", action="store_true", help="the document's tables, a list of DataFrames")
 @argument("--out", default=None, metavar="VAR", help="store the result in VAR")
 @argument("--server", action="store_true", help="run on the Jupyter server's runtime")

@@ -4,8 +4,10 @@ Each task is one module per layer, named here by import path so that nothing is 
 is used (and so that the runtime never imports the server or the magics):
 - `runtime`: the runtime part (`universal_kernel/tasks/<task>.py`): checks its inputs before anything
   loads, builds the work a model's worker runs, and maps its request and result to and from the wire;
-- `serving`: the server's wire types, serving and routes (`server_ext/tasks/<task>.py`);
-- `magic`: the notebook magic (`universal_kernel/magics/<task>.py`).
+- `serving`: the server's serving and routes (`server_ext/tasks/<task>.py`), whose request and response
+  types are the task's wire schema (`universal_kernel/tasks/<task>_wire.py`, read by the HTTP client too);
+- `magic`: the notebook magic (`universal_kernel/magics/<task>.py`);
+- `upstream`: its routes in the compatibility door's shapes (`server_ext/tasks/<task>_upstream.py`), if any.
 
 `models` says which models serve the task, as (format, model kind) pairs; "*" is any format. A model's
 kind is what its files say it is (`ModelSpec.task`). `methods` names the runtime part's functions that
@@ -38,6 +40,7 @@ class TaskParts:
     magic: str | None
     default_model: Callable[["RuntimeConfig"], str]
     methods: tuple[str, ...] = ()  # functions of `runtime` taking the runtime first: rt.NAME(...)
+    upstream: str | None = None
 
     def serves(self, spec: "ModelSpec") -> bool:
         return (spec.format, spec.task) in self.models or ("*", spec.task) in self.models
@@ -60,20 +63,24 @@ TASKS: dict[str, TaskParts] = {parts.name: parts for parts in (
     TaskParts("rerank", "rerank documents", frozenset({("*", "embed"), ("transformers", "rerank")}),
               "universal_kernel.tasks.rerank", "universal_kernel.server_ext.tasks.rerank",
               "universal_kernel.magics.rerank", _embedding_default,
-              methods=("rerank",)),
+              methods=("rerank",),
+              upstream="universal_kernel.server_ext.tasks.rerank_upstream"),
     TaskParts("classify", "classify", frozenset({("*", "embed"), ("*", "generate"), ("transformers", "classify"),
                                                  ("spacy", "classify")}),
               "universal_kernel.tasks.classify", "universal_kernel.server_ext.tasks.classify",
               "universal_kernel.magics.classify", _embedding_default,
-              methods=("classify",)),
+              methods=("classify",),
+              upstream="universal_kernel.server_ext.tasks.classify_upstream"),
     TaskParts("ner", "find entities", frozenset({("spacy", "ner"), ("transformers", "ner")}),
               "universal_kernel.tasks.ner", "universal_kernel.server_ext.tasks.ner",
               "universal_kernel.magics.ner", lambda config: "en-core-web-sm",
-              methods=("ner",)),
+              methods=("ner",),
+              upstream="universal_kernel.server_ext.tasks.ner_upstream"),
     TaskParts("ocr", "read text from images", frozenset({("rapidocr", "ocr")}),
               "universal_kernel.tasks.ocr", "universal_kernel.server_ext.tasks.ocr",
               "universal_kernel.magics.ocr", lambda config: "rapidocr",
-              methods=("ocr",)),
+              methods=("ocr",),
+              upstream="universal_kernel.server_ext.tasks.ocr_upstream"),
     # an OCR model reads scanned pages; the layout model goes with it (tasks/document.py)
     TaskParts("document", "read documents", frozenset({("rapidocr", "ocr")}),
               "universal_kernel.tasks.document", "universal_kernel.server_ext.tasks.document",
@@ -83,7 +90,8 @@ TASKS: dict[str, TaskParts] = {parts.name: parts for parts in (
     TaskParts("anomaly", "score anomalies of texts", frozenset({("*", "embed")}),
               "universal_kernel.tasks.anomaly", "universal_kernel.server_ext.tasks.anomaly",
               "universal_kernel.magics.anomaly", _embedding_default,
-              methods=("anomaly_fit", "anomaly_score", "anomaly_models", "anomaly_delete")),
+              methods=("anomaly_fit", "anomaly_score", "anomaly_models", "anomaly_delete"),
+              upstream="universal_kernel.server_ext.tasks.anomaly_upstream"),
 )}
 
 _KINDS = {"generate": "a generation", "embed": "an embedding", "classify": "a classifier",

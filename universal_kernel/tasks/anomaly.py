@@ -402,17 +402,26 @@ def data_to_wire(data) -> list:
         else data
 
 
-def detector_to_wire(detector: AnomalyDetector) -> dict:
-    """A detector as the server sends it: `model` is its name, `embedding_model` the texts' model."""
+def detector_to_wire(detector: AnomalyDetector):
+    """A detector as the server sends it (`AnomalyDetectorBody`): `model` is its name, `embedding_model` the
+    texts' model."""
+    from .anomaly_wire import AnomalyDetectorBody
+
     body = asdict(detector)
     body["model"] = body.pop("name")
     body["embedding_model"] = body.pop("text_model")
-    return body
+    return AnomalyDetectorBody.model_validate(body)
 
 
-def detector_from_wire(body: dict) -> AnomalyDetector:
-    return AnomalyDetector(name=body["model"], backend=body["backend"], n_samples=body["n_samples"],
-                           n_features=body["n_features"], threshold=body["threshold"],
-                           contamination=body["contamination"], columns=body.get("columns"),
-                           text_model=body.get("embedding_model"), created_at=body.get("created_at") or 0.0,
-                           schema=body.get("schema"))
+def detector_from_wire(body) -> AnomalyDetector:
+    """A detector from the server's body (a dict, or an `AnomalyDetectorBody`); another shape is a
+    GenerationFailed naming the field at fault."""
+    from .anomaly_wire import AnomalyDetectorBody
+    from .wire_base import read_response
+
+    if not isinstance(body, AnomalyDetectorBody):
+        body = read_response(AnomalyDetectorBody, body, "anomaly")
+    return AnomalyDetector(name=body.model, backend=body.backend, n_samples=body.n_samples,
+                           n_features=body.n_features, threshold=body.threshold, contamination=body.contamination,
+                           columns=body.columns, text_model=body.embedding_model, created_at=body.created_at or 0.0,
+                           schema=body.schema_)

@@ -86,29 +86,34 @@ def route(call: TaskCall) -> tuple[str, str]:
 
 def to_wire(call: TaskCall) -> dict:
     from .anomaly import data_to_wire
+    from .anomaly_wire import AnomalyFitRequest, AnomalyScoreRequest
 
     inputs = call.inputs
     if inputs["op"] == "fit":
-        return {"model": inputs["name"], "data": data_to_wire(inputs["data"]), "backend": inputs["backend"],
-                "contamination": inputs["contamination"], "embedding_model": inputs["embedding_model"],
-                "schema": inputs["schema"]}
+        return AnomalyFitRequest.build(model=inputs["name"], data=data_to_wire(inputs["data"]),
+                                       backend=inputs["backend"], contamination=inputs["contamination"],
+                                       embedding_model=inputs["embedding_model"], schema=inputs["schema"]).body()
     if inputs["op"] == "score":
-        return {"model": inputs["name"], "data": data_to_wire(inputs["data"]), "threshold": inputs["threshold"]}
+        return AnomalyScoreRequest.build(model=inputs["name"], data=data_to_wire(inputs["data"]),
+                                         threshold=inputs["threshold"]).body()
     return {}
 
 
 def from_wire(payload: dict, call: TaskCall, stats):
     from .anomaly import detector_from_wire
+    from .anomaly_wire import AnomalyDeleted, AnomalyDetectorBody, AnomalyModelsResponse, AnomalyScoreResponse
+    from .wire_base import read_response
 
     op = call.inputs["op"]
     if op == "fit":
-        return detector_from_wire(payload)
+        return detector_from_wire(read_response(AnomalyDetectorBody, payload, call.task))
     if op == "models":
-        return [detector_from_wire(entry) for entry in payload["data"]]
+        return [detector_from_wire(entry) for entry in read_response(AnomalyModelsResponse, payload, call.task).data]
     if op == "delete":
-        return True
-    rows = sorted(payload["data"], key=lambda row: row["index"])
-    return AnomalyScores(name=payload["model"], scores=np.array([row["score"] for row in rows], dtype=np.float64),
-                         is_anomaly=np.array([row["is_anomaly"] for row in rows], dtype=bool),
-                         threshold=payload["threshold"],
-                         raw_scores=np.array([row["raw_score"] for row in rows], dtype=np.float64))
+        return read_response(AnomalyDeleted, payload, call.task).deleted
+    response = read_response(AnomalyScoreResponse, payload, call.task)
+    rows = sorted(response.data, key=lambda row: row.index)
+    return AnomalyScores(name=response.model, scores=np.array([row.score for row in rows], dtype=np.float64),
+                         is_anomaly=np.array([row.is_anomaly for row in rows], dtype=bool),
+                         threshold=response.threshold,
+                         raw_scores=np.array([row.raw_score for row in rows], dtype=np.float64))

@@ -130,18 +130,21 @@ def work(ctx):
     return run
 
 
-# The wire (the HTTP client runtime) ----------------------------------------------------------------
+# The wire (the HTTP client runtime; the schema is classify_wire.py) -------------------------------
 PATH = "v1/classify"
 
 
 def to_wire(call: TaskCall) -> dict:
+    from .classify_wire import ClassifyRequest
+
     inputs = call.inputs
-    return {"model": call.model, "input": inputs["texts"], "labels": inputs["labels"], "truncate": inputs["truncate"]}
+    return ClassifyRequest.of(call, input=inputs["texts"], labels=inputs["labels"], truncate=inputs["truncate"]).body()
 
 
 def from_wire(payload: dict, call: TaskCall, stats):
-    rows = sorted(payload.get("data") or [], key=lambda r: r.get("index", 0))
-    out = [Classification(r["label"], float(r["score"]), {k: float(v) for k, v in (r.get("scores") or {}).items()})
-           for r in rows]
-    tokens = int((payload.get("usage") or {}).get("prompt_tokens", 0))
-    return ClassifyResult(payload.get("model") or call.model, out, tokens, stats)
+    from .classify_wire import ClassifyResponse
+    from .wire_base import read_response
+
+    response = read_response(ClassifyResponse, payload, call.task)
+    rows = [Classification(r.label, r.score, dict(r.scores)) for r in sorted(response.data, key=lambda r: r.index)]
+    return ClassifyResult(response.model, rows, response.usage.prompt_tokens, stats)

@@ -1,78 +1,68 @@
 """Documents: each page's blocks (title, text, table, caption, ...) in reading order, its tables as
 rows of cells, and the whole as Markdown.
 
-The inputs are OCR's (paths, bytes of PNG/JPEG/PDF, PIL images, arrays), read and checked the same way
-and under the same limits before anything loads (tasks/ocr.py). The model is an OCR model: its worker
-reads each page's text, from the PDF's own text layer where the page has one, else by OCR; the layout
-model (rapid-layout, backends/rapid_layout_engine.py) goes with it. Pages are rendered one at a time,
-each just before it is read.
+The inputs are paths, bytes of PNG/JPEG/PDF, PIL images or arrays, read and checked by the shared image
+input (tasks/image_input.py) before anything loads, under the limits of the task whose model reads the
+pages (`page_reader`). The model's worker reads each page's text from the PDF's own text layer where the
+page has one, else from the page image with the model; the layout model (rapid-layout,
+backends/rapid_layout_engine.py) goes with it. Pages are rendered one at a time, each just before it is read.
 """
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Callable
 
-from ..errors import Cancelled, InvalidRequest
-from . import TaskCall
-from . import ocr as ocr_task
+from ..errors import Cancelled
+from . import TaskCall, task_parts
 from .document_result import Document, DocumentResult, Page
+from .image_input import PDF_RENDER_SCALE, read_inputs
 
 PATH = "v1/documents"
+#: `Page.source` of a page whose text came from the PDF's own text layer
+TEXT_LAYER = "text layer"
+
+
+def page_reader() -> ModuleType:
+    """The runtime part of the task of the model kind that reads the pages (this task's registry line names
+    that one kind): the limits on its images and PDFs are this task's too."""
+    (kind,) = {kind for _, kind in task_parts("document").models}
+    return task_parts(kind).runtime_part()
+
+
+def limits(config) -> dict:
+    """The limits of a RuntimeConfig, as `call`'s keywords: the page reader's (its settings)."""
+    return page_reader().limits(config)
 
 
 def document(runtime, source, model: str | None = None, *, backend: str = "auto", keep_alive: float | None = None):
     """A `Document` (pages -> blocks, tables, `.markdown()`, `.frame()`) for one path, file's bytes, PIL image
-    or PDF; a list of them for a list. Inputs are read and checked as OCR's (`tasks/ocr.py`)."""
+    or PDF; a list of them for a list. Inputs are read and checked as the page reader's are (`page_reader`)."""
     checked = call(source, model, backend=backend, keep_alive=keep_alive,
-                   **ocr_task.read_options(runtime.file_access("document")))
+                   **page_reader().read_options(runtime.file_access("document")))
     return documents_of(runtime.run(checked), source)
 
 
 def call(sources, model: str | None = None, *, backend: str = "auto", keep_alive: float | None = None,
          max_pixels: int | None = None, max_pages: int | None = None, path_check: Callable | None = None) -> TaskCall:
-    """Every input read and checked as OCR's are; nothing loads for a bad one."""
-    checked = ocr_task.call(sources, model, backend=backend, keep_alive=keep_alive, max_pixels=max_pixels,
-                            max_pages=max_pages, path_check=path_check)
-    return TaskCall("document", model, {"images": checked.inputs["images"]}, backend, keep_alive)
+    """Read and check every input; nothing loads for a bad one. `path_check(path, param)` finds a path's
+    file or refuses it (None: paths are not taken); `max_pixels`/`max_pages` None: no limit of ours."""
+    inputs = read_inputs(sources, page_reader().image_limits(max_pixels, max_pages), path_check)
+    return TaskCall("document", model, {"images": inputs}, backend, keep_alive)
 
 
-def _pages(source):
-    """(page image, pypdfium2 page or None) for each page of one input, rendered as it is reached."""
-    if isinstance(source, ocr_task.PdfInput):
-        import numpy as np
-        import pypdfium2 as pdfium
-
-        document = pdfium.PdfDocument(source.data)
-        try:
-            for number in range(source.page_count):
-                page = document[number]
-                try:
-                    bitmap = page.render(scale=ocr_task.PDF_RENDER_SCALE)
-                    image = np.array(bitmap.to_pil().convert("RGB"))  # a copy: the bitmap is freed below
-                    bitmap.close()
-                    yield image, page
-                except pdfium.PdfiumError as exc:
-                    raise InvalidRequest(f"images[{source.position}]: page {number + 1} cannot be read: {exc}",
-                                         param="images") from None
-                finally:
-                    page.close()
-        finally:
-            document.close()
-    else:
-        yield source.array, None
-
-
-def read_page(instance, layout, number: int, image, pdf_page) -> Page:
-    """One page: its words (text layer, else OCR), the layout's regions, then blocks and tables."""
+def read_page(instance, layout, number: int, image, pdf_page, reader: str) -> Page:
+    """One page: its words (the text layer, else the text reader `instance`, a model of kind `reader`), the
+    layout's regions, then blocks and tables."""
     from .document_layout import build_page
-    from .document_text import ocr_words, text_layer_words
+    from .document_text import line_words, text_layer_words
 
-    words = text_layer_words(pdf_page, ocr_task.PDF_RENDER_SCALE) if pdf_page is not None else []
-    source = "text layer"
+    words = text_layer_words(pdf_page, PDF_RENDER_SCALE) if pdf_page is not None else []
+    source = TEXT_LAYER
     if not words:  # a scanned page, or an image
         # a document's pages are upright: the line-orientation classifier would only turn long lines over
-        words = ocr_words(instance.read_images([image], boxes=True, turned_lines=False)[0])
-        source = "ocr"
+        words = line_words(instance.read_images([image], boxes=True, turned_lines=False)[0])
+        source = reader
     return build_page(number, image, words, layout.regions(image), source)
 
 
@@ -96,10 +86,10 @@ def work(ctx):
         documents = []
         for index, source in enumerate(inputs):
             pages = []
-            for number, (image, pdf_page) in enumerate(_pages(source), start=1):
+            for number, (image, pdf_page) in enumerate(source.pages(), start=1):
                 if cancelled():
                     raise Cancelled("the document request was cancelled")
-                pages.append(read_page(instance, layout, number, image, pdf_page))
+                pages.append(read_page(instance, layout, number, image, pdf_page, ctx.spec.task))
             document = Document(index, pages)
             set_levels(document)
             documents.append(document)
@@ -108,16 +98,52 @@ def work(ctx):
     return run
 
 
-# The wire (the HTTP client runtime) ----------------------------------------------------------------
-def to_wire(call: TaskCall) -> dict:
-    return {"model": call.model, "images": [ocr_task._to_base64(source) for source in call.inputs["images"]]}
-
-
-def from_wire(payload: dict, call: TaskCall, stats) -> DocumentResult:
-    rows = sorted(payload.get("data") or [], key=lambda r: r.get("index", 0))
-    return DocumentResult(payload.get("model") or call.model, [Document.from_dict(row) for row in rows], stats)
-
-
 def documents_of(result: DocumentResult, source):
     """`rt.document`'s answer: one Document for one source, a list for a list."""
     return result.documents if isinstance(source, (list, tuple)) else result.documents[0]
+
+
+# The wire (the HTTP client runtime; the schema is document_wire.py) --------------------------------
+def to_wire(call: TaskCall) -> dict:
+    from .document_wire import DocumentRequest
+    from .image_input import to_base64
+
+    return DocumentRequest.of(call, images=[to_base64(source) for source in call.inputs["images"]]).body()
+
+
+def from_wire(payload: dict, call: TaskCall, stats) -> DocumentResult:
+    from .document_wire import DocumentResponse
+    from .wire_base import read_response
+
+    response = read_response(DocumentResponse, payload, call.task)
+    rows = sorted(response.data, key=lambda row: row.index)
+    return DocumentResult(response.model, [document_from_wire(row) for row in rows], stats)
+
+
+def document_to_wire(document: Document):
+    """A Document as its wire row (`DocumentRow`; the server's side)."""
+    from .document_wire import BlockOut, DocumentRow, TableOut
+
+    blocks = [BlockOut(kind=b.kind, bbox=list(b.bbox), text=b.text, order=b.order, confidence=b.confidence,
+                       page=b.page, level=b.level) for b in document.blocks]
+    tables = [TableOut(page=t.page, bbox=list(t.bbox), rows=t.rows, confidence=t.confidence)
+              for t in document.tables_found]
+    return DocumentRow(index=document.index, pages=len(document.pages), blocks=blocks, tables=tables,
+                       markdown=document.markdown())
+
+
+def document_from_wire(row) -> Document:
+    """A Document from its wire row (`DocumentRow`; the client's side: page sizes do not travel)."""
+    from .document_result import Block, Table
+
+    pages = {n: Page(n, 0, 0, "") for n in range(1, row.pages + 1)}
+    for t in row.tables:
+        table = Table(t.page, tuple(t.bbox), [list(r) for r in t.rows], t.confidence)
+        pages.setdefault(table.page, Page(table.page, 0, 0, "")).tables.append(table)
+    for b in row.blocks:
+        block = Block(b.kind, tuple(b.bbox), b.text, b.order, b.confidence, b.page, b.level)
+        page = pages.setdefault(block.page, Page(block.page, 0, 0, ""))
+        if block.kind == "table":  # the page's tables travel in reading order, as its table blocks
+            block.table = sum(1 for other in page.blocks if other.kind == "table")
+        page.blocks.append(block)
+    return Document(row.index, [pages[n] for n in sorted(pages)])

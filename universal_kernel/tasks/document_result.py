@@ -6,7 +6,7 @@ Boxes are in pixels of the page image: an image's own pixels, a PDF page rendere
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 #: block kinds; `caption` covers figure and table captions
 KINDS = ("title", "text", "table", "figure", "caption", "header", "footer", "reference", "equation")
@@ -69,7 +69,7 @@ class Page:
     number: int  # from 1
     width: int  # pixels of the page image
     height: int
-    source: str  # "text layer" (a PDF's own text) or "ocr"
+    source: str  # "text layer" (a PDF's own text), or the kind of the model that read the page image
     blocks: list[Block] = field(default_factory=list)  # in reading order
     tables: list[Table] = field(default_factory=list)
 
@@ -123,32 +123,6 @@ class Document:
 
     def _repr_markdown_(self) -> str:
         return self.markdown()
-
-    def to_dict(self) -> dict:
-        """The wire's shape (`POST universal/v1/documents`, one `data` row)."""
-        blocks = [{key: value for key, value in asdict(b).items() if key not in ("table", "size")}
-                  | {"bbox": list(b.bbox)} for b in self.blocks]
-        tables = [{"page": t.page, "bbox": list(t.bbox), "rows": t.rows, "confidence": t.confidence}
-                  for t in self.tables_found]
-        return {"index": self.index, "pages": len(self.pages), "blocks": blocks, "tables": tables,
-                "markdown": self.markdown()}
-
-    @classmethod
-    def from_dict(cls, row: dict) -> "Document":
-        """A Document from its wire row (the client runtime's side; page sizes do not travel)."""
-        pages = {n: Page(n, 0, 0, "") for n in range(1, int(row.get("pages") or 0) + 1)}
-        tables = [Table(int(t["page"]), tuple(t["bbox"]), [list(map(str, r)) for r in t["rows"]],
-                        float(t.get("confidence", 1.0))) for t in row.get("tables") or []]
-        for table in tables:
-            pages.setdefault(table.page, Page(table.page, 0, 0, "")).tables.append(table)
-        for b in row.get("blocks") or []:
-            block = Block(str(b["kind"]), tuple(b["bbox"]), str(b["text"]), int(b["order"]), float(b["confidence"]),
-                          int(b["page"]), int(b.get("level") or 0))
-            page = pages.setdefault(block.page, Page(block.page, 0, 0, ""))
-            if block.kind == "table":  # the page's tables travel in reading order, as its table blocks
-                block.table = sum(1 for other in page.blocks if other.kind == "table")
-            page.blocks.append(block)
-        return cls(int(row.get("index", 0)), [pages[n] for n in sorted(pages)])
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """A page's words and lines, with their boxes and type size, from either source of text:
 - a PDF's own text layer (pypdfium2's character boxes and font sizes): exact, nothing to recognise;
-- OCR lines (rapidocr's boxes), for a scanned page or an image: words are placed along their line in
+- the lines a text reader (rapidocr) finds on a scanned page or an image: words are placed along their line in
   proportion to their characters, and a line's type size is its box's height.
 
 Sizes only ever compare within one page (a title is larger than the page's body text), so the two
@@ -93,8 +93,8 @@ def text_layer_words(page, scale: float) -> list[Word]:
         textpage.close()
 
 
-def ocr_words(found: dict) -> list[Word]:
-    """Words from rapidocr's lines (`read_images(..., boxes=True)` rows)."""
+def line_words(found: dict) -> list[Word]:
+    """Words from the lines a text reader found on a page image (`read_images(..., boxes=True)` rows)."""
     words = []
     for row in found.get("boxes") or []:
         text = str(row["text"])

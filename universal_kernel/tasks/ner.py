@@ -56,16 +56,20 @@ def work(ctx):
     return run
 
 
-# The wire (the HTTP client runtime) ----------------------------------------------------------------
+# The wire (the HTTP client runtime; the schema is ner_wire.py) ------------------------------------
 PATH = "v1/ner"
 
 
 def to_wire(call: TaskCall) -> dict:
-    return {"model": call.model, "input": call.inputs["texts"], "truncate": call.inputs["truncate"]}
+    from .ner_wire import NerRequest
+
+    return NerRequest.of(call, input=call.inputs["texts"], truncate=call.inputs["truncate"]).body()
 
 
 def from_wire(payload: dict, call: TaskCall, stats):
-    rows = sorted(payload.get("data") or [], key=lambda r: r.get("index", 0))
-    tokens = int((payload.get("usage") or {}).get("prompt_tokens", 0))
-    return NerResult(payload.get("model") or call.model, entities([r.get("entities") or [] for r in rows]),
-                     tokens, stats)
+    from .ner_wire import NerResponse
+    from .wire_base import read_response
+
+    response = read_response(NerResponse, payload, call.task)
+    rows = [[entity.model_dump() for entity in row.entities] for row in sorted(response.data, key=lambda r: r.index)]
+    return NerResult(response.model, entities(rows), response.usage.prompt_tokens, stats)

@@ -96,19 +96,23 @@ def work(ctx):
     return run
 
 
-# The wire (the HTTP client runtime) ----------------------------------------------------------------
+# The wire (the HTTP client runtime; the schema is rerank_wire.py) ---------------------------------
 PATH = "v1/rerank"
 
 
 def to_wire(call: TaskCall) -> dict:
+    from .rerank_wire import RerankRequest
+
     inputs = call.inputs
-    return {"model": call.model, "query": inputs["query"], "documents": inputs["documents"],
-            "top_n": inputs["top_n"], "truncate": inputs["truncate"], "return_documents": False}
+    return RerankRequest.of(call, query=inputs["query"], documents=inputs["documents"], top_n=inputs["top_n"],
+                            truncate=inputs["truncate"], return_documents=False).body()
 
 
 def from_wire(payload: dict, call: TaskCall, stats):
+    from .rerank_wire import RerankResponse
+    from .wire_base import read_response
+
+    response = read_response(RerankResponse, payload, call.task)
     documents = call.inputs["documents"]
-    hits = [RerankHit(int(r["index"]), float(r["relevance_score"]), documents[int(r["index"])])
-            for r in payload.get("results") or []]
-    tokens = int((payload.get("usage") or {}).get("prompt_tokens", 0))
-    return RerankResult(payload.get("model") or call.model, hits, tokens, stats)
+    hits = [RerankHit(hit.index, hit.relevance_score, documents[hit.index]) for hit in response.results]
+    return RerankResult(response.model, hits, response.usage.prompt_tokens, stats)
