@@ -107,6 +107,7 @@ class LlamaCppBackend(LabelScorer, Backend):
         #: the generations running together (llama_batch.py); None for an embedding model
         self.batch = DecodeBatch(self.llm, llama_cpp, self.parallel, self.n_ctx) if generates else None
         self._formatter = self._chat_formatter()
+        self._llama_cpp = llama_cpp  # the bindings this model was loaded with (tests read its KV cells through them)
 
     def library_settings(self) -> dict:
         """The `llama_cpp.Llama` arguments of one sequence of this model: raw llama-cpp-python built with them
