@@ -3,7 +3,7 @@ LlamaFarm's Universal Runtime documents them (its `api_types/` and routers' docs
 the session's real `jupyter server`. Every field of upstream's response is present with upstream's
 type, and the values equal what our own routes (`universal/v1/...`) answer for the same input.
 
-The expected fields are written here from upstream's types, not imported from server_ext/upstream/wire.py:
+The expected fields are written here from upstream's types, not imported from server_ext/tasks/*_upstream.py:
 the test checks the door against upstream, not against itself.
 """
 

@@ -3,9 +3,10 @@
 Each holds its serving coroutine, a thin handler and `routes()`; its wire schema is the kernel's
 (`universal_kernel/tasks/<task>_wire.py`, which the HTTP client reads too). The registry
 (`universal_kernel.tasks.TASKS`, field `serving`) names the module, and routes.py mounts every one it
-names, so adding a task needs no edit there; a task's routes in the compatibility door's shapes are its
-`<task>_upstream.py` (field `upstream`). What all of them share lives here: `serve` (request -> the
-task's call -> the runtime -> a response or a failure) and the thin POST handler.
+names, so adding a task needs no edit there; a task's routes in the compatibility door's shapes are the
+`door_routes()` of its `<task>_upstream.py` (field `upstream`), which upstream/door.py mounts. What all
+of them share lives here: `serve` (request -> the task's call -> the runtime -> a response or a
+failure), `off_loop` and the thin POST handler.
 """
 
 from __future__ import annotations

@@ -176,6 +176,6 @@ AnomalyFitDoor = upstream_post_handler(AnomalyFitRequest, fit)
 AnomalyScoreDoor = upstream_post_handler(AnomalyScoreRequest, score)
 
 
-def routes() -> list[tuple[str, type]]:
+def door_routes() -> list[tuple[str, type]]:
     """Relative to the door's root (`universal/runtime/`)."""
     return [(r"v1/anomaly/fit/?", AnomalyFitDoor), (r"v1/anomaly/score/?", AnomalyScoreDoor)]

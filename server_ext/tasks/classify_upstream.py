@@ -57,6 +57,6 @@ async def classify(serving: Serving, req: ClassifyRequest):
 ClassifyDoor = upstream_post_handler(ClassifyRequest, classify)
 
 
-def routes() -> list[tuple[str, type]]:
+def door_routes() -> list[tuple[str, type]]:
     """Relative to the door's root (`universal/runtime/`)."""
     return [(r"v1/classify/?", ClassifyDoor)]

@@ -59,6 +59,6 @@ async def ner(serving: Serving, req: NerRequest):
 NerDoor = upstream_post_handler(NerRequest, ner)
 
 
-def routes() -> list[tuple[str, type]]:
+def door_routes() -> list[tuple[str, type]]:
     """Relative to the door's root (`universal/runtime/`)."""
     return [(r"v1/ner/?", NerDoor)]

@@ -97,6 +97,6 @@ async def ocr(serving: Serving, req: OcrRequest):
 OcrDoor = upstream_post_handler(OcrRequest, ocr)
 
 
-def routes() -> list[tuple[str, type]]:
+def door_routes() -> list[tuple[str, type]]:
     """Relative to the door's root (`universal/runtime/`)."""
     return [(r"v1/ocr/?", OcrDoor)]

@@ -53,6 +53,6 @@ async def rerank(serving: Serving, req: RerankRequest):
 RerankDoor = upstream_post_handler(RerankRequest, rerank)
 
 
-def routes() -> list[tuple[str, type]]:
+def door_routes() -> list[tuple[str, type]]:
     """Relative to the door's root (`universal/runtime/`)."""
     return [(r"v1/rerank/?", RerankDoor)]

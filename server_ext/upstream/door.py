@@ -84,7 +84,7 @@ def task_routes() -> list[tuple[str, type]]:
     found: list[tuple[str, type]] = []
     for parts in TASKS.values():
         if parts.upstream:
-            found.extend(importlib.import_module(parts.upstream).routes())
+            found.extend(importlib.import_module(parts.upstream).door_routes())
     return found
 
 

@@ -7,7 +7,8 @@ is used (and so that the runtime never imports the server or the magics):
 - `serving`: the server's serving and routes (`server_ext/tasks/<task>.py`), whose request and response
   types are the task's wire schema (`universal_kernel/tasks/<task>_wire.py`, read by the HTTP client too);
 - `magic`: the notebook magic (`universal_kernel/magics/<task>.py`);
-- `upstream`: its routes in the compatibility door's shapes (`server_ext/tasks/<task>_upstream.py`), if any.
+- `upstream`: its routes in the compatibility door's shapes, if any (`server_ext/tasks/<task>_upstream.py`,
+  whose `door_routes()` are relative to the door's root, `universal/runtime/`).
 
 `models` says which models serve the task, as (format, model kind) pairs; "*" is any format. A model's
 kind is what its files say it is (`ModelSpec.task`). `methods` names the runtime part's functions that
