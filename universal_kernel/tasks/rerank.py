@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InvalidRequest
+from ..errors import GenerationFailed, InvalidRequest
 from ..stats import RequestStats
 from . import TaskCall, check_lengths
 
@@ -114,5 +114,7 @@ def from_wire(payload: dict, call: TaskCall, stats):
 
     response = read_response(RerankResponse, payload, call.task)
     documents = call.inputs["documents"]
+    if any(not 0 <= hit.index < len(documents) for hit in response.results):
+        raise GenerationFailed(f"the server's answer to rerank names a document beyond the {len(documents)} sent")
     hits = [RerankHit(hit.index, hit.relevance_score, documents[hit.index]) for hit in response.results]
     return RerankResult(response.model, hits, response.usage.prompt_tokens, stats)
