@@ -40,8 +40,9 @@ def run_lazy(task: RowTask, shell, expr: str, value, args, options: dict, *, che
     where = _prepare(magics, check_task, check_model, args)
     _report(report_model or _model_name(magics, check_task, check_model), value, where)
 
-    empty = Rows(value._meta if task.reads == "frame" else [], [], value._meta.index, value._meta.name
-                 if getattr(value._meta, "ndim", 2) == 1 else None, options)
+    part = value._meta  # an empty partition: what `meta` is built from
+    empty = Rows(part if task.reads == "frame" else [], [], part.index, part.name if part.ndim == 1 else None,
+                 options)
     if frame is not None and not task.aligned:  # a long table's --column values: one per row
         meta = column_values(task, empty, column)
         lazy = value.map_partitions(run_partition, task, options, column, meta=meta, token=_token(task))
