@@ -126,6 +126,14 @@ class RuntimeConfig:
         for name, setting in declared.items():
             setattr(self, name, values[name] if name in values else setting.value(RUNTIME))
 
+    def __getattr__(self, name: str) -> Any:
+        # only for names not set in __init__: a setting of a task registered after this config was made
+        # (a plugin's TASKS line) takes its environment variable or default, as a new config would
+        setting = settings(RUNTIME).get(name) if not name.startswith("_") else None
+        if setting is None:
+            raise AttributeError(f"RuntimeConfig has no setting {name!r}")
+        return setting.value(RUNTIME)
+
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in settings(RUNTIME)}
 
