@@ -13,9 +13,10 @@ import asyncio
 import inspect
 import json
 
+import pandas as pd
 import pytest
 
-from universal_kernel import InferenceRuntime, InvalidRequest, Runtime, WrongTask
+from universal_kernel import InferenceRuntime, InvalidRequest, Runtime, RuntimeConfig, WrongTask
 from universal_kernel.client import NoRuntimeApi, RemoteRuntime
 from universal_kernel.magics import get_magics, register_task_magics
 from universal_kernel.server_ext import routes as server_routes
@@ -40,7 +41,8 @@ def count_task(monkeypatch):
     """The one registry line of the toy task."""
     monkeypatch.setitem(TASKS, "count", TaskParts(
         "count", "count tokens", frozenset({("*", "embed")}), "tests.toy_task", "tests.toy_task",
-        "tests.toy_task", lambda config: config.default_embedding_model))
+        "tests.toy_task", lambda config: config.default_embedding_model, methods=("count",),
+        upstream="tests.toy_task"))
     return toy_task
 
 
@@ -132,16 +134,17 @@ def test_capabilities_say_what_a_runtime_honours(runtime):
     assert runtime.unload(MINILM, backend="llama_cpp") == {"model": MINILM, "results": []}
 
 
-def test_a_task_registered_later_gets_its_methods(runtime, count_task, monkeypatch):
-    def count(rt, texts, model=None):
-        """Each text's token count."""
-        return rt.run(count_task.call(texts, model))["counts"]
-
-    monkeypatch.setattr(count_task, "count", count, raising=False)
-    monkeypatch.setitem(TASKS, "count", TaskParts(**{**vars(TASKS["count"]), "methods": ("count",)}))
-    assert "count" in dir(runtime) and inspect.signature(runtime.count) == inspect.signature(
-        lambda texts, model=None: None)
+def test_a_task_registered_later_gets_its_methods_and_settings(runtime, count_task, monkeypatch):
+    assert "count" in dir(runtime) and "count" in dir(RemoteRuntime("http://127.0.0.1:1/", "token"))
+    assert inspect.signature(runtime.count) == inspect.signature(lambda texts, model=None: None)
     assert runtime.count(["hello world"], MINILM) == [runtime.embed(["hello world"], MINILM).prompt_tokens]
+    # its own setting: a keyword, an environment variable, and read by its work from the runtime's config
+    assert RuntimeConfig(toy_count_limit=3).toy_count_limit == 3
+    monkeypatch.setenv("UNIVERSAL_KERNEL_TOY_COUNT_LIMIT", "5")
+    assert RuntimeConfig().toy_count_limit == 5 and runtime.config.toy_count_limit == 5  # a config made before
+    monkeypatch.setattr(runtime.config, "toy_count_limit", 1, raising=False)
+    with pytest.raises(InvalidRequest, match="at most 1 texts"):
+        runtime.count(["one", "two"], MINILM)
 
 
 def test_a_third_runtime_plugs_into_the_magics_unchanged(ip, runtime):  # noqa: F811
@@ -169,14 +172,42 @@ def test_a_new_task_is_its_modules_and_one_registry_line(runtime, ip, count_task
     # the server mounts its route before the catch-all
     routes = [pattern for pattern, _ in server_routes.routes()]
     assert routes.index(r"universal/v1/count/?") < routes.index(r"universal/(.*)")
-    # %load_ext registers its magic
+    # %load_ext registers its magic; the row executor gives it missing rows, --column and a progress bar
     register_task_magics(ip, get_magics(ip))
-    captured, result = run(ip, "n = %count ['hello world']")
+    ip.user_ns["df"] = pd.DataFrame({"text": ["hello world", None, "hello world", "a"]}, index=[10, 11, 12, 13])
+    captured, result = run(ip, f"n = %count df.text -m {MINILM}\n%count df.text -m {MINILM} --column tokens")
     assert result.success, result.error_in_exec
-    assert ip.user_ns["n"] == [tokenizer_count]
+    one = runtime.count(["a"], MINILM)[0]
+    assert ip.user_ns["n"].tolist()[::2] == [tokenizer_count] * 2 and ip.user_ns["n"].isna().tolist()[1]
+    assert ip.user_ns["n"].index.tolist() == [10, 11, 12, 13]
+    assert ip.user_ns["df"]["tokens"].tolist()[2:] == [tokenizer_count, one]
+    assert "1 of 4 values are missing" in captured.stderr
 
 
-def test_a_new_task_is_served_over_http(count_task, jp_fetch, jp_web_app, jp_asyncio_loop, runtime):
+def test_a_new_task_runs_on_a_dask_series_through_its_row_function(runtime, ip, count_task, monkeypatch):  # noqa: F811
+    import dask
+    import dask.dataframe as dd
+
+    from universal_kernel import runtime as runtime_module
+
+    # no cluster: the graph runs in this process, on the process-wide runtime of the magics (the session's)
+    monkeypatch.setattr(runtime_module, "_default", runtime)
+    register_task_magics(ip, get_magics(ip))
+    texts = pd.Series(["hello world", "a", None, "hello world"], name="text")
+    ip.user_ns["dds"] = dd.from_pandas(texts, npartitions=2)
+    captured, result = run(ip, f"lazy = %count dds -m {MINILM}")
+    assert result.success, result.error_in_exec
+    assert "lazy" in captured.stdout and "2 partitions" in captured.stdout
+    with dask.config.set(scheduler="sync"):
+        counted = ip.user_ns["lazy"].compute()
+    local = runtime.count(["hello world", "a"], MINILM)
+    assert counted.iloc[[0, 1, 3]].tolist() == [local[0], local[1], local[0]] and counted.isna().tolist()[2]
+
+
+
+
+def test_a_new_task_is_served_over_http(count_task, jp_fetch, jp_web_app, jp_asyncio_loop, runtime, jp_http_port,
+                                        jp_base_url, jp_serverapp):
     serving = jp_web_app.settings[SERVING_SETTING]
     own, serving.runtime = serving.runtime, runtime  # the session's loaded models
     asyncio.set_event_loop(jp_asyncio_loop)
@@ -191,5 +222,18 @@ def test_a_new_task_is_served_over_http(count_task, jp_fetch, jp_web_app, jp_asy
         assert payload["model"] == MINILM and len(payload["counts"]) == 2
         wrong = post({"model": SMOLLM, "input": "x"})
         assert wrong.code == 400 and json.loads(wrong.body)["error"]["code"] == "wrong_model_task"
+        bad = post({"model": MINILM, "input": [1, 2]})  # its wire schema parses the request
+        assert bad.code == 400 and json.loads(bad.body)["error"]["param"] == "input"
+        # the compatibility door mounts its door routes
+        door = jp_asyncio_loop.run_until_complete(jp_fetch(
+            "universal", "runtime", "v1", "count", method="POST", body=json.dumps({"model": MINILM, "input": "a"}),
+            raise_error=False))
+        assert door.code == 200 and json.loads(door.body)["counts"] == payload["counts"][1:]
+        # the HTTP client runtime has its method, built and read through the same schema
+        remote = RemoteRuntime(f"http://localhost:{jp_http_port}{jp_base_url}",
+                               jp_serverapp.identity_provider.token)
+        counts = jp_asyncio_loop.run_until_complete(jp_asyncio_loop.run_in_executor(
+            None, lambda: remote.count(["hello world", "a"], MINILM)))
+        assert counts == payload["counts"]
     finally:
         serving.runtime = own
