@@ -34,7 +34,7 @@ def test_each_place_has_a_trait_or_keyword_per_declared_setting():
 def test_a_tasks_own_settings_are_keywords_attributes_and_server_traits(monkeypatch, tmp_path):
     declared = settings(RUNTIME)
     assert {"ocr_max_pixels", "ocr_max_pages", "anomaly_folder", "embedding_cache_folder"} <= set(declared)
-    from universal_kernel.tasks import anomaly, ocr
+    from universal_kernel.tasks import anomaly_calls as anomaly, ocr
 
     assert declared["ocr_max_pages"] in ocr.SETTINGS and declared["anomaly_folder"] in anomaly.SETTINGS
     config = RuntimeConfig(ocr_max_pages=3, anomaly_folder=tmp_path)

@@ -9,14 +9,15 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from universal_kernel.errors import ModelNotFound
-from universal_kernel.tasks import anomaly as anomaly_task
+from universal_kernel.tasks import anomaly_calls as anomaly_task
+from universal_kernel.tasks.anomaly_wire import detector_to_wire
 from universal_kernel.tasks.anomaly_wire import (
     AnomalyDeleted, AnomalyDetectorBody, AnomalyFitRequest, AnomalyModelsResponse, AnomalyRow, AnomalyScoreRequest,
     AnomalyScoreResponse, AnomalySummary,
 )
 
 from ..base_handler import BaseHandler
-from ..errors import Failure, failure_from
+from ..errors import Failure
 from ..serving import Serving
 from . import off_loop, post_handler
 
@@ -27,7 +28,7 @@ async def fit(serving: Serving, req: AnomalyFitRequest) -> AnomalyDetectorBody |
     found = await off_loop(lambda: serving.runtime.anomaly_fit(
         req.model, req.data, backend=req.backend, contamination=req.contamination, model=req.embedding_model,
         schema=req.schema_))
-    return found if isinstance(found, Failure) else anomaly_task.detector_to_wire(found)
+    return found if isinstance(found, Failure) else detector_to_wire(found)
 
 
 async def score(serving: Serving, req: AnomalyScoreRequest) -> AnomalyScoreResponse | Failure:
@@ -44,7 +45,7 @@ async def models(serving: Serving) -> AnomalyModelsResponse | Failure:
     found = await off_loop(serving.runtime.anomaly_models)
     if isinstance(found, Failure):
         return found
-    return AnomalyModelsResponse(data=[anomaly_task.detector_to_wire(d) for d in found])
+    return AnomalyModelsResponse(data=[detector_to_wire(d) for d in found])
 
 
 async def delete(serving: Serving, name: str) -> AnomalyDeleted | Failure:

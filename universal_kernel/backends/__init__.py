@@ -12,7 +12,7 @@ from .registry import batches, create, import_library, precision_status, prompt_
 
 if TYPE_CHECKING:
     from ..config import RuntimeConfig
-    from ..references import ModelSpec
+    from ..model_spec import ModelSpec
 
 #: what a request's `backend` may name
 BACKENDS = ("auto", *REGISTRY)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 from ..errors import InvalidRequest, WrongTask
 
 if TYPE_CHECKING:
-    from ..references import ModelSpec
+    from ..model_spec import ModelSpec
 
 FinishReason = Literal["stop", "length", "cancelled"]
 

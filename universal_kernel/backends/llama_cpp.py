@@ -8,7 +8,7 @@ import secrets
 import numpy as np
 
 from ..errors import BackendUnavailable, GenerationFailed, InvalidRequest, LoadFailed, RuntimeFailure
-from ..references import ModelSpec
+from ..model_spec import ModelSpec
 from . import llama_internals as internals
 from .base import Backend, Emit, GenerationOutcome, GenerationParams, IsCancelled
 from .llama_batch import DecodeBatch, SamplingSettings, Sequence, Slot

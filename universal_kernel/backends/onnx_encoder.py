@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import LoadFailed
 from ..precision import PROBE_TEXTS, Precision
-from ..references import ModelSpec
+from ..model_spec import ModelSpec
 from . import onnx_export
 from .base import Backend
 from .transformers_embed import TransformersEmbedBackend, padded_batch, read_pooling, token_budget_batches

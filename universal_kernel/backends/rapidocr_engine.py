@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendUnavailable, LoadFailed
-from ..references import ModelSpec
+from ..model_spec import ModelSpec
 from .base import Backend
 
 

@@ -18,7 +18,7 @@ from .formats import GGUF, HF_FOLDER, RAPIDOCR, SPACY, ModelFormat
 if TYPE_CHECKING:
     from ..cache import LoadedModel
     from ..config import RuntimeConfig
-    from ..references import ModelSpec
+    from ..model_spec import ModelSpec
     from .base import Backend
 
 #: the default loaded bytes per byte of file, before this process has measured a load of the kind

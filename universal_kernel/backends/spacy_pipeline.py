@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackendUnavailable, InvalidRequest, LoadFailed, WrongTask
-from ..references import ModelSpec
+from ..model_spec import ModelSpec
 from .base import Backend
 
 #: factories that write doc.ents

@@ -18,7 +18,7 @@ import numpy as np
 from ..devices import Device, torch_dtype
 from ..errors import InvalidRequest, LoadFailed, WrongTask
 from ..precision import PROBE_QUERY, PROBE_TEXTS, candidate, probed_close
-from ..references import ModelSpec
+from ..model_spec import ModelSpec
 from .base import Backend
 from .transformers_embed import token_budget_batches
 from .transformers_lm import free_model, import_transformers, quiet_progress

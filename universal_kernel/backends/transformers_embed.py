@@ -16,7 +16,7 @@ import numpy as np
 from ..devices import Device, torch_dtype
 from ..errors import LoadFailed
 from ..precision import candidate, probed
-from ..references import ModelSpec
+from ..model_spec import ModelSpec
 from .base import Backend
 from .transformers_lm import free_model, import_transformers, quiet_progress
 

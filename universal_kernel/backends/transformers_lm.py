@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..devices import Device, torch_dtype
 from ..errors import BackendUnavailable, GenerationFailed, InvalidRequest, LoadFailed
-from ..references import ModelSpec
+from ..model_spec import ModelSpec
 from .base import Backend, Emit, GenerationOutcome, GenerationParams, IsCancelled, StopMatcher
 from .transformers_logprobs import score_text
 from .zero_shot import LabelScorer, classification_messages

@@ -1,10 +1,12 @@
 """What every magic shares: user mistakes as one-line `UsageError`s, and option parsing (a trailing
-`# comment` on a magic's line is dropped here, for every magic)."""
+`# comment` on a magic's line is dropped here, for every magic), and the DataFrame `--column` writes to."""
 
 from __future__ import annotations
 
 import functools
+import re
 import shlex
+import sys
 
 from IPython.core.error import UsageError
 
@@ -64,3 +66,26 @@ def check_name(option: str, name: str | None) -> None:
 
     if name is not None and (not name.isidentifier() or keyword.iskeyword(name)):
         raise UsageError(f"{option} needs a Python variable name, not {name!r}")
+
+
+_COLUMN_EXPR = re.compile(r"^(?P<frame>.+?)\s*(?:\.\s*(?P<attr>[A-Za-z_]\w*)|\[\s*(?P<q>['\"])(?P<key>.+?)(?P=q)\s*\])$",
+                          re.S)
+
+
+def column_target(shell, expr: str, frame_type=None, example: str = "df"):
+    """The DataFrame that `--column` writes into: EXPR must be one of its columns. `frame_type` is the kind
+    of frame expected (a pandas DataFrame unless given: the Dask magics pass theirs)."""
+    match = _COLUMN_EXPR.match(expr.strip())
+    if not match:
+        raise UsageError(f"--column needs EXPR to be a DataFrame column: {example}.text or {example}['text']")
+    try:
+        frame = shell.ev(match.group("frame"))
+    except Exception as exc:
+        raise UsageError(f"cannot evaluate {match.group('frame')!r}: {type(exc).__name__}: {exc}") from None
+    if frame_type is None:
+        pd = sys.modules.get("pandas")
+        frame_type = pd.DataFrame if pd is not None else ()
+    if not isinstance(frame, frame_type):
+        raise UsageError(f"--column needs EXPR to be a DataFrame column; {match.group('frame')} is a "
+                         f"{type(frame).__name__}")
+    return frame

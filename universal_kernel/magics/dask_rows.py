@@ -13,7 +13,7 @@ from __future__ import annotations
 from IPython.core.error import UsageError
 
 from ..row_executor import RowTask, Rows, column_values, run_partition, table_columns
-from .rows import column_target
+from .common import column_target
 
 
 def is_dask(value) -> bool:

@@ -6,7 +6,6 @@ EXPR's rows here in chunks, or lazily on a Dask collection (dask_rows.py)."""
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import sys
 import time
@@ -15,10 +14,8 @@ import numpy as np
 from IPython.core.error import UsageError
 
 from ..row_executor import Report, RowTask, Rows, present_rows, run_chunks, table_columns, task_rows
-from .common import drop_comment
+from .common import column_target, drop_comment  # noqa: F401  (column_target: the magics' import)
 
-_COLUMN_EXPR = re.compile(r"^(?P<frame>.+?)\s*(?:\.\s*(?P<attr>[A-Za-z_]\w*)|\[\s*(?P<q>['\"])(?P<key>.+?)(?P=q)\s*\])$",
-                          re.S)
 
 
 def split_line(line: str, options_with_value: set[str], flags: set[str]) -> tuple[str, list[str]]:
@@ -132,25 +129,6 @@ class Progress:
         if self.handle is not None:
             self.updates += 1
             self.handle.update(_progress_bundle(done, self.total, time.perf_counter() - self.started), raw=True)
-
-
-def column_target(shell, expr: str, frame_type=None, example: str = "df"):
-    """The DataFrame that `--column` writes into: EXPR must be one of its columns. `frame_type` is the kind
-    of frame expected (a pandas DataFrame unless given: the Dask magics pass theirs)."""
-    match = _COLUMN_EXPR.match(expr.strip())
-    if not match:
-        raise UsageError(f"--column needs EXPR to be a DataFrame column: {example}.text or {example}['text']")
-    try:
-        frame = shell.ev(match.group("frame"))
-    except Exception as exc:
-        raise UsageError(f"cannot evaluate {match.group('frame')!r}: {type(exc).__name__}: {exc}") from None
-    if frame_type is None:
-        pd = sys.modules.get("pandas")
-        frame_type = pd.DataFrame if pd is not None else ()
-    if not isinstance(frame, frame_type):
-        raise UsageError(f"--column needs EXPR to be a DataFrame column; {match.group('frame')} is a "
-                         f"{type(frame).__name__}")
-    return frame
 
 
 # The task magics' rows (%classify, %ner, %rerank) ---------------------------------------------

@@ -89,7 +89,7 @@ TASKS: dict[str, TaskParts] = {parts.name: parts for parts in (
               methods=("document",)),
     # numeric data needs no model; texts are scored over the vectors of an embedding model
     TaskParts("anomaly", "score anomalies of texts", frozenset({("*", "embed")}),
-              "universal_kernel.tasks.anomaly", "universal_kernel.server_ext.tasks.anomaly",
+              "universal_kernel.tasks.anomaly_calls", "universal_kernel.server_ext.tasks.anomaly",
               "universal_kernel.magics.anomaly", _embedding_default,
               methods=("anomaly_fit", "anomaly_score", "anomaly_models", "anomaly_delete"),
               upstream="universal_kernel.server_ext.tasks.anomaly_upstream"),

@@ -27,14 +27,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import InvalidRequest
-from ..settings import Setting, cache_folder
 from . import anomaly_columns as table
 from . import anomaly_detectors as detectors
-# the task's runtime contract (calls, methods, in-process answers, wire) and results, from their modules
-from .anomaly_calls import (  # noqa: F401
-    PATHS, anomaly_delete, anomaly_fit, anomaly_models, anomaly_score, answer_without_model, from_wire, route,
-    to_wire,
-)
 from .anomaly_result import AnomalyDetector, AnomalyScores
 from .anomaly_store import DetectorStore, check_name
 
@@ -42,12 +36,6 @@ BACKENDS = detectors.BACKENDS
 LOF_NEIGHBORS = detectors.LOF_NEIGHBORS
 EMBED_CHUNK = 256  # texts per embedding call: bounded requests, the same vectors
 
-#: its settings, collected through the registry: `RuntimeConfig(anomaly_folder=...)`, `config.anomaly_folder`
-SETTINGS = (
-    Setting("anomaly_folder", "path", cache_folder("anomaly"),
-            "Where fitted anomaly detectors are kept: one folder for the kernels and the server alike.",
-            env="UNIVERSAL_KERNEL_ANOMALY_FOLDER"),
-)
 
 
 
@@ -384,44 +372,3 @@ def models(runtime) -> list[AnomalyDetector]:
 def delete(runtime, name: str) -> bool:
     _fitted_here.pop((str(runtime.config.anomaly_folder), name), None)
     return DetectorStore(runtime.config.anomaly_folder).delete(name)
-
-
-# The wire (the client sends, the server answers) ------------------------------------------------------
-def data_to_wire(data) -> list:
-    """`data` as JSON rows: a DataFrame as [{column: x}] (its names kept), arrays as lists, NaN as null."""
-    pd = sys.modules.get("pandas")
-    if pd is not None and isinstance(data, pd.DataFrame):
-        records = data.astype(object).where(data.notna(), None).to_dict(orient="records")
-        return [{str(k): v for k, v in row.items()} for row in records]
-    if pd is not None and isinstance(data, (pd.Series, pd.Index)):
-        data = data.astype(object).where(data.notna(), None).tolist() if isinstance(data, pd.Series) \
-            else data.tolist()
-    if isinstance(data, np.ndarray):
-        data = np.where(np.isnan(data), None, data).tolist() if data.dtype.kind == "f" else data.tolist()
-    return [list(row) if isinstance(row, tuple) else row for row in data] if isinstance(data, (list, tuple)) \
-        else data
-
-
-def detector_to_wire(detector: AnomalyDetector):
-    """A detector as the server sends it (`AnomalyDetectorBody`): `model` is its name, `embedding_model` the
-    texts' model."""
-    from .anomaly_wire import AnomalyDetectorBody
-
-    body = asdict(detector)
-    body["model"] = body.pop("name")
-    body["embedding_model"] = body.pop("text_model")
-    return AnomalyDetectorBody.model_validate(body)
-
-
-def detector_from_wire(body) -> AnomalyDetector:
-    """A detector from the server's body (a dict, or an `AnomalyDetectorBody`); another shape is a
-    GenerationFailed naming the field at fault."""
-    from .anomaly_wire import AnomalyDetectorBody
-    from .wire_base import read_response
-
-    if not isinstance(body, AnomalyDetectorBody):
-        body = read_response(AnomalyDetectorBody, body, "anomaly")
-    return AnomalyDetector(name=body.model, backend=body.backend, n_samples=body.n_samples,
-                           n_features=body.n_features, threshold=body.threshold, contamination=body.contamination,
-                           columns=body.columns, text_model=body.embedding_model, created_at=body.created_at or 0.0,
-                           schema=body.schema_)

@@ -13,9 +13,17 @@ from urllib.parse import quote
 import numpy as np
 
 from ..errors import ModelNotFound
+from ..settings import Setting, cache_folder
 from . import TaskCall
 from .anomaly_result import AnomalyDetector, AnomalyScores
 from .anomaly_store import check_name
+
+#: its settings, collected through the registry: `RuntimeConfig(anomaly_folder=...)`, `config.anomaly_folder`
+SETTINGS = (
+    Setting("anomaly_folder", "path", cache_folder("anomaly"),
+            "Where fitted anomaly detectors are kept: one folder for the kernels and the server alike.",
+            env="UNIVERSAL_KERNEL_ANOMALY_FOLDER"),
+)
 
 #: the wire paths, relative to `{base_url}universal/`
 PATHS = {"fit": "v1/anomaly/fit", "score": "v1/anomaly/score", "models": "v1/anomaly/models"}
@@ -85,8 +93,7 @@ def route(call: TaskCall) -> tuple[str, str]:
 
 
 def to_wire(call: TaskCall) -> dict:
-    from .anomaly import data_to_wire
-    from .anomaly_wire import AnomalyFitRequest, AnomalyScoreRequest
+    from .anomaly_wire import AnomalyFitRequest, AnomalyScoreRequest, data_to_wire
 
     inputs = call.inputs
     if inputs["op"] == "fit":
@@ -100,8 +107,9 @@ def to_wire(call: TaskCall) -> dict:
 
 
 def from_wire(payload: dict, call: TaskCall, stats):
-    from .anomaly import detector_from_wire
-    from .anomaly_wire import AnomalyDeleted, AnomalyDetectorBody, AnomalyModelsResponse, AnomalyScoreResponse
+    from .anomaly_wire import (
+        AnomalyDeleted, AnomalyDetectorBody, AnomalyModelsResponse, AnomalyScoreResponse, detector_from_wire,
+    )
     from .wire_base import read_response
 
     op = call.inputs["op"]

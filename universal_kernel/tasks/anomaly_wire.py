@@ -12,11 +12,16 @@
 
 from __future__ import annotations
 
+import sys
+from dataclasses import asdict
+
 from typing import Any, Literal, Optional
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from .wire_base import WireRequest
+from .anomaly_result import AnomalyDetector
+from .wire_base import WireRequest, read_response
 
 
 class AnomalyFitRequest(WireRequest):
@@ -84,3 +89,41 @@ class AnomalyModelsResponse(BaseModel):
 class AnomalyDeleted(BaseModel):
     model: str
     deleted: bool
+
+
+# The wire (the client sends, the server answers) ------------------------------------------------------
+def data_to_wire(data) -> list:
+    """`data` as JSON rows: a DataFrame as [{column: x}] (its names kept), arrays as lists, NaN as null."""
+    pd = sys.modules.get("pandas")
+    if pd is not None and isinstance(data, pd.DataFrame):
+        records = data.astype(object).where(data.notna(), None).to_dict(orient="records")
+        return [{str(k): v for k, v in row.items()} for row in records]
+    if pd is not None and isinstance(data, (pd.Series, pd.Index)):
+        data = data.astype(object).where(data.notna(), None).tolist() if isinstance(data, pd.Series) \
+            else data.tolist()
+    if isinstance(data, np.ndarray):
+        data = np.where(np.isnan(data), None, data).tolist() if data.dtype.kind == "f" else data.tolist()
+    return [list(row) if isinstance(row, tuple) else row for row in data] if isinstance(data, (list, tuple)) \
+        else data
+
+
+def detector_to_wire(detector: AnomalyDetector):
+    """A detector as the server sends it (`AnomalyDetectorBody`): `model` is its name, `embedding_model` the
+    texts' model."""
+
+    body = asdict(detector)
+    body["model"] = body.pop("name")
+    body["embedding_model"] = body.pop("text_model")
+    return AnomalyDetectorBody.model_validate(body)
+
+
+def detector_from_wire(body) -> AnomalyDetector:
+    """A detector from the server's body (a dict, or an `AnomalyDetectorBody`); another shape is a
+    GenerationFailed naming the field at fault."""
+
+    if not isinstance(body, AnomalyDetectorBody):
+        body = read_response(AnomalyDetectorBody, body, "anomaly")
+    return AnomalyDetector(name=body.model, backend=body.backend, n_samples=body.n_samples,
+                           n_features=body.n_features, threshold=body.threshold, contamination=body.contamination,
+                           columns=body.columns, text_model=body.embedding_model, created_at=body.created_at or 0.0,
+                           schema=body.schema_)
