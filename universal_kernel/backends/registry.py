@@ -16,7 +16,6 @@ from ..devices import cpu_threads
 from .formats import GGUF, HF_FOLDER, RAPIDOCR, SPACY, ModelFormat
 
 if TYPE_CHECKING:
-    from ..cache import LoadedModel
     from ..config import RuntimeConfig
     from ..model_spec import ModelSpec
     from .base import Backend

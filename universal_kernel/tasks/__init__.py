@@ -27,8 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..errors import InvalidRequest, WrongTask
 
 if TYPE_CHECKING:
-    from ..config import RuntimeConfig
-    from ..references import ModelSpec
+    from ..model_spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -39,7 +38,8 @@ class TaskParts:
     runtime: str
     serving: str | None
     magic: str | None
-    default_model: Callable[["RuntimeConfig"], str]
+    #: the task's default model, given a `RuntimeConfig` (config.py reads the registry: not imported here)
+    default_model: Callable[[Any], str]
     methods: tuple[str, ...] = ()  # functions of `runtime` taking the runtime first: rt.NAME(...)
     upstream: str | None = None
 
