@@ -8,11 +8,11 @@ by the serving layer with a 400 naming the parameter.
 from __future__ import annotations
 
 import time
-from typing import Any, Literal, Union
+from typing import Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
-from universal_kernel.tasks.wire_base import KeepAlive, WireRequest, new_id
+from universal_kernel.tasks.wire_base import KeepAlive, OmitsUnset, WireRequest, new_id
 
 __all__ = ["KeepAlive", "new_id"]
 
@@ -165,17 +165,11 @@ class ToolCallDelta(BaseModel):
         return {key: value for key, value in handler(self).items() if value is not None}
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(OmitsUnset):
+    OMITTED: ClassVar[tuple[str, ...]] = ("tool_calls",)  # only when calls were made; content is null then
     role: Literal["assistant"] = "assistant"
     content: str | None
     tool_calls: list[ToolCall] | None = None
-
-    @model_serializer(mode="wrap")
-    def _calls_only_when_made(self, handler):
-        data = handler(self)
-        if data.get("tool_calls") is None:
-            data.pop("tool_calls", None)
-        return data
 
 
 class TopLogprob(BaseModel):

@@ -9,11 +9,12 @@ from pydantic import BaseModel
 
 from universal_kernel.tasks import ocr as ocr_task
 from universal_kernel.tasks.image_input import decode_all
+from universal_kernel.tasks.wire_base import OmitsUnset
 
 from ..errors import Failure, failure
 from ..serving import Serving
 from ..upstream.base import unsupported, upstream_post_handler
-from ..upstream.wire import OmitsUnset, UpstreamRequest
+from ..upstream.wire import UpstreamRequest
 from . import serve
 
 #: the OCR engines upstream names; none of them is here (rapidocr is)

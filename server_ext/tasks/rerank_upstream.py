@@ -9,10 +9,11 @@ from typing import ClassVar, Literal, Optional
 from pydantic import BaseModel
 
 from universal_kernel.tasks import rerank as rerank_task
+from universal_kernel.tasks.wire_base import OmitsUnset
 
 from ..serving import Serving
 from ..upstream.base import upstream_post_handler
-from ..upstream.wire import OmitsUnset, UpstreamRequest, Usage
+from ..upstream.wire import UpstreamRequest, Usage
 from . import serve
 
 

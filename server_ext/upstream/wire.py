@@ -9,28 +9,13 @@ field that this runtime cannot honour, the field is there with upstream's defaul
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, model_serializer
+from pydantic import BaseModel, ConfigDict
 
 
 class UpstreamRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False, populate_by_name=True)
-
-
-class OmitsUnset(BaseModel):
-    """A row whose optional keys upstream adds only when asked for (`document`, `boxes`): left out when
-    None rather than sent as null. Other None fields are sent as null, as upstream does."""
-
-    OMITTED: ClassVar[tuple[str, ...]] = ()
-
-    @model_serializer(mode="wrap")
-    def _without_unset(self, handler):
-        data = handler(self)
-        for key in self.OMITTED:
-            if data.get(key) is None:
-                data.pop(key, None)
-        return data
 
 
 class Usage(BaseModel):

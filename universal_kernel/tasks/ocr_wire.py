@@ -7,11 +7,11 @@ server reads no path.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
-from pydantic import BaseModel, model_serializer
+from pydantic import BaseModel
 
-from .wire_base import TaskRequest
+from .wire_base import OmitsUnset, TaskRequest
 
 
 class OcrRequest(TaskRequest):
@@ -28,20 +28,13 @@ class OcrBoxOut(BaseModel):
     confidence: float
 
 
-class OcrRow(BaseModel):
+class OcrRow(OmitsUnset):
+    OMITTED: ClassVar[tuple[str, ...]] = ("boxes",)
     index: int  # the image's position in the request
     page: int = 1  # 1 for an image; a PDF's page number, from 1
     text: str  # lines top to bottom, joined by newlines
     confidence: float  # mean of the lines, 0 when nothing was read
     boxes: Optional[list[OcrBoxOut]] = None  # only when asked for (return_boxes)
-
-    @model_serializer(mode="wrap")
-    def _without_absent_boxes(self, handler):
-        # left out unless asked for, rather than sent as null
-        data = handler(self)
-        if data.get("boxes") is None:
-            data.pop("boxes", None)
-        return data
 
 
 class OcrResponse(BaseModel):

@@ -5,11 +5,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, StrictInt, model_serializer
+from pydantic import BaseModel, StrictInt
 
-from .wire_base import TaskRequest, TaskUsage
+from .wire_base import OmitsUnset, TaskRequest, TaskUsage
 
 
 class RerankRequest(TaskRequest):
@@ -24,18 +24,11 @@ class RerankDocument(BaseModel):
     text: str
 
 
-class RerankHit(BaseModel):
+class RerankHit(OmitsUnset):
+    OMITTED: ClassVar[tuple[str, ...]] = ("document",)  # return_documents=false omits the key, as Cohere does
     index: int  # the document's position in the request
     relevance_score: float
     document: RerankDocument | None = None
-
-    @model_serializer(mode="wrap")
-    def _without_absent_document(self, handler):
-        # return_documents=false omits the key (as Cohere does) rather than sending null
-        data = handler(self)
-        if data.get("document") is None:
-            data.pop("document", None)
-        return data
 
 
 class RerankResponse(BaseModel):

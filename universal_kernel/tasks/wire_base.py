@@ -12,9 +12,9 @@ is wrong, never a pydantic traceback.
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, TypeVar, Union
+from typing import Annotated, Any, ClassVar, TypeVar, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_serializer
 
 from ..errors import GenerationFailed, InvalidRequest
 from ..wire import keep_alive_seconds
@@ -77,6 +77,22 @@ class TaskRequest(WireRequest):
     def of(cls, call, **inputs) -> "TaskRequest":
         """The request that sends a task's call (the client's side): its inputs, and the call's model and options."""
         return cls.build(model=call.model, backend=call.backend, keep_alive=call.keep_alive, **inputs)
+
+
+class OmitsUnset(BaseModel):
+    """A response part whose optional keys named in `OMITTED` (a hit's `document`, a row's `boxes`, a message's
+    `tool_calls`) are left out when None, as the APIs it follows do, rather than sent as null. Its other None
+    fields are sent as null."""
+
+    OMITTED: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler):
+        data = handler(self)
+        for key in self.OMITTED:
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 class TaskUsage(BaseModel):
