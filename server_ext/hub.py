@@ -3,7 +3,9 @@
 The pull streams NDJSON progress as Ollama's `/api/pull` does (`{"status": "downloading FILE", "digest":
 "sha256:…", "total": N, "completed": M}` lines, then `{"status": "success"}`). Downloading is an admin's
 choice: without `--UniversalKernelApp.allow_downloads=True` both routes answer 403 `downloads_disabled`.
-A failure before the first line is an OpenAI error body; after it, the stream's last line carries one.
+A failure before the first line is an OpenAI error body; after it, the stream's last line carries one. Each
+failure keeps its own status and code (`failure_from`): a gated repo is a 403 `gated_model`, an unknown one a
+404, a Hub that cannot be reached a 503 `hub_unavailable`, no room a 507, over the memory budget a 413.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ and `X-Linked-Size`. LFS files answer with a 302 to another host name (`localhos
 `127.0.0.1`), as the Hub's CDN, where `Range` is honoured. Errors carry `X-Error-Code` as the Hub's do.
 
 Faults a test sets on the server: `drop_after[file] = n` cuts the connection once after n bytes,
-`corrupt` serves files with one byte flipped, `gated` repos answer 401 without the right token,
-`delay_s` slows every chunk (for cancels); `gate` holds a file's body until the test sets it. `log` records what was served.
+`corrupt` serves files with one byte flipped, `gated` repos answer as the Hub's do (401 `GatedRepo` without a
+token, 403 `GatedRepo` with a token that has no access), `unavailable = 503` answers every request with that
+status (a Hub that is down), `delay_s` slows every chunk (for cancels); `gate` holds a file's body until the test sets it. `log` records what was served.
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ class HubState:
     drop_after: dict[str, int] = field(default_factory=dict)
     corrupt: set[str] = field(default_factory=set)
     delay_s: float = 0.0
+    #: an HTTP status every request is answered with (a Hub that is down, behind a proxy that says so)
+    unavailable: int | None = None
     #: when set: a file's body waits for `gate` once it has begun (`body_started`): a test holds a download
     gate: threading.Event | None = None
     body_started: threading.Event = field(default_factory=threading.Event)
@@ -136,6 +139,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = unquote(url.path)
         query = parse_qs(url.query)
         try:
+            if self.server.state.unavailable:
+                raise HubError(self.server.state.unavailable, "", "the Hub is unavailable")
             if path.startswith("/api/models/"):
                 self._api(path[len("/api/models/"):], query)
             elif path.startswith("/cdn/"):
@@ -165,8 +170,12 @@ class _Handler(BaseHTTPRequestHandler):
         repo = state.repos.get(repo_id)
         if repo is None:
             raise HubError(401, "RepoNotFound", "Repository not found")
-        if repo.gated and self.headers.get("Authorization") != f"Bearer {TOKEN}":
+        authorization = self.headers.get("Authorization")
+        if repo.gated and authorization is None:
             raise HubError(401, "GatedRepo", "Access to this model is restricted: you must be authenticated")
+        if repo.gated and authorization != f"Bearer {TOKEN}":
+            raise HubError(403, "GatedRepo", f"Access to model {repo_id} is restricted and you are not in the "
+                                             f"authorized list. Visit the model page to ask for access.")
         if revision not in ("main", repo.sha):
             raise HubError(404, "RevisionNotFound", f"Invalid rev id: {revision}")
         return repo

@@ -55,6 +55,19 @@ def test_a_fresh_kernel_pulls_with_a_widget_then_generates_by_hub_id(hub, tmp_pa
         reply, messages = execute(kc, f"%runtime pull {GGUF_REPO}:Q2_K")
         assert reply["status"] == "error" and reply["ename"] == "UsageError"
         assert "quants: Q4_K_M, Q4_K_S, Q8_0" in reply["evalue"] and "\n" not in reply["evalue"]
+        # each failure of a pull says what failed, in one line
+        for ref, says in [("test-org/gated-GGUF", "is gated or private: a token with access is needed (set HF_TOKEN"),
+                          ("test-org/nothing-here", "no repo test-org/nothing-here on http://127.0.0.1")]:
+            reply, _ = execute(kc, f"%runtime pull {ref}")
+            assert reply["status"] == "error" and reply["ename"] == "UsageError", reply
+            assert says in reply["evalue"] and "\n" not in reply["evalue"], reply["evalue"]
+        hub.state.unavailable = 503
+        try:
+            reply, _ = execute(kc, f"%runtime pull {GGUF_REPO}:Q8_0")
+        finally:
+            hub.state.unavailable = None
+        assert reply["status"] == "error" and reply["ename"] == "UsageError", reply
+        assert "answered HTTP 503 (check HF_ENDPOINT" in reply["evalue"] and "\n" not in reply["evalue"]
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
@@ -88,10 +101,28 @@ def test_post_pull_streams_ndjson_progress_to_success(hub, pulling_server, smoll
     assert completion.model == f"{GGUF_REPO}:Q8_0" and completion.usage.completion_tokens > 0
     # errors: an OpenAI body before any line; removal through the cache API
     refused = pulling_server.post("universal/api/pull", {"model": "test-org/gated-GGUF", "stream": False})
-    assert refused.status_code == 404 and "gated or private" in refused.json()["error"]["message"]
+    assert refused.status_code == 403 and "gated or private" in refused.json()["error"]["message"]
+    assert refused.json()["error"]["code"] == "gated_model" and "HF_TOKEN" in refused.json()["error"]["message"]
     streamed = pulling_server.post("universal/api/pull", {"model": "test-org/gated-GGUF"})
     last = json.loads(streamed.text.strip().splitlines()[-1])
     assert streamed.status_code == 200 and "gated or private" in last["error"]["message"]
+    assert last["error"]["code"] == "gated_model"
+    # each failure with its own status and code, before any line and as the stream's last line
+    hub.state.unavailable = 503
+    try:
+        down = pulling_server.post("universal/api/pull", {"model": f"{GGUF_REPO}:Q4_K_S", "stream": False})
+        down_line = json.loads(pulling_server.post("universal/api/pull", {"model": f"{GGUF_REPO}:Q4_K_S"})
+                               .text.strip().splitlines()[-1])
+    finally:
+        hub.state.unavailable = None
+    assert down.status_code == 503 and down.json()["error"]["code"] == "hub_unavailable"
+    assert "answered HTTP 503" in down.json()["error"]["message"] and down_line["error"]["code"] == "hub_unavailable"
+    for ref, status, code in [("test-org/nothing-here", 404, "model_not_found"),
+                              (f"{GGUF_REPO}@v9", 404, "model_not_found")]:
+        answer = pulling_server.post("universal/api/pull", {"model": ref, "stream": False})
+        assert (answer.status_code, answer.json()["error"]["code"]) == (status, code), answer.text
+        line = json.loads(pulling_server.post("universal/api/pull", {"model": ref}).text.strip().splitlines()[-1])
+        assert line["error"]["code"] == code and "\n" not in line["error"]["message"]
     bad = pulling_server.post("universal/api/pull", {"model": 42})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "model"
     import requests
@@ -113,7 +144,7 @@ def test_the_default_server_refuses_to_pull(hub, server):
 
 def test_the_remote_runtime_pulls_on_the_server(hub, pulling_server):
     from universal_kernel.client import RemoteRuntime
-    from universal_kernel.errors import ModelNotFound
+    from universal_kernel.errors import GatedModel, HubUnavailable, ModelNotFound
 
     remote = RemoteRuntime.connect(pulling_server.url, TOKEN)
     reports = []
@@ -121,6 +152,14 @@ def test_the_remote_runtime_pulls_on_the_server(hub, pulling_server):
     assert result.path.name == "SmolLM2-135M-Instruct-q4_k_s.gguf" and result.quant == "Q4_K_S"
     assert str(result.path).startswith(str(pulling_server.log.parent / "hub"))  # the server's cache, not ours
     assert any(r.status == "downloading SmolLM2-135M-Instruct-q4_k_s.gguf" and r.digest for r in reports)
-    with pytest.raises(ModelNotFound, match="gated or private"):
+    with pytest.raises(GatedModel, match="gated or private"):
         remote.pull("test-org/gated-GGUF")
+    with pytest.raises(ModelNotFound, match="no repo test-org/nothing-here"):
+        remote.pull("test-org/nothing-here")
+    hub.state.unavailable = 503
+    try:
+        with pytest.raises(HubUnavailable, match="answered HTTP 503"):
+            remote.pull(f"{GGUF_REPO}:Q4_K_M")
+    finally:
+        hub.state.unavailable = None
     assert remote.remove_pulled(GGUF_REPO) == [result.revision]

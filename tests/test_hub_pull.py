@@ -20,7 +20,9 @@ import pytest
 from tests.conftest import MINILM, SMOLLM
 from tests.hub_server import TOKEN, local_hub
 from universal_kernel import Runtime, RuntimeConfig
-from universal_kernel.errors import ModelNotFound, ReferenceRefused
+from universal_kernel.errors import (
+    DiskFull, GatedModel, HubUnavailable, ModelNotFound, ModelTooLarge, ReferenceRefused, RepoNotFound,
+)
 from universal_kernel.hub_pull import PullFailed, find_pulled, pull, remove
 from universal_kernel.hub_refs import HubRef, parse_hub_ref, select_files
 from universal_kernel.references import Resolver
@@ -188,6 +190,55 @@ def test_refusals_are_one_line_and_fetch_nothing(hub, fresh_cache):
     assert not list(fresh_cache.rglob("*.gguf"))
 
 
+def _sent(exc) -> tuple[int, str]:
+    from universal_kernel.server_ext.errors import failure_from
+
+    sent = failure_from(exc)
+    return sent.status, sent.body.error.code
+
+
+def test_each_failure_says_what_failed_with_its_own_error(hub, fresh_cache, monkeypatch, smollm_path):
+    """Gated, unknown, unreachable, no room, over budget and anything else: each its typed error, one line, and
+    the HTTP status and code the server sends for it."""
+    def failed(ref, kind, message, status, code, **options):
+        with pytest.raises(kind, match=message) as info:
+            pull(ref, **options)
+        assert "\n" not in str(info.value) and _sent(info.value) == (status, code), (ref, info.value)
+        return info.value
+
+    failed("test-org/gated-GGUF", GatedModel, r"gated or private: a token with access is needed \(set HF_TOKEN.*"
+           r"accepting the model's terms", 403, "gated_model")
+    monkeypatch.setenv("HF_TOKEN", "hf_a_token_without_access")  # the Hub's 403 GatedRepo
+    failed("test-org/gated-GGUF", GatedModel, r"the Hub refused the token in HF_TOKEN \(HTTP 403\): accept the "
+           r"model's terms", 403, "gated_model")
+    monkeypatch.delenv("HF_TOKEN")
+    gone = failed("test-org/nothing-here", RepoNotFound, r"no repo test-org/nothing-here", 404, "model_not_found")
+    assert isinstance(gone, ModelNotFound)
+    failed(f"{GGUF_REPO}@v9", RepoNotFound, r"has no revision 'v9'", 404, "model_not_found")
+    hub.state.unavailable = 503
+    try:
+        failed(f"{GGUF_REPO}:Q8_0", HubUnavailable, rf"not in the Hugging Face cache \({fresh_cache}\) and "
+               rf"{hub.endpoint} answered HTTP 503 \(check HF_ENDPOINT", 503, "hub_unavailable")
+    finally:
+        hub.state.unavailable = None
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens
+    failed(f"{GGUF_REPO}:Q8_0", HubUnavailable, r"cannot reach http://127\.0\.0\.1:9 \(check HF_ENDPOINT",
+           503, "hub_unavailable")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    failed(f"{GGUF_REPO}:Q8_0", HubUnavailable, r"HF_HUB_OFFLINE is set", 503, "hub_unavailable")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+    size = smollm_path.stat().st_size
+    full = failed(f"{GGUF_REPO}:Q4_K_M", DiskFull, rf"\({size + (1 << 60):,} bytes needed, [\d,]+ free\)", 507,
+                  "insufficient_storage", disk_margin=1 << 60)
+    assert full.needed_bytes == size + (1 << 60) and 0 < full.free_bytes < full.needed_bytes
+    failed(f"{GGUF_REPO}:Q4_K_M", ModelTooLarge, rf"\({size:,} bytes needed, 50,000,000 allowed\)", 413,
+           "model_too_large", max_bytes=50_000_000)
+    hub.state.corrupt.add("SmolLM2-135M-Instruct-Q4_K_M.gguf")  # anything else: the pull's own message, a 500
+    other = failed(f"{GGUF_REPO}:Q4_K_M", PullFailed, r"has sha256", 500, "pull_failed")
+    assert type(other) is PullFailed
+
+
 def test_a_gated_repo_pulls_with_hf_token(hub, fresh_cache, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     assert pull("test-org/gated-GGUF").path.name == "m-Q4_K_M.gguf"
@@ -294,10 +345,13 @@ def test_a_full_disk_during_the_download_leaves_no_file(hub, fresh_cache):
     code = ("import resource, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
             "resource.setrlimit(resource.RLIMIT_FSIZE, (20_000_000, 20_000_000)); "
             "from universal_kernel.hub_pull import pull\n"
-            "try:\n pull('" + GGUF_REPO + ":Q4_K_M')\nexcept Exception as e:\n print('ERR', e)")
+            "try:\n pull('" + GGUF_REPO + ":Q4_K_M')\nexcept Exception as e:\n print('ERR', e, type(e).__name__)")
     env = dict(os.environ, HF_HUB_CACHE=str(fresh_cache))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.stdout.startswith("ERR ") and "File too large" in out.stdout and out.stdout.count("\n") == 1, out
+    # the write that found no room is a DiskFull naming the file and its size (a real EFBIG, as ENOSPC would be)
+    assert out.stdout.rstrip().endswith(" DiskFull"), out
+    assert "no room to write SmolLM2-135M-Instruct-Q4_K_M.gguf (" in out.stdout and "bytes free" in out.stdout
     assert find_pulled(f"{GGUF_REPO}:Q4_K_M") is None
     assert not [p for p in fresh_cache.rglob("*") if p.is_file() and p.stat().st_size > 1_000_000]
 

@@ -50,7 +50,8 @@ class RemoteError(RuntimeFailure):
 def _remote_failure(error, *, status: int | None = None, headers=None) -> RuntimeFailure:
     """A typed runtime error for an OpenAI error body, mapped by its `code` (universal_kernel.wire)."""
     error = error if isinstance(error, dict) else {"message": str(error)}
-    if status in (401, 403) or error.get("code") in ("invalid_api_key", "forbidden"):
+    # a 401/403 with a code of its own (gated_model, downloads_disabled) is no refused token
+    if error.get("code") in ("invalid_api_key", "forbidden") or (status in (401, 403) and not error.get("code")):
         return ServerUnavailable(f"the server refused the token ({status or error.get('code')}): "
                                  f"{error.get('message', '')}")
     mapped = error_from_wire(error, status=status, headers=headers)

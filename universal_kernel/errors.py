@@ -71,3 +71,34 @@ class GenerationFailed(RuntimeFailure):
 class WorkerLost(GenerationFailed):
     """The model's worker thread died (its requests end with this), or loading the model again after that
     failed: the model is unloaded, and a later request loads it again."""
+
+
+class PullFailed(RuntimeFailure):
+    """A pull by Hub id that could not complete; the subclasses say why (the library's message in one line)."""
+
+    param = "model"
+
+
+class RepoNotFound(ModelNotFound, PullFailed):
+    """The Hub has no such repo, revision or file (sent as `ModelNotFound`: a 404)."""
+
+
+class GatedModel(PullFailed):
+    """The Hub refused access: a gated or private repo, and no token, or a token without access."""
+
+
+class HubUnavailable(PullFailed):
+    """The Hub could not be reached (offline, HF_ENDPOINT down, a 5xx) and the model is not cached."""
+
+
+class DiskFull(PullFailed):
+    """The cache's disk lacks room for the model's files (checked before, or hit while writing)."""
+
+    def __init__(self, message: str, *, param: str | None = None, needed_bytes: int | None = None,
+                 free_bytes: int | None = None):
+        super().__init__(message, param=param)
+        self.needed_bytes, self.free_bytes = needed_bytes, free_bytes
+
+
+class ModelTooLarge(PullFailed):
+    """The model's weights exceed the memory budget (`max_bytes`): refused before any byte moves."""

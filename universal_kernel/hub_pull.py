@@ -14,6 +14,7 @@ a kernel or a test may point `HF_ENDPOINT` or `HF_HUB_OFFLINE` elsewhere after i
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -23,15 +24,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .errors import InvalidRequest, ModelNotFound, ReferenceRefused
+from .errors import (
+    DiskFull, GatedModel, HubUnavailable, InvalidRequest, ModelNotFound, ModelTooLarge, PullFailed, ReferenceRefused,
+    RepoNotFound,
+)
 from .hub_refs import HubRef, Selection, require_hub_ref, select_files, shards_from_index
 
 #: room kept free on the cache's disk after a pull (the library's own check wants the file's size alone)
 DISK_MARGIN_BYTES = 512 * 1024 * 1024
 
+#: the errno of a write that found no room: no space, a file-size limit, a quota
+_NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
-class PullFailed(ModelNotFound):
-    """A pull that could not complete: offline, gated, unknown repo or revision, a bad digest, no room."""
+__all__ = ["DiskFull", "GatedModel", "HubUnavailable", "ModelTooLarge", "Progress", "PullFailed", "PullResult",
+           "RepoNotFound", "find_pulled", "pull", "pulled", "remove", "source_of"]
 
 
 @dataclass
@@ -167,29 +173,54 @@ def _errors():
     return hf_errors
 
 
-def _one_line(ref: HubRef, exc: Exception) -> PullFailed:
-    """The library's exception as one line naming the ref (and what to do)."""
+def _one_line(ref: HubRef, exc: Exception, name: str | None = None, size: int = 0) -> PullFailed:
+    """The library's exception as the typed error of what failed, one line naming the ref and what to do.
+    `name` and `size`: the file being written when it happened."""
     hf_errors = _errors()
-    import httpx2
-
-    if isinstance(exc, hf_errors.GatedRepoError):
-        return PullFailed(f"{ref}: {ref.repo_id} is gated or private: a token with access is needed "
-                          f"(set HF_TOKEN, or run `hf auth login`)")
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(exc, hf_errors.GatedRepoError) or (isinstance(exc, hf_errors.HfHubHTTPError)
+                                                     and not isinstance(exc, hf_errors.RepositoryNotFoundError)
+                                                     and status in (401, 403)):
+        if os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN"):
+            return GatedModel(f"{ref}: {ref.repo_id} is gated or private and the Hub refused the token in HF_TOKEN "
+                              f"(HTTP {status}): accept the model's terms on its page with that account, or use "
+                              f"a token with access")
+        return GatedModel(f"{ref}: {ref.repo_id} is gated or private: a token with access is needed (set HF_TOKEN, "
+                          f"or run `hf auth login`, after accepting the model's terms on its page)")
     if isinstance(exc, hf_errors.RevisionNotFoundError):
-        return PullFailed(f"{ref}: {ref.repo_id} has no revision {ref.revision or 'main'!r}")
+        return RepoNotFound(f"{ref}: {ref.repo_id} has no revision {ref.revision or 'main'!r}")
     if isinstance(exc, hf_errors.RepositoryNotFoundError):
-        return PullFailed(f"{ref}: no repo {ref.repo_id} on {hub_endpoint()} (or it is private: set HF_TOKEN)")
+        return RepoNotFound(f"{ref}: no repo {ref.repo_id} on {hub_endpoint()} (or it is private: set HF_TOKEN)")
+    if _unreachable(exc) or isinstance(exc, hf_errors.LocalEntryNotFoundError):
+        why = f"{hub_endpoint()} answered HTTP {status}" if status else f"cannot reach {hub_endpoint()}"
+        return _offline_error(ref, f"{why} (check HF_ENDPOINT and the network, or set HF_HUB_OFFLINE=1 to use "
+                                   f"the cache alone)")
     if isinstance(exc, hf_errors.EntryNotFoundError):
-        return PullFailed(f"{ref}: a file is missing from {ref.repo_id}: {str(exc).splitlines()[-1]}")
-    if isinstance(exc, (hf_errors.OfflineModeIsEnabled, httpx2.ConnectError, httpx2.TimeoutException,
-                        hf_errors.LocalEntryNotFoundError)):
-        return _offline_error(ref, f"cannot reach {hub_endpoint()}")
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return PullFailed(f"{ref}: {first}")
+        return RepoNotFound(f"{ref}: a file is missing from {ref.repo_id}: {_flat(exc)}")
+    if isinstance(exc, OSError) and exc.errno in _NO_ROOM:
+        free = _free_bytes(hub_cache_dir())
+        what = f"{name} ({size:,} bytes)" if name else "a file"
+        return DiskFull(f"{ref}: no room to write {what} into {hub_cache_dir()}: {exc.strerror}; "
+                        f"{free:,} bytes free", needed_bytes=size or None, free_bytes=free)
+    return PullFailed(f"{ref}: {_flat(exc)}")
 
 
-def _offline_error(ref: HubRef, why: str) -> PullFailed:
-    return PullFailed(f"{ref} is not in the Hugging Face cache ({hub_cache_dir()}) and {why}")
+def _flat(exc: BaseException) -> str:
+    """An exception's message on one line (the library's run over several)."""
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+
+
+def _free_bytes(folder: Path) -> int:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0
+
+
+def _offline_error(ref: HubRef, why: str) -> HubUnavailable:
+    return HubUnavailable(f"{ref} is not in the Hugging Face cache ({hub_cache_dir()}) and {why}")
 
 
 def _sha256(path: Path) -> str:
@@ -271,7 +302,8 @@ def pull(text: str, progress: Callable[[Progress], None] | None = None, allow_pi
         found = find_pulled(ref)
         if found is not None:
             return found
-        raise _offline_error(ref, "HF_HUB_OFFLINE is set")
+        raise _offline_error(ref, "HF_HUB_OFFLINE is set (unset it, or set HF_ENDPOINT to a Hub this machine "
+                                  "reaches, to download)")
     cache = hub_cache_dir()
     endpoint = hub_endpoint()
     meter = _Meter(str(ref), 0, 0, progress)
@@ -282,8 +314,8 @@ def pull(text: str, progress: Callable[[Progress], None] | None = None, allow_pi
         if isinstance(exc, (KeyboardInterrupt, InvalidRequest)):
             raise
         found = find_pulled(ref)
-        if found is not None and isinstance(exc, _connection_errors()):
-            return found  # the network is down but the model is here
+        if found is not None and _unreachable(exc):
+            return found  # the Hub cannot be reached but the model is here
         raise _one_line(ref, exc) from None
     commit = info.sha
     siblings = {s.rfilename: s for s in info.siblings or []}
@@ -296,7 +328,8 @@ def pull(text: str, progress: Callable[[Progress], None] | None = None, allow_pi
         except Exception as exc:
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            raise _one_line(ref, exc) from None
+            sibling = siblings[name]
+            raise _one_line(ref, exc, name, (sibling.lfs.size if sibling.lfs else sibling.size) or 0) from None
 
     config = None
     if "config.json" in names and ref.quant is None and ref.filename is None:
@@ -315,14 +348,16 @@ def pull(text: str, progress: Callable[[Progress], None] | None = None, allow_pi
                                              str)}
     weights = sum(size_of(n) for n in files if n.endswith((".gguf", ".safetensors", ".bin")))
     if max_bytes is not None and weights > max_bytes:
-        raise PullFailed(f"{ref}: its weights take {_gib(weights)} GiB, more than the memory budget of "
-                         f"{_gib(max_bytes)} GiB; pick a smaller quant or raise the budget")
+        raise ModelTooLarge(f"{ref}: its weights take {_gib(weights)} GiB, more than the memory budget of "
+                            f"{_gib(max_bytes)} GiB; pick a smaller quant or raise the budget ({weights:,} bytes "
+                            f"needed, {max_bytes:,} allowed)")
     needed = sum(size_of(n) for n in files if n not in cached)
     cache.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(cache).free
     if needed and free < needed + disk_margin:
-        raise PullFailed(f"{ref}: needs {_gib(needed)} GiB plus {_gib(disk_margin)} GiB spare, and {cache} has "
-                         f"{_gib(free)} GiB free")
+        raise DiskFull(f"{ref}: needs {_gib(needed)} GiB plus {_gib(disk_margin)} GiB spare, and {cache} has "
+                       f"{_gib(free)} GiB free ({needed + disk_margin:,} bytes needed, {free:,} free)",
+                       needed_bytes=needed + disk_margin, free_bytes=free)
     meter.total, meter.file_count = sum(size_of(n) for n in files), len(files)
     for index, name in enumerate(files, 1):
         sibling = siblings[name]
@@ -376,11 +411,14 @@ def _say_if_another_pulls(meter: _Meter, cache: Path, repo_id: str, etag: str | 
         probe.release()
 
 
-def _connection_errors() -> tuple:
+def _unreachable(exc: BaseException) -> bool:
+    """The Hub could not be asked: no network, offline mode, or the Hub (or a proxy before it) answered a 5xx."""
     import httpx2
 
     hf_errors = _errors()
-    return (hf_errors.OfflineModeIsEnabled, httpx2.ConnectError, httpx2.TimeoutException)
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return isinstance(exc, (hf_errors.OfflineModeIsEnabled, httpx2.TransportError)) or \
+        (isinstance(exc, hf_errors.HfHubHTTPError) and status is not None and status >= 500)
 
 
 def _delete_cached(pointer: Path) -> None:

@@ -22,8 +22,9 @@ from typing import Any, Mapping, NamedTuple
 
 from .backends.base import GenerationParams
 from .errors import (
-    BackendUnavailable, Busy, Cancelled, GenerationFailed, InvalidRequest, LoadFailed, MemoryBudgetExceeded,
-    ModelNotFound, ReferenceRefused, RuntimeFailure, WorkerLost, WrongTask,
+    BackendUnavailable, Busy, Cancelled, DiskFull, GatedModel, GenerationFailed, HubUnavailable, InvalidRequest,
+    LoadFailed, MemoryBudgetExceeded, ModelNotFound, ModelTooLarge, PullFailed, ReferenceRefused, RuntimeFailure,
+    WorkerLost, WrongTask,
 )
 
 
@@ -50,6 +51,12 @@ ERRORS: tuple[WireError, ...] = (
     WireError(Cancelled, 499, "server_error", "cancelled", None),
     WireError(WorkerLost, 503, "server_error", "model_worker_lost", True),
     WireError(GenerationFailed, 500, "server_error", "generation_failed", None),
+    # a pull by Hub id (a repo the Hub lacks is a ModelNotFound above): what failed, so the caller knows what to fix
+    WireError(GatedModel, 403, "permission_error", "gated_model", False),
+    WireError(ModelTooLarge, 413, "invalid_request_error", "model_too_large", False),
+    WireError(DiskFull, 507, "server_error", "insufficient_storage", False),
+    WireError(HubUnavailable, 503, "server_error", "hub_unavailable", False),
+    WireError(PullFailed, 500, "server_error", "pull_failed", False),
 )
 
 #: Codes the server sends for malformed requests without a runtime error behind them
