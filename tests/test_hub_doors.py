@@ -163,3 +163,29 @@ def test_the_remote_runtime_pulls_on_the_server(hub, pulling_server):
     finally:
         hub.state.unavailable = None
     assert remote.remove_pulled(GGUF_REPO) == [result.revision]
+
+
+def test_a_pull_over_the_servers_memory_budget_is_a_413_before_any_byte(hub, tmp_path):
+    """The server's memory budget refuses weights that could never load there: its own status and code, with the
+    bytes, through the route (both shapes) and the remote runtime."""
+    from universal_kernel.client import RemoteRuntime
+    from universal_kernel.errors import ModelTooLarge
+
+    env = {"HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0",
+           "HF_HUB_CACHE": str(tmp_path / "hub")}
+    srv = start_server(tmp_path, "--UniversalKernelApp.allow_downloads=True",
+                       "--UniversalKernelApp.memory_budget=50000000", env=env)
+    try:
+        hub.state.log.clear()
+        answer = srv.post("universal/api/pull", {"model": f"{GGUF_REPO}:Q8_0", "stream": False})
+        assert answer.status_code == 413, answer.text
+        error = answer.json()["error"]
+        assert error["code"] == "model_too_large" and error["param"] == "model"
+        assert "more than the memory budget" in error["message"] and "50,000,000 allowed" in error["message"]
+        line = json.loads(srv.post("universal/api/pull", {"model": f"{GGUF_REPO}:Q8_0"}).text.strip().splitlines()[-1])
+        assert line["error"]["code"] == "model_too_large"
+        with pytest.raises(ModelTooLarge, match="50,000,000 allowed"):
+            RemoteRuntime.connect(srv.url, TOKEN).pull(f"{GGUF_REPO}:Q8_0")
+        assert not hub.state.served("SmolLM2-135M-Instruct-Q8_0.gguf")
+    finally:
+        stop_process(srv.process)
