@@ -145,24 +145,24 @@ class ToolCall(BaseModel):
     function: FunctionCall
 
 
-class FunctionCallDelta(BaseModel):
-    name: str | None = None
-    arguments: str | None = None
+class Delta(BaseModel):
+    """A part of a streamed chunk: it carries only what changed, so a key whose value is None is left out."""
 
     @model_serializer(mode="wrap")
     def _only_what_changed(self, handler):
         return {key: value for key, value in handler(self).items() if value is not None}
 
 
-class ToolCallDelta(BaseModel):
+class FunctionCallDelta(Delta):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(Delta):
     index: int
     id: str | None = None
     type: Literal["function"] | None = None
     function: FunctionCallDelta | None = None
-
-    @model_serializer(mode="wrap")
-    def _only_what_changed(self, handler):
-        return {key: value for key, value in handler(self).items() if value is not None}
 
 
 class ChatMessage(OmitsUnset):
@@ -215,14 +215,10 @@ class ChatCompletion(_Response):
     system_fingerprint: str | None = None
 
 
-class ChatDelta(BaseModel):
+class ChatDelta(Delta):
     role: Literal["assistant"] | None = None
     content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
-
-    @model_serializer(mode="wrap")
-    def _only_what_changed(self, handler):
-        return {key: value for key, value in handler(self).items() if value is not None}
 
 
 class ChatChunkChoice(BaseModel):
