@@ -32,7 +32,8 @@ from ..precision import PROBE_TEXTS, Precision
 from ..model_spec import ModelSpec
 from . import onnx_export
 from .base import Backend
-from .transformers_embed import TransformersEmbedBackend, padded_batch, read_pooling, token_budget_batches
+from .transformers_embed import (TransformersEmbedBackend, batch_shape, padded_batch, read_pooling,
+                                 token_budget_batches)
 
 
 class OnnxRefused(Exception):
@@ -210,10 +211,11 @@ class OnnxEncoderBackend(Backend):
         prompt_tokens = int(lengths[rows].sum())
         out = np.empty((len(distinct), self.dimensions), dtype=np.float32)
         order = np.argsort(-lengths, kind="stable")
-        for batch in token_budget_batches(order, lengths, self.max_batch, self.token_budget):
-            ids, mask = padded_batch(encoded, batch, lengths, self.pad_id)
+        for batch in token_budget_batches(order, lengths, self.max_batch, self.token_budget, self.max_length):
+            shape = batch_shape(batch, lengths, self.max_length, self.max_batch, self.token_budget)
+            ids, mask = padded_batch(encoded, batch, lengths, self.pad_id, shape)
             hidden = self.session.run(None, {"input_ids": ids, "attention_mask": mask.astype(np.int64)})[0]
-            pooled = pool(hidden, mask, self.pooling)
+            pooled = pool(hidden[:len(batch)], mask[:len(batch)], self.pooling)
             if normalize:
                 pooled = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
             out[batch] = pooled

@@ -1,7 +1,8 @@
 """Encoder embeddings through transformers, pooled as the model's sentence-transformers config says.
 
 Inputs are deduplicated, sorted by length and cut into batches by a token budget, so padding
-stays small; results come back in input order.
+stays small; results come back in input order. Batches are padded to a few fixed shapes (padded_width,
+padded_rows) so that the kernels torch and ONNX Runtime keep per shape stay few (issue 31).
 """
 
 from __future__ import annotations
@@ -46,27 +47,57 @@ def read_pooling(folder: Path) -> tuple[str, bool, int | None]:
     return mode, normalize, max_len
 
 
-def token_budget_batches(order, lengths, max_batch: int, token_budget: int):
+def padded_width(width: int, max_length: int) -> int:
+    """The width a batch whose longest row has `width` tokens is padded to: a multiple of 8 up to 64 tokens,
+    of 32 beyond, never past `max_length`. Why: oneDNN (torch's CPU kernels, bf16 autocast above all) and
+    ONNX Runtime keep what they build per input shape, so a server embedding texts of every length grew
+    without end (issue 31); a few fixed widths bound that set, for at most 7 (<= 64) or 31 padded tokens."""
+    step = 8 if width <= 64 else 32
+    return max(1, min(-(-width // step) * step, max(max_length, width)))
+
+
+def padded_rows(rows: int, limit: int) -> int:
+    """The rows a batch of `rows` is padded to: a power of two up to 8, a multiple of 8 beyond, never past
+    `limit` (the batch size its width allows), so its shapes are as few as its widths (see padded_width)."""
+    bucket = 1 << max(rows - 1, 0).bit_length() if rows <= 8 else -(-rows // 8) * 8
+    return max(rows, min(bucket, limit))
+
+
+def token_budget_batches(order, lengths, max_batch: int, token_budget: int, max_length: int | None = None):
     """Rows in `order` (longest first) cut into batches of at most `token_budget` padded tokens: the first
-    row of each batch sets its padded width."""
+    row of each batch sets its padded width (bucketed by `padded_width` when `max_length` is given)."""
     start = 0
     while start < len(order):
         width = max(int(lengths[order[start]]), 1)
+        if max_length is not None:
+            width = padded_width(width, max_length)
         size = max(1, min(max_batch, token_budget // width))
         yield order[start:start + size]
         start += size
 
 
-def padded_batch(encoded, batch, lengths, pad_id: int):
+def padded_batch(encoded, batch, lengths, pad_id: int, shape: tuple[int, int] | None = None):
     """The rows `batch` of `encoded` (token id lists; `lengths` theirs, longest first) as padded int64 ids
-    and a bool mask, built in numpy in one pass (the ONNX backend feeds the same arrays to ONNX Runtime)."""
+    and a bool mask, built in numpy in one pass (the ONNX backend feeds the same arrays to ONNX Runtime).
+    `shape` (rows, width), from `batch_shape`, pads further: the extra rows repeat the last real one (a real
+    row, not an empty mask, which some attention kernels turn into NaN); callers keep the first len(batch)."""
     batch_lengths = lengths[batch]
-    width = max(int(batch_lengths[0]), 1)
+    rows, width = shape or (len(batch), max(int(batch_lengths[0]), 1))
     ids = np.full((len(batch), width), pad_id, dtype=np.int64)
     mask = np.arange(width)[None, :] < batch_lengths[:, None]
     ids[mask] = np.fromiter(itertools.chain.from_iterable(encoded[i] for i in batch),
                             dtype=np.int64, count=int(batch_lengths.sum()))
+    if rows > len(batch):
+        extra = rows - len(batch)
+        ids = np.concatenate([ids, np.repeat(ids[-1:], extra, axis=0)])
+        mask = np.concatenate([mask, np.repeat(mask[-1:], extra, axis=0)])
     return ids, mask
+
+
+def batch_shape(batch, lengths, max_length: int, max_batch: int, token_budget: int) -> tuple[int, int]:
+    """(rows, width) that a batch from `token_budget_batches(..., max_length)` is padded to."""
+    width = padded_width(max(int(lengths[batch[0]]), 1), max_length)
+    return padded_rows(len(batch), max(1, min(max_batch, token_budget // width))), width
 
 
 class TransformersEmbedBackend(Backend):
@@ -158,7 +189,8 @@ class TransformersEmbedBackend(Backend):
         pad_id = self.tokenizer.pad_token_id or 0
         with torch.inference_mode():
             for batch in self._batches(order, lengths):
-                ids, mask = padded_batch(encoded, batch, lengths, pad_id)
+                shape = batch_shape(batch, lengths, self.max_length, self.max_batch, self.token_budget)
+                ids, mask = padded_batch(encoded, batch, lengths, pad_id, shape)
                 width = ids.shape[1]
                 # built in numpy, handed to torch without a copy
                 ids_t = torch.from_numpy(ids).to(self.model.device)
@@ -168,7 +200,7 @@ class TransformersEmbedBackend(Backend):
                 pooled = self._pool(hidden.float() if self._autocast else hidden, mask_t)
                 if normalize:
                     pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-                out[batch] = pooled.float().cpu().numpy()
+                out[batch] = pooled[:len(batch)].float().cpu().numpy()
         return out[rows], prompt_tokens
 
     def _precision_context(self):
@@ -184,7 +216,7 @@ class TransformersEmbedBackend(Backend):
         return contextlib.nullcontext()
 
     def _batches(self, order, lengths):
-        return token_budget_batches(order, lengths, self.max_batch, self.token_budget)
+        return token_budget_batches(order, lengths, self.max_batch, self.token_budget, self.max_length)
 
     def _pool(self, hidden, mask):
         torch = self.torch
